@@ -1,7 +1,7 @@
 """Capacity plan: compile the real train step ahead of time for a TPU topology, on this CPU machine.
 
   python -m xlsr_jax.plan --config=experiments/xlsr_2b.py --topology=v5p-64 \
-      [--config.a.b=v ...] [--batch_per_chip=N] [--json]
+      [--config.a.b=v ...] [--batch_per_chip=N] [--skip_cost] [--json]
 
 Builds the Trainer on a mesh over the topology's (virtual) devices, lowers `Trainer.train_step` on
 abstract state and batch (shapes and shardings only, nothing allocated) and compiles it with libtpu
@@ -10,11 +10,17 @@ against the chip's HBM, FLOPs per step (XLA's and the analytic model count), the
 step-time estimate and the MFU it implies, and compile time.
 
 XLA's cost analysis counts the body of a while loop once, whatever its trip count (measured with
-libtpu 0.0.52: the same FLOPs and optimal_seconds for 1 and 4 scanned layers). The Transformer is
-an nn.scan, so the plan also compiles one encoder layer's forward + backward (same remat policy,
-shapes and shardings) and adds (layers - 1) x its cost; with grad_accum_steps = k the whole is
-then multiplied by k (the micro-batch scan; this also counts the optimizer update k times, a small
-elementwise term). Both the raw and the corrected figures are reported.
+libtpu 0.0.52: the same FLOPs for 1 and 4 scanned layers). Two kinds of loop matter here:
+- The TPU compiler turns FSDP matmuls and convolutions into "windowed einsum" loops (collective
+  matmul: one weight shard per iteration): with fsdp=32 XLA counted under a third of the step's
+  FLOPs. So the step is compiled twice: with libtpu's default options for the memory figures (the
+  program training runs), and with those loops off (COST_OPTIONS) for FLOPs and optimal_seconds.
+  The two differ in memory too (xlsr_300m on v5p-64: 24.6 vs 18.4 GiB per chip); both are shown.
+  --skip_cost compiles once, for memory only.
+- The Transformer is an nn.scan, so the plan also compiles one encoder layer's forward + backward
+  (same remat policy, shapes, shardings and options) and adds (layers - 1) x its cost; with
+  grad_accum_steps = k the whole is multiplied by k (the micro-batch scan; this also counts the
+  optimizer update k times, a small elementwise term). Raw and corrected figures are reported.
 
 Topology names are Cloud TPU accelerator types. For v4 and v5p the number counts TensorCores, two
 per chip, and each chip is one JAX ("megacore") device: v5p-64 is 32 chips, v4-32 is 16 chips. For
@@ -45,6 +51,9 @@ from xlsr_jax.training import flops as flops_lib
 
 SAMPLE_RATE = 16_000
 INSTALL_HINT = "pip install -r requirements-tpu.txt"
+# libtpu options of the cost compile: no windowed-einsum loops (see the module docstring).
+COST_OPTIONS = {"xla_tpu_enable_windowed_einsum_for_all_gather": False,
+                "xla_tpu_enable_windowed_einsum_for_reduce_scatter": False}
 
 
 class PlanError(ValueError):
@@ -88,14 +97,10 @@ def parse_topology(name: str) -> Topology:
     valid = [f"{prefix}-{c * cores_per_chip}" for c in sorted(shapes)]
     raise PlanError(f"--topology={name}: {prefix} slices come in {', '.join(valid)} "
                     f"(the number counts {'TensorCores, 2 per chip' if cores_per_chip == 2 else 'chips'})")
-  shape = shapes[chips]
-  if cores_per_chip == 2:
-    wrap = (chips >= 64,) * 3
-    return Topology(name, chips, f"{topo_prefix}:{'x'.join(map(str, shape))}", "megacore",
-                    (2, 2, 1), wrap)
-  wrap = (shape[0] >= 16, shape[1] >= 16, False)
-  bounds = (1, 1, 1) if chips == 1 else (2, 2, 1)
-  return Topology(name, chips, f"{topo_prefix}:{'x'.join(map(str, shape))}", "default", bounds, wrap)
+  shape, megacore = shapes[chips], cores_per_chip == 2
+  wrap = (chips >= 64,) * 3 if megacore else (shape[0] >= 16, shape[1] >= 16, False)
+  return Topology(name, chips, f"{topo_prefix}:{'x'.join(map(str, shape))}",
+                  "megacore" if megacore else "default", (1, 1, 1) if chips == 1 else (2, 2, 1), wrap)
 
 
 def topology_devices(topology: Topology, num_slices: int = 1) -> list[jax.Device]:
@@ -163,8 +168,10 @@ def _cost(compiled: Any) -> dict[str, float]:
 def layer_program(trainer: Any, micro_batch: int) -> tuple[Any, tuple]:
   """One encoder layer's forward + backward, as the scanned body runs it: jitted fn and abstract args.
 
-  x [micro_batch, frames, hidden] and frame-valid flags are batch-sharded, the layer's parameters
-  sharded by the rules (the stacked "layers" axis dropped), the remat policy as in the model.
+  x [micro_batch, frames, hidden], frame-valid flags and the output cotangent are batch-sharded,
+  the layer's parameters sharded by the rules (the stacked "layers" axis dropped), the remat policy
+  as in the model. Returns the output and the gradients, as the scan's forward and backward bodies
+  produce them; the cotangent is an input (a constant one could be folded into reductions).
   """
   from xlsr_jax.models.transformer import EncoderLayer, _remat_policy
   from xlsr_jax.sharding.mesh import batch_sharding
@@ -183,18 +190,18 @@ def layer_program(trainer: Any, micro_batch: int) -> tuple[Any, tuple]:
   param_sharding = state_shardings(abstract, mesh, rules)
   act = batch_sharding(mesh)
 
-  def forward_backward(params, x, valid):
-    def total(params, x):
-      y, _ = layer.apply({"params": params}, x, valid, rngs={"dropout": key, "layerdrop": key})
-      return jnp.sum(y.astype(jnp.float32))
+  def forward_backward(params, x, valid, cotangent):
+    def forward(params, x):
+      return layer.apply({"params": params}, x, valid, rngs={"dropout": key, "layerdrop": key})[0]
     with nn.logical_axis_rules(rules):
-      return jax.grad(total, argnums=(0, 1))(params, x)
+      y, pullback = jax.vjp(forward, params, x)
+      return y, pullback(cotangent)  # y is the next layer's input: without it XLA drops matmuls
 
-  fn = jax.jit(forward_backward, in_shardings=(param_sharding, act, act),
-               out_shardings=(param_sharding, act))
-  return fn, (with_shardings(abstract, param_sharding),
-              jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=act),
-              jax.ShapeDtypeStruct(valid.shape, valid.dtype, sharding=act))
+  fn = jax.jit(forward_backward, in_shardings=(param_sharding, act, act, act),
+               out_shardings=(act, (param_sharding, act)))
+  abstract_x = jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=act)
+  return fn, (with_shardings(abstract, param_sharding), abstract_x,
+              jax.ShapeDtypeStruct(valid.shape, valid.dtype, sharding=act), abstract_x)
 
 
 def corrected_cost(step: dict[str, float], layer: dict[str, float], layers: int,
@@ -220,9 +227,8 @@ def check_batch(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> i
   return batch
 
 
-def compile_step(trainer: Any, batch: int) -> tuple[Any, str | None, float, float]:
-  """Lower and compile Trainer.train_step on abstract inputs: (compiled or None when it does not
-  fit in HBM, the compiler's message then, lower seconds, compile seconds)."""
+def lower_step(trainer: Any, batch: int) -> tuple[Any, float]:
+  """Trainer.train_step lowered on abstract state and batch (shapes and shardings only), seconds."""
   samples = trainer.shapes.num_samples
   state = with_shardings(trainer.abstract_state, trainer.state_sharding)
   inputs = {name: jax.ShapeDtypeStruct((batch, samples), dtype, sharding=trainer.batch_sharding[name])
@@ -230,13 +236,18 @@ def compile_step(trainer: Any, batch: int) -> tuple[Any, str | None, float, floa
   start = time.perf_counter()
   with jax.set_mesh(trainer.mesh):
     lowered = trainer.train_step.lower(state, inputs)
-  lower_s, start = time.perf_counter() - start, time.perf_counter()
+  return lowered, time.perf_counter() - start
+
+
+def compile_lowered(lowered: Any, options: dict | None) -> tuple[Any, str | None, float]:
+  """(compiled, None, seconds), or (None, the compiler's message, seconds) when it cannot fit."""
+  start = time.perf_counter()
   try:
-    return lowered.compile(), None, lower_s, time.perf_counter() - start
+    return lowered.compile(options), None, time.perf_counter() - start
   except Exception as e:  # the TPU compiler reports a program that cannot fit in HBM this way
     if "RESOURCE_EXHAUSTED" not in str(e) and "hbm" not in str(e).lower():
       raise
-    return None, str(e).strip().splitlines()[0][:2000], lower_s, time.perf_counter() - start
+    return None, str(e).strip().splitlines()[0][:2000], time.perf_counter() - start
 
 
 def xla_figures(compiled: Any, trainer: Any, micro_batch: int, chips: int) -> dict[str, Any]:
@@ -245,7 +256,7 @@ def xla_figures(compiled: Any, trainer: Any, micro_batch: int, chips: int) -> di
   start = time.perf_counter()
   layer_fn, layer_args = layer_program(trainer, micro_batch)
   with jax.set_mesh(trainer.mesh):
-    layer_cost = _cost(layer_fn.lower(*layer_args).compile())
+    layer_cost = _cost(layer_fn.lower(*layer_args).compile(COST_OPTIONS))
   layer_s = time.perf_counter() - start
   fixed = corrected_cost(cost, layer_cost, trainer.model.config.num_hidden_layers,
                          trainer.config.train.grad_accum_steps)
@@ -260,8 +271,12 @@ def xla_figures(compiled: Any, trainer: Any, micro_batch: int, chips: int) -> di
       optimal_seconds=fixed["optimal_seconds"])
 
 
-def plan(config: ml_collections.ConfigDict, topology: Topology) -> dict[str, Any]:
-  """Compile the train step of `config` for `topology` and return the plan's figures (JSON-able)."""
+def plan(config: ml_collections.ConfigDict, topology: Topology, cost: bool = True) -> dict[str, Any]:
+  """Compile the train step of `config` for `topology` and return the plan's figures (JSON-able).
+
+  Memory comes from a compile with libtpu's default options (what training runs); FLOPs and the
+  step-time estimate from a second compile with COST_OPTIONS (skipped when `cost` is False).
+  """
   from xlsr_jax.sharding.mesh import make_mesh
   from xlsr_jax.training.state import build_trainer
   slices, m = config.mesh.dcn_data, config.mesh
@@ -272,7 +287,8 @@ def plan(config: ml_collections.ConfigDict, topology: Topology) -> dict[str, Any
   mesh = make_mesh(m.data, m.fsdp, m.tensor, dcn_data=slices, devices=found)
   batch, samples = check_batch(config, mesh), config.data.max_sample_size
   trainer = build_trainer(config, mesh, samples)
-  compiled, error, lower_s, compile_s = compile_step(trainer, batch)
+  lowered, lower_s = lower_step(trainer, batch)
+  compiled, error, compile_s = compile_lowered(lowered, None)
 
   model_cfg, shapes, accum = trainer.model.config, trainer.shapes, config.train.grad_accum_steps
   size = flops_lib.StepSize(batch, samples, shapes.max_masked, config.objective.num_negatives)
@@ -286,12 +302,19 @@ def plan(config: ml_collections.ConfigDict, topology: Topology) -> dict[str, Any
       max_masked=shapes.max_masked, model=config.model.preset, parameters=params,
       dtype=str(jnp.dtype(model_cfg.dtype)), remat_policy=model_cfg.remat_policy,
       peak_flops_per_chip=peak, hbm_bytes=hbm, analytic_flops=analytic, lower_seconds=lower_s,
-      compile_seconds=compile_s, compile_error=error)
-  if compiled is None:
-    result.update(memory=dict(fits=False, hbm_bytes=hbm))
+      compile_seconds=compile_s, compile_error=error,
+      memory=memory_summary(compiled.memory_analysis(), hbm) if compiled else dict(fits=False,
+                                                                                  hbm_bytes=hbm))
+  if compiled is None or not cost:
     return result
-  result.update(memory=memory_summary(compiled.memory_analysis(), hbm))
-  result.update(xla_figures(compiled, trainer, batch // accum, chips))
+  del compiled  # the cost compile below is as large
+  cost_compiled, cost_error, cost_s = compile_lowered(lowered, COST_OPTIONS)
+  result.update(cost_compile_seconds=cost_s, cost_compiler_options=COST_OPTIONS,
+                cost_compile_error=cost_error)
+  if cost_compiled is None:
+    return result
+  result["cost_memory"] = memory_summary(cost_compiled.memory_analysis(), hbm)
+  result.update(xla_figures(cost_compiled, trainer, batch // accum, chips))
   optimal = result["optimal_seconds"]
   result["estimated_mfu"] = analytic["total"] / (optimal * chips * peak) if optimal else None
   return result
@@ -301,50 +324,59 @@ def _gib(n: float) -> str:
   return f"{n / 2**30:.2f} GiB"
 
 
+def _memory_lines(mem: dict[str, Any]) -> list[str]:
+  verdict = "fits" if mem["fits"] else "DOES NOT FIT"
+  return [f"arguments {_gib(mem['argument_bytes'])}, outputs {_gib(mem['output_bytes'])} (aliased "
+          f"{_gib(mem['alias_bytes'])}), temporaries {_gib(mem['temp_bytes'])}, code "
+          f"{_gib(mem['code_bytes'])}",
+          f"total {_gib(mem['total_bytes'])} of {_gib(mem['hbm_bytes'])} HBM "
+          f"({100 * mem['total_bytes'] / mem['hbm_bytes']:.0f}%): {verdict}"]
+
+
 def format_plan(r: dict[str, Any]) -> str:
   """The human-readable report of a `plan` result."""
-  mesh = " ".join(f"{k}={v}" for k, v in r["mesh"].items())
+  pad = " " * 16
   lines = [
       f"topology        {r['topology']} ({r['device_kind']}, {r['chips']} chips, "
       f"{r['slices']} slice(s), {r['topology_shape']})",
-      f"mesh            {mesh}",
+      f"mesh            {' '.join(f'{k}={v}' for k, v in r['mesh'].items())}",
       f"model           {r['model']}: {r['parameters']:,} parameters, compute {r['dtype']}, "
       f"remat {r['remat_policy']}",
       f"global batch    {r['global_batch']} crops x {r['num_samples']} samples "
       f"({r['num_samples'] / SAMPLE_RATE:g} s, {r['num_frames']} frames, M={r['max_masked']}); "
       f"{r['batch_per_shard']} per batch shard and micro-step, grad_accum_steps={r['grad_accum_steps']}",
   ]
-  mem = r["memory"]
   if r["compile_error"]:
-    lines.append(f"memory / chip   DOES NOT FIT in {_gib(mem['hbm_bytes'])} HBM: {r['compile_error']}")
+    lines.append(f"memory / chip   DOES NOT FIT in {_gib(r['hbm_bytes'])} HBM: {r['compile_error']}")
   else:
-    verdict = "fits" if mem["fits"] else "DOES NOT FIT"
-    lines.append(f"memory / chip   arguments {_gib(mem['argument_bytes'])}, outputs "
-                 f"{_gib(mem['output_bytes'])} (aliased {_gib(mem['alias_bytes'])}), temporaries "
-                 f"{_gib(mem['temp_bytes'])}, code {_gib(mem['code_bytes'])}")
-    lines.append(f"                total {_gib(mem['total_bytes'])} of {_gib(mem['hbm_bytes'])} HBM "
-                 f"({100 * mem['total_bytes'] / mem['hbm_bytes']:.0f}%): {verdict}")
-  analytic = r["analytic_flops"]["total"]
+    first, second = _memory_lines(r["memory"])
+    lines += [f"memory / chip   {first}", pad + second]
+  if "cost_memory" in r:
+    lines.append(f"{pad}(cost compile, windowed einsum off: {_memory_lines(r['cost_memory'])[1]})")
+  analytic = r["analytic_flops"]["total"] / 1e12
   if r.get("xla_flops") is not None:
     raw = r["xla_raw"]
-    lines.append(f"FLOPs / step    XLA {r['xla_flops'] / 1e12:.1f} TFLOP ({r['xla_flops_per_chip'] / 1e12:.2f}"
-                 f" per chip x {r['chips']}; includes remat and elementwise work); analytic model "
-                 f"{analytic / 1e12:.1f} TFLOP (3 x forward matmuls)")
-    lines.append(f"                (XLA per chip: whole step with loop bodies once "
-                 f"{raw['flops_per_chip'] / 1e12:.3f} + (layers - 1) x one layer "
-                 f"{raw['layer_flops_per_chip'] / 1e12:.3f}, x grad_accum_steps)")
+    lines += [f"FLOPs / step    XLA {r['xla_flops'] / 1e12:.1f} TFLOP = {r['xla_flops_per_chip'] / 1e12:.2f} "
+              f"per chip x {r['chips']} (with remat and elementwise work); analytic model "
+              f"{analytic:.1f} TFLOP (3 x forward matmuls)",
+              f"{pad}XLA per chip = (step with loop bodies once {raw['flops_per_chip'] / 1e12:.3f} + "
+              f"(layers - 1) x one layer {raw['layer_flops_per_chip'] / 1e12:.3f}) x grad_accum_steps"]
   else:
-    lines.append(f"FLOPs / step    analytic model {analytic / 1e12:.1f} TFLOP (3 x forward matmuls)")
+    lines.append(f"FLOPs / step    analytic model {analytic:.1f} TFLOP (3 x forward matmuls)")
   if r.get("optimal_seconds"):
-    lines.append(f"step time       {r['optimal_seconds']:.3f} s (compiler estimate: optimal_seconds, "
-                 f"corrected for the layer scan as the FLOPs)")
-    lines.append(f"est. MFU        {100 * r['estimated_mfu']:.1f}% = analytic FLOPs / "
-                 f"({r['optimal_seconds']:.3f} s x {r['chips']} chips x "
-                 f"{r['peak_flops_per_chip'] / 1e12:g} TFLOP/s)")
-  elif not r["compile_error"]:
-    lines.append("step time       the compiler gave no optimal_seconds estimate")
-  lines.append(f"compile time    lower {r['lower_seconds']:.1f} s, compile {r['compile_seconds']:.1f} s"
-               + (f", one layer {r['layer_compile_seconds']:.1f} s" if "layer_compile_seconds" in r else ""))
+    lines += [f"step time       {r['optimal_seconds']:.3f} s (compiler estimate: optimal_seconds, "
+              f"corrected for the layer scan as the FLOPs)",
+              f"est. MFU        {100 * r['estimated_mfu']:.1f}% = analytic FLOPs / "
+              f"({r['optimal_seconds']:.3f} s x {r['chips']} chips x "
+              f"{r['peak_flops_per_chip'] / 1e12:g} TFLOP/s)"]
+  elif "cost_compile_seconds" in r:
+    lines.append("step time       no estimate: " + (r["cost_compile_error"] or "no optimal_seconds"))
+  times = [f"lower {r['lower_seconds']:.1f} s", f"compile {r['compile_seconds']:.1f} s"]
+  if "cost_compile_seconds" in r:
+    times.append(f"cost compile {r['cost_compile_seconds']:.1f} s")
+  if "layer_compile_seconds" in r:
+    times.append(f"one layer {r['layer_compile_seconds']:.1f} s")
+  lines.append(f"compile time    {', '.join(times)}")
   lines.append("analytic FLOPs by component (train step):")
   lines.append(flops_lib.format_breakdown(r["analytic_flops"]))
   return "\n".join(lines)
@@ -359,6 +391,8 @@ def parse_args(argv: list[str]) -> tuple[ml_collections.ConfigDict, Topology, ar
   parser.add_argument("--topology", required=True, help="e.g. v5p-64, v5e-8, v4-32, v6e-256")
   parser.add_argument("--batch_per_chip", type=float, default=None,
                       help="global batch = this x chips (overrides data.batch_seconds)")
+  parser.add_argument("--skip_cost", action="store_true",
+                      help="compile once, for memory only (no XLA FLOPs or step-time estimate)")
   parser.add_argument("--json", action="store_true", help="print the plan as one JSON object")
   args = parser.parse_args(rest)
   if path is None:
@@ -382,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     jax.config.update("jax_platforms", "cpu")
   try:
     config, topology, args = parse_args(argv)
-    result = plan(config, topology)
+    result = plan(config, topology, cost=not args.skip_cost)
   except (ConfigError, PlanError) as e:
     print(f"plan error: {e}", file=sys.stderr)
     return 2
