@@ -1,5 +1,8 @@
 """Build one corpus: `python -m data_pipelines.corpora common_voice --manual_dir ... --data_dir ...`.
 
+Corpora: common_voice, voxpopuli, multilingual_librispeech, voxlingua107, babel, audio_manifest
+and voxceleb (speaker identification).
+
 The options override the chosen BuilderConfig (default "all"); give a new `--config_name` when
 changing them, since the name picks the output folder <data_dir>/<corpus>/<config_name>/<version>.
 """
@@ -12,7 +15,13 @@ import sys
 
 import tensorflow_datasets as tfds
 
-from data_pipelines.corpora import BUILDERS, read_build_report
+from data_pipelines import corpora
+from data_pipelines.corpora import read_build_report
+from data_pipelines.voxceleb import Voxceleb
+
+# The corpora, and VoxCeleb (its own package: it subclasses TFDS's builder; registering it in
+# corpora/__init__ would make the two packages import each other).
+BUILDERS = {**corpora.BUILDERS, Voxceleb.name: Voxceleb}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -48,6 +57,8 @@ def make_config(args: argparse.Namespace):
                if getattr(args, k) is not None}
   if "train_tsv" in overrides and args.corpus != "common_voice":
     raise SystemExit("--train_tsv applies to common_voice only")
+  if name == args.config and not languages and not overrides:
+    return configs[args.config]  # TFDS refuses a copy named like one of the class's configs
   return dataclasses.replace(configs[args.config], name=name, languages=languages, **overrides)
 
 
