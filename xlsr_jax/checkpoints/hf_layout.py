@@ -261,3 +261,42 @@ def _to_numpy(x) -> np.ndarray:
       x = x.float()
     return x.numpy()
   return np.asarray(x)
+
+
+# The CTC head of transformers' Wav2Vec2ForCTC ("lm_head": Linear hidden -> vocab_size).
+
+CTC_HEAD_PREFIX = "lm_head."
+
+
+def ctc_head_to_ours(state_dict: dict[str, Any]) -> Tree | None:
+  """{"kernel" [hidden, vocab], "bias" [vocab]} from a Wav2Vec2ForCTC state dict; None if it has no
+  lm_head. Other heads (e.g. a sequence classifier's) are not read here."""
+  if CTC_HEAD_PREFIX + "weight" not in state_dict:
+    return None
+  weight = _to_numpy(state_dict[CTC_HEAD_PREFIX + "weight"])
+  bias = _to_numpy(state_dict[CTC_HEAD_PREFIX + "bias"])
+  return {"kernel": np.ascontiguousarray(weight.T), "bias": bias}
+
+
+def ctc_head_to_hf(head: Tree) -> dict[str, np.ndarray]:
+  """Our lm_head params -> {"lm_head.weight" [vocab, hidden], "lm_head.bias" [vocab]}."""
+  return {CTC_HEAD_PREFIX + "weight": np.ascontiguousarray(_to_numpy(head["kernel"]).T),
+          CTC_HEAD_PREFIX + "bias": _to_numpy(head["bias"])}
+
+
+def ctc_to_ours(state_dict: dict[str, Any], config: Wav2Vec2Config) -> Tree:
+  """A Wav2Vec2ForCTC state dict -> {"wav2vec2": encoder params, "lm_head": head params}."""
+  head = ctc_head_to_ours(state_dict)
+  if head is None:
+    raise ConversionError("state dict has no lm_head.weight: not a Wav2Vec2ForCTC checkpoint")
+  encoder = hf_to_ours(state_dict, config, pretraining=False, ignore_extra=(CTC_HEAD_PREFIX,))
+  return {"wav2vec2": encoder, "lm_head": head}
+
+
+def ctc_to_hf(params: Tree, config: Wav2Vec2Config, *, weight_norm: str = "parametrizations"
+              ) -> dict[str, np.ndarray]:
+  """{"wav2vec2": encoder, "lm_head": head} -> a Wav2Vec2ForCTC state dict."""
+  encoder = ours_to_hf(params["wav2vec2"], config, weight_norm=weight_norm)
+  out = {"wav2vec2." + k: v for k, v in encoder.items()}
+  out.update(ctc_head_to_hf(params["lm_head"]))
+  return out

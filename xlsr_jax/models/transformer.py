@@ -160,8 +160,11 @@ class TransformerEncoder(nn.Module):
   """Positional conv + scanned layers (+ final LN when pre-LN).
 
   x: [batch, frames, hidden], frame_valid: bool [batch, frames] or None. Returns
-  (last_hidden_state [batch, frames, hidden], layer_outputs [layers, batch, frames, hidden] or None).
-  Padded frames are zeroed before the positional convolution, as in the reference.
+  (last_hidden_state [batch, frames, hidden], layer_outputs [layers, batch, frames, hidden] or None,
+  layer_input [batch, frames, hidden] or None): with return_layer_outputs, also the input of the
+  first layer (after the positional convolution, and the LayerNorm of the post-LN variant), which
+  downstream evaluation stacks with the layer outputs. Padded frames are zeroed before the
+  positional convolution, as in the reference.
   """
   config: Wav2Vec2Config
 
@@ -177,6 +180,7 @@ class TransformerEncoder(nn.Module):
                     name="layer_norm")(x)
     x = nn.Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
     x = x.astype(cfg.dtype)
+    layer_input = x if return_layer_outputs else None
     layer_cls = EncoderLayer
     if cfg.remat_policy != "none":
       layer_cls = nn.remat(EncoderLayer, policy=_remat_policy(cfg.remat_policy), prevent_cse=False)
@@ -192,4 +196,4 @@ class TransformerEncoder(nn.Module):
     if cfg.do_stable_layer_norm:
       x = LayerNorm(epsilon=cfg.layer_norm_eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
                     name="layer_norm")(x)
-    return x, layer_outputs
+    return x, layer_outputs, layer_input

@@ -36,7 +36,8 @@ class Wav2Vec2Model(nn.Module):
   """The encoder: feature encoder, projection, optional time/channel masking, Transformer.
 
   Returns a dict: last_hidden_state [batch, frames, hidden]; layer_outputs [layers, batch, frames,
-  hidden] (only if return_layer_outputs, else None); extract_features (LayerNorm'd conv features
+  hidden] and layer_input [batch, frames, hidden], the input of the first layer (only if
+  return_layer_outputs, else None); extract_features (LayerNorm'd conv features
   [batch, frames, conv_dim]); raw_features (before that LayerNorm); frame_valid [batch, frames]
   or None.
   """
@@ -62,9 +63,10 @@ class Wav2Vec2Model(nn.Module):
       hidden = jnp.where(channel_mask[:, None, :], jnp.zeros((), hidden.dtype), hidden)
     hidden = nn.with_logical_constraint(hidden, ("activation_batch", "activation_length",
                                                  "activation_embed"))
-    last, layer_outputs = TransformerEncoder(cfg, name="encoder")(
+    last, layer_outputs, layer_input = TransformerEncoder(cfg, name="encoder")(
         hidden, frame_valid, deterministic, return_layer_outputs)
-    return dict(last_hidden_state=last, layer_outputs=layer_outputs, extract_features=normed,
+    return dict(last_hidden_state=last, layer_outputs=layer_outputs, layer_input=layer_input,
+                extract_features=normed,
                 raw_features=raw, frame_valid=frame_valid)
 
 
