@@ -267,3 +267,29 @@ def test_loss_never_builds_a_batch_by_k_by_feature_tensor():
       spec(batch, frames, dtype=jnp.bool_), spec(batch, frames, 2, 320)).compile()
   temp = compiled.memory_analysis().temp_size_in_bytes
   assert temp < batch * frames * k * dim // 4, f"{temp / 1e6:.1f} MB of temporaries"
+
+
+def test_contrastive_sums_per_batch_shard_equal_the_global_computation():
+  """shard_map over (data, fsdp) of the contrastive sums: same values and gradients as one device."""
+  from xlsr_jax.objectives.losses import contrastive_sums
+  from xlsr_jax.sharding.mesh import make_mesh
+  rng = np.random.default_rng(0)
+  batch, m, k, f = 8, 12, 5, 16
+  context = jnp.asarray(rng.standard_normal((batch, m, f)), jnp.float32)
+  targets = jnp.asarray(rng.standard_normal((batch, m, f)), jnp.float32)
+  targets = targets.at[0, 3].set(targets[0, 4])  # a distractor equal to the positive: -inf logit
+  indices = jnp.asarray(rng.integers(0, m, (batch, m, k)), jnp.int32)
+  valid = jnp.asarray(rng.random((batch, m)) < 0.8)
+
+  def total(c, mesh):
+    loss_sum, correct, count = contrastive_sums(c, targets, indices, valid, 0.1, mesh)
+    return loss_sum, (correct, count)
+
+  (expected, aux), grad = jax.value_and_grad(total, has_aux=True)(context, None)
+  mesh = make_mesh(4, 2, 1, devices=jax.devices()[:8])
+  with jax.set_mesh(mesh):
+    (got, got_aux), got_grad = jax.jit(jax.value_and_grad(total, has_aux=True),
+                                       static_argnums=1)(context, mesh)
+  np.testing.assert_allclose(got, expected, rtol=1e-6)
+  assert tuple(map(int, got_aux)) == tuple(map(int, aux))
+  np.testing.assert_allclose(got_grad, grad, rtol=1e-5, atol=1e-6)  # jit vs eager rounding

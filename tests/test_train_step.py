@@ -110,3 +110,12 @@ def test_nonfinite_step_is_skipped_and_counted(one_device_run):
   assert m["skipped_nonfinite"] == 1 and int(new_state.total_nonfinite) == 1
   assert int(new_state.step) == int(state.step) + 1
   jax.tree.map(np.testing.assert_array_equal, before, jax.device_get(nn.unbox(new_state.params)))
+
+
+def test_contrastive_loss_runs_per_batch_shard_in_the_sharded_step(sharded_run):
+  """The sharded step's contrastive part is a shard_map over (data, fsdp); one device needs none."""
+  trainer, state, _ = sharded_run
+  batch = batch_for(trainer)
+  with jax.set_mesh(trainer.mesh):
+    hlo = trainer.train_step.lower(state, batch).as_text()
+  assert "shard_map" in hlo or "sdy.manual_computation" in hlo or "xla.sdy.manual" in hlo

@@ -9,6 +9,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec
 
 _COSINE_EPS = 1e-8          # torch.cosine_similarity's eps on each norm
 _PERPLEXITY_EPS = 1e-7      # fairseq GumbelVectorQuantizer: log(avg_probs + 1e-7)
@@ -95,6 +96,33 @@ def contrastive_loss(logits: jax.Array,
   return loss_sum, jnp.sum(correct, dtype=jnp.int32), jnp.sum(valid, dtype=jnp.int32)
 
 
+def contrastive_sums(context: jax.Array, targets: jax.Array, negative_indices: jax.Array,
+                     valid: jax.Array, temperature: float = 0.1,
+                     mesh: Mesh | None = None,
+                     batch_axes: tuple[str, ...] = ("data", "fsdp")) -> tuple[jax.Array, ...]:
+  """(loss_sum, num_correct, num_valid) of the contrastive task over a batch.
+
+  context, targets: [batch, M, F]; negative_indices: int[batch, M, K] into M; valid: bool[batch, M].
+  Distractors come from the same utterance, so the work is per batch shard by nature: with a mesh
+  whose `batch_axes` hold more than one device, each shard computes its own [b, M, M] similarities,
+  gather and cross-entropy under jax.shard_map and only the three scalars are summed (psum) across
+  shards; nothing of size M x M or M x K crosses devices, forward or backward.
+  """
+  def local(c, q, idx, v):
+    return contrastive_loss(contrastive_logits(c, q, idx, temperature), v)
+
+  axes = tuple(a for a in batch_axes if mesh is not None and mesh.shape.get(a, 1) > 1)
+  if not axes:
+    return local(context, targets, negative_indices, valid)
+
+  def per_shard(c, q, idx, v):
+    return tuple(jax.lax.psum(x, axes) for x in local(c, q, idx, v))
+
+  spec = PartitionSpec(axes)
+  return jax.shard_map(per_shard, mesh=mesh, in_specs=(spec,) * 4,
+                       out_specs=(PartitionSpec(),) * 3)(context, targets, negative_indices, valid)
+
+
 def codebook_perplexity(probs: jax.Array, valid: jax.Array | None = None) -> jax.Array:
   """sum_g exp(entropy of the mean distribution of group g over valid frames): float32 scalar.
 
@@ -127,18 +155,19 @@ def feature_penalty(raw_features: jax.Array) -> jax.Array:
 def pretraining_loss(context: jax.Array, targets: jax.Array, negative_indices: jax.Array,
                      valid: jax.Array, soft_probs: jax.Array, *, num_codevectors: int,
                      raw_features: jax.Array | None = None, temperature: float = 0.1,
-                     diversity_weight: float = 0.1,
-                     feature_penalty_weight: float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
+                     diversity_weight: float = 0.1, feature_penalty_weight: float = 0.0,
+                     mesh: Mesh | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """wav2vec 2.0 loss per masked frame (fairseq sample_size normalisation) and scalar metrics.
 
   context, targets: [batch, M, F]; negative_indices: int[batch, M, K]; valid: bool[batch, M];
   soft_probs: [batch, M, G, V] quantizer softmax at the same frames; num_codevectors = G * V.
   sum = contrastive_sum + diversity_weight * diversity + feature_penalty_weight * penalty * n
   with n = valid masked frames; loss = sum / n. metrics["loss_sum"] is the un-normalised sum (with
-  feature_penalty_weight 0 it is HF Wav2Vec2ForPreTraining's loss).
+  feature_penalty_weight 0 it is HF Wav2Vec2ForPreTraining's loss). With `mesh`, the contrastive
+  part runs per batch shard (contrastive_sums).
   """
-  logits = contrastive_logits(context, targets, negative_indices, temperature)
-  contrastive_sum, num_correct, num_valid = contrastive_loss(logits, valid)
+  contrastive_sum, num_correct, num_valid = contrastive_sums(
+      context, targets, negative_indices, valid, temperature, mesh)
   perplexity = codebook_perplexity(soft_probs, valid)
   diversity = diversity_loss(perplexity, num_codevectors)
   penalty = (feature_penalty(raw_features) if raw_features is not None

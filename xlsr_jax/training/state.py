@@ -57,7 +57,7 @@ class Trainer:
     step_fn = ts.make_train_step(model, optimizer, schedule, config, shapes, rules, mesh)
     self.train_step = jax.jit(step_fn, in_shardings=(self.state_sharding, self.batch_sharding),
                               out_shardings=(self.state_sharding, replicated), donate_argnums=0)
-    eval_fn = ts.make_eval_step(model, config, shapes, rules)
+    eval_fn = ts.make_eval_step(model, config, shapes, rules, mesh)
     self.eval_step = jax.jit(eval_fn, in_shardings=(self.state_sharding, self.batch_sharding, replicated),
                              out_shardings=replicated)
 

@@ -74,8 +74,10 @@ def sample_masks(rng: jax.Array, padding_mask: jax.Array, model: Wav2Vec2Config,
 
 def loss_sums(params: Any, model: Wav2Vec2ForPreTraining, batch: Batch, masks: dict[str, jax.Array],
               rngs: dict[str, jax.Array], temperature: jax.Array, objective: ml_collections.ConfigDict,
-              deterministic: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Un-normalised loss sum of one (micro-)batch and its metric sums."""
+              deterministic: bool, mesh: jax.sharding.Mesh | None = None
+              ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Un-normalised loss sum of one (micro-)batch and its metric sums (contrastive part per batch
+  shard of `mesh`, see losses.contrastive_sums)."""
   out = model.apply({"params": params}, batch["waveform"], batch["padding_mask"], masks["mask_time"],
                     masks["masked_indices"], temperature=temperature, deterministic=deterministic,
                     gumbel_noise=masks.get("gumbel_noise"), rngs=rngs)
@@ -85,7 +87,7 @@ def loss_sums(params: Any, model: Wav2Vec2ForPreTraining, batch: Batch, masks: d
       num_codevectors=cfg.num_codevectors,
       raw_features=out["raw_features"] if objective.feature_penalty_weight else None,
       temperature=objective.logit_temperature, diversity_weight=objective.diversity_weight,
-      feature_penalty_weight=objective.feature_penalty_weight)
+      feature_penalty_weight=objective.feature_penalty_weight, mesh=mesh)
   sums = dict(loss_sum=metrics["loss_sum"], contrastive_sum=metrics["contrastive_loss_sum"],
               num_correct=metrics["num_correct"], num_masked=metrics["num_masked"],
               code_perplexity=metrics["code_perplexity"], diversity_loss=metrics["diversity_loss"],
@@ -129,7 +131,7 @@ def make_train_step(model: Wav2Vec2ForPreTraining, optimizer: optax.GradientTran
         (mb, mm), keys = xs
         rngs = {"dropout": keys[0], "layerdrop": keys[1]}
         grad_fn = jax.grad(loss_sums, has_aux=True)
-        grads, sums = grad_fn(state.params, model, mb, mm, rngs, temperature, objective, False)
+        grads, sums = grad_fn(state.params, model, mb, mm, rngs, temperature, objective, False, mesh)
         return jax.tree.map(jnp.add, grad_acc, grads), sums
 
       zeros = jax.tree.map(jnp.zeros_like, state.params)
@@ -170,7 +172,8 @@ def summarize(sums: dict[str, jax.Array], num_masked: jax.Array) -> dict[str, ja
 
 
 def make_eval_step(model: Wav2Vec2ForPreTraining, config: ml_collections.ConfigDict,
-                   shapes: StepShapes, rules: tuple = ()) -> Callable[[TrainState, Batch, jax.Array], dict]:
+                   shapes: StepShapes, rules: tuple = (), mesh: jax.sharding.Mesh | None = None
+                   ) -> Callable[[TrainState, Batch, jax.Array], dict]:
   """Validation loss with argmax quantization and no dropout; masks from `rng`."""
   objective = config.objective
 
@@ -178,7 +181,7 @@ def make_eval_step(model: Wav2Vec2ForPreTraining, config: ml_collections.ConfigD
     with nn.logical_axis_rules(rules):
       masks = sample_masks(rng, batch["padding_mask"], model.config, objective, shapes)
       _, sums = loss_sums(state.params, model, batch, masks, {}, gumbel_temperature(state.step, objective),
-                          objective, True)
+                          objective, True, mesh)
       sums = jax.tree.map(lambda x: x[None], sums)
       return summarize(sums, sums["num_masked"][0])
 
