@@ -1,0 +1,21 @@
+"""CTC speech recognition on synthetic_speech (every language), fairseq XLS-R fine-tuning recipe.
+
+  python -m xlsr_jax.evaluate --config=experiments/downstream/asr.py --config.init=DIR --workdir=W
+
+Recipe values (shared/spec/xlsr.md): Adam (0.9, 0.98), tri-stage 10/40/50 % with final scale
+0.05, feature encoder frozen, Transformer frozen for the first updates, mask_prob 0.75, channel
+masking 0.25 x 64, layerdrop 0.1. Step counts and the learning rate are sized for the tiny model
+on CPU (the recipe's lr range for 0.3B/1B is [2e-5, 3e-4] with 10k frozen updates of many more).
+"""
+from xlsr_jax.downstream.defaults import get_default_config
+
+
+def get_config():
+  c = get_default_config()
+  c.task = "asr"
+  c.finetune.num_steps = 2000
+  c.finetune.freeze_transformer_steps = 200
+  c.optimizer.peak_lr = 5e-4  # tiny model from scratch-like features: the recipe's top end x ~2
+  c.data.max_sample_size = 112_000  # 7 s: every synthetic_speech utterance (longest 6.5 s)
+  c.data.batch_size = 8
+  return c

@@ -1,0 +1,78 @@
+"""The complete default downstream config: every key an experiments/downstream/*.py may set.
+
+Fine-tuning values follow fairseq's XLS-R fine-tuning config (shared/spec/xlsr.md, "Training
+recipe"): Adam (0.9, 0.98), tri-stage schedule 10/40/50 % with final scale 0.05, feature encoder
+frozen, Transformer frozen for the first N updates (10k in the recipe), mask_prob 0.75 (length
+10), channel masking 0.25 x 64, layerdrop 0.1. The step counts here are CPU-demo sized.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from xlsr_jax.sharding.mesh import DEFAULT_RULES
+
+TASKS = ("asr", "lid", "sid")
+
+
+def get_default_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.task = "asr"  # asr (CTC, WER/CER), lid (language id), sid (speaker id)
+  # The encoder: an export dir, a Hugging Face wav2vec2 dir, a fairseq .pt, or "random" (the
+  # architecture of `model` at random initialisation: the baseline pretraining must beat).
+  c.init = "random"
+  c.init_seed = 0  # seed of the random initialisation (encoder with init=random, and heads)
+
+  # Architecture for init=random, and field overrides applied to any loaded encoder's config
+  # (e.g. dropouts for fine-tuning; dtype); preset names as in xlsr_jax.models.config.
+  c.model = ml_collections.ConfigDict({"preset": "tiny"})
+
+  c.finetune = ml_collections.ConfigDict(dict(
+      mode="finetune",  # "finetune" (whole model except the frozen parts) or "probe" (frozen encoder)
+      num_steps=2000,
+      freeze_feature_encoder=True,
+      freeze_transformer_steps=500,  # fairseq freeze_finetune_updates (10k in the XLS-R recipe)
+      mask_prob=0.75, mask_length=10, mask_min_masks=2,  # time masking (mask_emb), fairseq finetune
+      mask_channel_prob=0.25, mask_channel_length=64,  # channel masking (zeros)
+      layerdrop=0.1,
+      final_dropout=0.0,  # dropout before the CTC head
+  ))
+  c.optimizer = ml_collections.ConfigDict(dict(
+      peak_lr=5e-5, phase_ratio=(0.1, 0.4, 0.5), init_lr_scale=0.01, final_lr_scale=0.05,
+      b1=0.9, b2=0.98, eps=1e-8, weight_decay=0.0, grad_clip_norm=0.0,
+  ))
+  # Utterance classification head (LID, SID).
+  c.head = ml_collections.ConfigDict(dict(
+      pooling="mean",  # "mean" or "mean_std" over non-padded frames
+      layer_weighting=True,  # SUPERB learned softmax-weighted sum over the layers
+      projection_dim=0,  # a projection before the classifier (HF classifier_proj_size); 0 = none
+  ))
+  # CTC ASR.
+  c.asr = ml_collections.ConfigDict(dict(
+      vocabulary="",  # a vocab.json to use ("" = the init's vocab.json if it has a CTC head,
+                      # else built from the training transcripts)
+      lowercase=True,
+      max_label_length=160,  # tokens; longer transcripts are an error
+      beam_width=0,  # 0 = greedy decoding; > 0 = beam search (pyctcdecode if installed)
+      kenlm_path="",  # ARPA / binary KenLM model for beam search ("" = none)
+      lm_alpha=0.5, lm_beta=1.0,
+  ))
+  c.data = ml_collections.ConfigDict(dict(
+      data_dir="data/tensorflow_datasets",
+      corpus="synthetic_speech/default",
+      languages=None,  # None = every language of the corpus
+      train_split="train", eval_split="test",
+      max_sample_size=112_000,  # training crop (ASR: longer utterances are dropped instead)
+      eval_max_sample_size=0,  # 0 = the longest test utterance (rounded up to 0.5 s)
+      batch_size=8, eval_batch_size=16,
+      normalize=True,
+      build_if_missing=False,
+  ))
+  c.train = ml_collections.ConfigDict(dict(
+      seed=0, log_every=50, checkpoint_every=500, keep_checkpoints=2,
+  ))
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=1))
+  c.sharding = ml_collections.ConfigDict(dict(
+      logical_axis_rules=[[name, list(axes) if isinstance(axes, tuple) else axes]
+                          for name, axes in DEFAULT_RULES],
+  ))
+  return c
