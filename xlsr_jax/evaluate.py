@@ -97,7 +97,7 @@ def build_task(config, loaded, train_index):
   from xlsr_jax.downstream import heads
   from xlsr_jax.downstream.vocabulary import Vocabulary, build_vocabulary
   cfg = model_config(config, None if loaded.source == "random" else loaded.config)
-  loaded_parts: dict[str, Any] = {"wav2vec2": loaded.params}
+  loaded_parts: dict[str, Any] = {"wav2vec2": loaded.params} if loaded.params else {}
   if config.task == "asr":
     if config.asr.vocabulary:
       vocab = Vocabulary.load(config.asr.vocabulary)
@@ -147,8 +147,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   train_index = data_lib.index_split(builder, train_names)
   test_index = data_lib.index_split(builder, test_names)
 
-  random_config = model_config_from(config) if config.init == "random" else None
-  loaded = encoders.load_encoder(config.init, random_config=random_config, seed=config.init_seed)
+  if config.init == "random":  # the model's own initialisation (seed init_seed) is the encoder
+    loaded = encoders.LoadedEncoder({}, model_config_from(config), "random", "random")
+  else:
+    loaded = encoders.load_encoder(config.init)
   model, loaded_parts, labeler, label_info = build_task(config, loaded, train_index)
   if task != "asr":
     data_lib.warn_unseen(label_info, test_index, task)
@@ -163,8 +165,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                               keep=config.train.keep_checkpoints)
   restored = manager.restore_latest(restore_target(tuner.abstract_state, tuner.state_sharding))
   if restored is None:
-    init_values = finetune.merge_params(tuner.fresh_params(config.init_seed), loaded_parts)
-    state = tuner.create_state(init_values)
+    state = tuner.create_state(loaded_parts)
   else:
     state = restored[0]
     print(f"resumed from step {int(state.step)} in {manager.directory}", flush=True)

@@ -123,9 +123,9 @@ def task_loss(task: str, out: dict, batch: dict) -> tuple[jax.Array, dict[str, j
 class Finetuner:
   """Jitted, sharded init / train / eval for one downstream model on one mesh.
 
-  `model` is heads.Wav2Vec2ForCTC or heads.Wav2Vec2ForUtteranceClassification; `init_params` a
-  (partial) unboxed params tree whose leaves replace the fresh initialisation (the pretrained
-  encoder, and a head when one is reused).
+  `model` is heads.Wav2Vec2ForCTC or heads.Wav2Vec2ForUtteranceClassification; `create_state`
+  takes a partial unboxed params tree whose subtrees replace the fresh initialisation (the
+  pretrained encoder, and a head when one is reused).
   """
 
   def __init__(self, model: nn.Module, task: str, config: ml_collections.ConfigDict, mesh: Mesh,
@@ -144,11 +144,10 @@ class Finetuner:
     labels = self._labels_fn(self.abstract_params)
     self.optimizer, self.schedule = make_optimizer(config.optimizer, f.num_steps, labels)
     with jax.set_mesh(mesh), nn.logical_axis_rules(self.rules):
-      self.abstract_state = jax.eval_shape(self._init_state, unbox(self.abstract_params))
+      self.abstract_state = jax.eval_shape(self._init_state, {})
     self.state_sharding = state_shardings(self.abstract_state, mesh, self.rules)
     self.batch_sharding = mesh_lib.batch_sharding(mesh)
     replicated = NamedSharding(mesh, PartitionSpec())
-    self._init = jax.jit(self._init_state, out_shardings=self.state_sharding)
     self._train = jax.jit(self._train_step, in_shardings=(self.state_sharding, self.batch_sharding),
                           out_shardings=(self.state_sharding, replicated), donate_argnums=0)
     self._eval = jax.jit(self._eval_step, in_shardings=(self.state_sharding, self.batch_sharding),
@@ -159,22 +158,21 @@ class Finetuner:
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
       return jax.eval_shape(lambda: self.model.init(jax.random.key(0), x)["params"])
 
-  def _init_state(self, init_values: Any) -> FinetuneState:
-    """init_values: unboxed params tree (same structure as the model's) to start from."""
-    params = rebox(self.abstract_params, init_values)
+  def _init_state(self, loaded: Any) -> FinetuneState:
+    """A fresh initialisation (key config.init_seed) with every subtree of `loaded` (a partial
+    unboxed params tree: the pretrained encoder, a reused head) put in its place."""
+    x = jnp.zeros((1, self.num_samples), jnp.float32)
+    fresh = unbox(self.model.init(jax.random.key(self.config.init_seed), x)["params"])
+    params = rebox(self.abstract_params, merge_params(fresh, loaded))
     return FinetuneState(step=jnp.zeros((), jnp.int32), params=params,
                          opt_state=self.optimizer.init(params),
                          rng=jax.random.key(self.config.train.seed))
 
-  def fresh_params(self, seed: int) -> Any:
-    """A random initialisation of the whole model (unboxed numpy), to merge loaded parts into."""
-    x = jnp.zeros((1, self.num_samples), jnp.float32)
-    return jax.tree.map(lambda a: jax.device_get(a), unbox(
-        jax.jit(lambda k: self.model.init(k, x)["params"])(jax.random.key(seed))))
-
-  def create_state(self, init_values: Any) -> FinetuneState:
-    with jax.set_mesh(self.mesh):
-      return self._init(init_values)
+  def create_state(self, loaded: Any) -> FinetuneState:
+    """The initial state on the mesh: see `_init_state`; `loaded` may be {} (all random)."""
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+      init = jax.jit(self._init_state, out_shardings=self.state_sharding)
+      return init(jax.tree.map(jnp.asarray, loaded))
 
   def _forward(self, params, batch, rng, deterministic):
     with nn.logical_axis_rules(self.rules):
@@ -235,7 +233,8 @@ class Finetuner:
 
 
 def merge_params(fresh: dict, loaded: dict) -> dict:
-  """`fresh` with every subtree present in `loaded` replaced by it (shapes must agree)."""
+  """`fresh` with every subtree present in `loaded` replaced by it (shapes must agree; dtypes
+  follow `fresh`)."""
   out = dict(fresh)
   for key, value in loaded.items():
     if key not in fresh:
@@ -246,5 +245,5 @@ def merge_params(fresh: dict, loaded: dict) -> dict:
       if tuple(fresh[key].shape) != tuple(value.shape):
         raise ValueError(f"parameter {key!r}: loaded shape {tuple(value.shape)}, model "
                          f"{tuple(fresh[key].shape)}")
-      out[key] = value
+      out[key] = jnp.asarray(value, fresh[key].dtype)
   return out

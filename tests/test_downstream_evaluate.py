@@ -1,0 +1,71 @@
+"""The evaluate CLI end to end on the tiny synthetic_speech build, resume, and its named errors."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from xlsr_jax import evaluate
+from xlsr_jax.checkpoints import model_files
+from xlsr_jax.downstream import encoders
+from xlsr_jax.models.config import get_preset
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus(tmp_path_factory):
+  from data_pipelines.synthetic_speech.builder import SyntheticSpeech
+  data_dir = tmp_path_factory.mktemp("tfds")
+  SyntheticSpeech(config="tiny", data_dir=str(data_dir)).download_and_prepare()
+  return str(data_dir)
+
+
+def _args(task, data_dir, workdir, init="random", *extra):
+  return [f"--config=experiments/downstream/{task}.py", f"--config.init={init}",
+          f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
+          "--config.data.corpus=synthetic_speech/tiny", "--config.finetune.num_steps=4",
+          "--config.train.log_every=2", "--config.train.checkpoint_every=2",
+          "--config.data.batch_size=8", "--config.data.eval_batch_size=8",
+          "--config.data.max_sample_size=16000", *extra]
+
+
+def test_lid_probe_end_to_end_then_resume_and_wrong_classifier(tiny_corpus, tmp_path, capsys):
+  workdir = tmp_path / "lid"
+  assert evaluate.main(_args("lid", tiny_corpus, workdir)) == 0
+  out = capsys.readouterr().out
+  assert "step 4/4" in out and "lid test: accuracy=" in out
+  result = json.loads((workdir / "metrics.json").read_text())
+  assert result["num_utterances"] == 15 and 0.0 <= result["accuracy"] <= 1.0
+  assert result["error_rate"] == pytest.approx(1 - result["accuracy"])
+  report = workdir / "report"
+  assert (report / "report.md").exists() and (report / "confusion_matrix.png").exists()
+  assert any(p.name.startswith("embeddings") for p in report.iterdir())
+  assert os.listdir(workdir / "tensorboard")
+  # The same command again resumes from the last checkpoint (nothing left to train) and re-scores.
+  assert evaluate.main(_args("lid", tiny_corpus, workdir)) == 0
+  assert "resumed from step 4" in capsys.readouterr().out
+  # The exported LID model has a 3-language classifier: as init for SID (6 speakers) it stops.
+  assert evaluate.main(_args("sid", tiny_corpus, tmp_path / "sid", str(workdir / "model"))) == 2
+  err = capsys.readouterr().err
+  assert "has 3 classes but task sid" in err and "has 6" in err
+
+
+def test_missing_export_dir_is_named(tiny_corpus, tmp_path, capsys):
+  missing = tmp_path / "no_such_export"
+  assert evaluate.main(_args("lid", tiny_corpus, tmp_path / "w", str(missing))) == 2
+  assert f"init '{missing}' does not exist" in capsys.readouterr().err
+
+
+def test_vocabulary_that_does_not_match_the_ctc_head_is_named(tiny_corpus, tmp_path, capsys):
+  cfg = get_preset("tiny")
+  encoder = encoders.random_encoder(cfg)
+  head = {"kernel": np.zeros((cfg.hidden_size, 10), np.float32), "bias": np.zeros(10, np.float32)}
+  model_files.save_model(str(tmp_path / "asr_export"), {"wav2vec2": encoder, "lm_head": head}, cfg)
+  code = evaluate.main(_args("asr", tiny_corpus, tmp_path / "asr", str(tmp_path / "asr_export")))
+  err = capsys.readouterr().err
+  assert code == 2 and "but the CTC head of" in err and "has 10 outputs" in err
+
+
+def test_config_typo_is_named(capsys):
+  assert evaluate.main(["--config=experiments/downstream/asr.py", "--config.finetune.mask_probb=0.5"]) == 2
+  assert "nearest valid keys: mask_prob" in capsys.readouterr().err
