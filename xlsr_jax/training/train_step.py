@@ -132,10 +132,17 @@ def make_train_step(model: Wav2Vec2ForPreTraining, optimizer: optax.GradientTran
         rngs = {"dropout": keys[0], "layerdrop": keys[1]}
         grad_fn = jax.grad(loss_sums, has_aux=True)
         grads, sums = grad_fn(state.params, model, mb, mm, rngs, temperature, objective, False, mesh)
-        return jax.tree.map(jnp.add, grad_acc, grads), sums
+        return (grads if grad_acc is None else jax.tree.map(jnp.add, grad_acc, grads)), sums
 
-      zeros = jax.tree.map(jnp.zeros_like, state.params)
-      grads, sums = jax.lax.scan(one_micro, zeros, (micro, jnp.swapaxes(micro_keys, 0, 1)))
+      xs = (micro, jnp.swapaxes(micro_keys, 0, 1))
+      if num_micro == 1:
+        # No loop for one micro-batch: XLA:CPU ran the same forward/backward about 4x slower as a
+        # length-1 scan body than inline (tiny preset, 8 x 3 s: 3.3 s vs 0.8 s per step).
+        grads, sums = one_micro(None, jax.tree.map(lambda x: x[0], xs))
+        sums = jax.tree.map(lambda x: x[None], sums)
+      else:
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        grads, sums = jax.lax.scan(one_micro, zeros, xs)
       num_masked = jnp.sum(sums["num_masked"])
       grads = jax.tree.map(lambda g: g / jnp.maximum(num_masked, 1.0), grads)
       grad_norm = optax.tree.norm(grads)
