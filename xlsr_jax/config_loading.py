@@ -176,3 +176,17 @@ def validate_against_template(config: ml_collections.ConfigDict, template: ml_co
       if not ok:
         raise ConfigError(f"config key {path!r}: expected {type(ref).__name__}, "
                           f"got {type(value).__name__} {value!r}")
+
+
+def load_validated(path: str | None, overrides: Sequence[tuple[str, str]],
+                   template: ml_collections.ConfigDict, usage: str) -> ml_collections.ConfigDict:
+  """`get_config()` of `path` with `--config.a.b=v` overrides applied, checked against `template`
+  (a default config) before and after the overrides; `usage` is the error when no path is given."""
+  if path is None:
+    raise ConfigError(f"{usage} is required")
+  config = load_config_file(path)
+  validate_against_template(config, template)
+  for key, value in overrides:
+    apply_override(config, key, value)
+  validate_against_template(config, template)
+  return config

@@ -23,8 +23,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from xlsr_jax.config_loading import (ConfigError, apply_override, load_config_file, split_argv,
-                                     validate_against_template)
+from xlsr_jax.config_loading import ConfigError, load_validated, split_argv
 
 
 class TaskError(ValueError):
@@ -34,14 +33,8 @@ class TaskError(ValueError):
 def parse_config(argv: list[str]) -> tuple[ml_collections.ConfigDict, list[str]]:
   from xlsr_jax.downstream.defaults import TASKS, get_default_config
   path, overrides, rest = split_argv(argv)
-  if path is None:
-    raise ConfigError("--config=experiments/downstream/<task>.py is required")
-  config = load_config_file(path)
-  template = get_default_config()
-  validate_against_template(config, template)
-  for key, value in overrides:
-    apply_override(config, key, value)
-  validate_against_template(config, template)
+  config = load_validated(path, overrides, get_default_config(),
+                          "--config=experiments/downstream/<task>.py")
   if config.task not in TASKS:
     raise ConfigError(f"task={config.task!r} is not one of {TASKS}")
   if config.finetune.mode not in ("finetune", "probe"):

@@ -14,22 +14,14 @@ import logging
 import os
 import sys
 
-from xlsr_jax.config_loading import (ConfigError, apply_override, load_config_file, model_config_from,
-                                     split_argv, validate_against_template)
+from xlsr_jax.config_loading import ConfigError, load_validated, model_config_from, split_argv
 
 
 def parse_config(argv: list[str]):
   """(config, remaining args) from --config=... and --config.a.b=v overrides; validated."""
   from xlsr_jax.training.defaults import get_default_config
   path, overrides, rest = split_argv(argv)
-  if path is None:
-    raise ConfigError("--config=experiments/<name>.py is required")
-  config = load_config_file(path)
-  template = get_default_config()
-  validate_against_template(config, template)
-  for key, value in overrides:
-    apply_override(config, key, value)
-  validate_against_template(config, template)
+  config = load_validated(path, overrides, get_default_config(), "--config=experiments/<name>.py")
   model_config_from(config)
   return config, rest
 
