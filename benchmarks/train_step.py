@@ -20,8 +20,12 @@ Peak: float32 matmul [n, n] @ [n, n] with jnp.dot and torch.mm in the same run; 
 """
 from __future__ import annotations
 
+import collections
+import glob
+import gzip
 import json
 import os
+import re
 import tempfile
 import time
 
@@ -39,11 +43,63 @@ _MATMUL = flags.DEFINE_integer("matmul_size", 2048, "n of the n x n float32 matm
 _SEED = flags.DEFINE_integer("seed", 0, "Waveform seed.")
 _SET = flags.DEFINE_multi_string("set", [], "Config override for our side, e.g. "
                                   "--set=model.attention_impl=manual (dropouts stay 0 unless set).")
+_PROFILE = flags.DEFINE_bool("profile", False, "Also trace one of our steps (jax.profiler) and "
+                              "print its time per model component and its slowest ops.")
 _WORKER = flags.DEFINE_enum("worker", None, ["ours", "ref"], "Internal: run as a worker process.")
 
 SAMPLE_RATE = 16_000
 DROPOUT_FIELDS = ("hidden_dropout", "attention_dropout", "activation_dropout", "feat_proj_dropout",
                   "feat_quantizer_dropout", "layerdrop")
+
+
+# ------------------------------------------------------------------- where our step's time goes
+
+# (substring of an HLO op's op_name, component); the first match wins, "transpose(" marks backward.
+COMPONENTS = (("feature_extractor", "feature encoder"), ("pos_conv_embed", "positional conv"),
+              ("wav2vec2/encoder", "transformer layers"), ("feature_projection", "feature projection"),
+              ("quantizer", "quantizer"), ("project_", "loss projections"),
+              ("while/body", "loss, gathers (in the micro-batch loop)"))
+
+
+def op_components(hlo_text: str) -> dict[str, tuple[str, str]]:
+  """HLO instruction name -> (component, op_name) from the compiled module's metadata (leaf ops).
+
+  Instructions without an op_name (buffer initialisation and copies that XLA adds, such as the
+  zero-filled stacked buffers of the layer scan) are labelled by their opcode and shape.
+  """
+  out = {}
+  pattern = r'^\s*(?:ROOT )?%?([\w.\-]+) = (\S+) ([\w\-]+)\(([^\n]*)$'
+  for match in re.finditer(pattern, hlo_text, re.M):
+    name, shape, opcode, rest = match.groups()
+    if opcode in ("while", "call", "conditional", "parameter", "constant", "get-tuple-element",
+                  "tuple", "bitcast"):  # containers and free ops: what they run is counted itself
+      continue
+    op_name = re.search(r'op_name="([^"]*)"', rest)
+    if op_name is None:
+      out[name] = (f"no metadata ({opcode})", f"{name} {shape}")
+      continue
+    op_name = op_name.group(1)
+    label = next((c for key, c in COMPONENTS if key in op_name), "optimizer, masks (outside the loop)")
+    out[name] = (label + (" [bwd]" if "transpose(" in op_name else ""), op_name)
+  return out
+
+
+def trace_breakdown(trace_dir: str, hlo_text: str, steps: int) -> dict:
+  """ms per step per component and the 12 slowest ops, from a jax.profiler perfetto trace."""
+  path = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True)[0]
+  with gzip.open(path) as f:
+    events = json.load(f)
+  events = events["traceEvents"] if isinstance(events, dict) else events
+  names = op_components(hlo_text)
+  per_op = collections.Counter()
+  for e in events:
+    if e.get("ph") == "X" and e["name"] in names:
+      per_op[e["name"]] += e.get("dur", 0) / 1e3 / steps
+  per_component = collections.Counter()
+  for name, ms in per_op.items():
+    per_component[names[name][0]] += ms
+  top = [(name, ms, names[name][1][-100:]) for name, ms in per_op.most_common(12)]
+  return dict(components=dict(per_component.most_common()), top_ops=top)
 
 
 # ----------------------------------------------------------------------------- ours (JAX) worker
@@ -52,6 +108,7 @@ def ours_worker() -> None:
   import jax
   import numpy as np
   after_import = common.rss_mib()
+  from xlsr_jax import plan
   from xlsr_jax.checkpoints.hf_layout import config_to_hf
   from xlsr_jax.config_loading import apply_override
   from xlsr_jax.sharding.mesh import make_mesh
@@ -92,11 +149,29 @@ def ours_worker() -> None:
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     model_cfg = trainer.model.config
+    # XLA counts a while loop's body once: add the other layers of the scan (as xlsr_jax.plan does).
+    layer_fn, layer_args = plan.layer_program(trainer, batch // config.train.grad_accum_steps)
+    with jax.set_mesh(trainer.mesh):
+      layer_cost = layer_fn.lower(*layer_args).compile().cost_analysis()
+    layer_cost = layer_cost[0] if isinstance(layer_cost, (list, tuple)) else layer_cost
+    xla_flops = plan.corrected_cost(cost, layer_cost, model_cfg.num_hidden_layers,
+                                    config.train.grad_accum_steps)["flops"]
+    memory = compiled.memory_analysis()
     size = flops.StepSize(batch=batch, num_samples=samples, num_masked=trainer.shapes.max_masked,
                           num_negatives=config.objective.num_negatives)
-    run.update(trainer=trainer, state=state, batch=batch_arrays)
+    run.update(trainer=trainer, state=state, batch=batch_arrays, hlo=compiled.as_text(),
+               trace_dir=os.path.join(os.path.dirname(data_path), f"trace_{preset}"))
+    opt = config.optimizer
     return dict(hf_config=config_to_hf(model_cfg), compile_s=compile_s,
-                xla_flops=float(cost["flops"]), model_flops=float(flops.train_step_flops(model_cfg, size)["total"]),
+                optimizer=dict(peak_lr=opt.peak_lr, warmup_steps=opt.warmup_steps, b1=opt.b1,
+                               b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay),
+                xla_flops=float(xla_flops), xla_flops_raw=float(cost["flops"]),
+                xla_layer_flops=float(layer_cost["flops"]), layers=model_cfg.num_hidden_layers,
+                temp_mib=memory.temp_size_in_bytes / 2**20,
+                model_flops=float(flops.train_step_flops(model_cfg, size)["total"]),
+                program_flops=float(flops.TRAIN_MULTIPLIER * sum(
+                    flops.forward_flops(model_cfg, size, similarity_matrix=True).values())),
+                remat_policy=model_cfg.remat_policy,
                 frames=trainer.shapes.num_frames, max_masked=trainer.shapes.max_masked,
                 devices=f"{len(jax.devices())} x {jax.devices()[0].device_kind}")
 
@@ -112,8 +187,13 @@ def ours_worker() -> None:
     best = min(common.time_calls(lambda: dot(a, a).block_until_ready(), 1) for _ in range(reps))
     return dict(flops_per_s=2 * n**3 / best)
 
+  def profile(count: int) -> dict:
+    with jax.profiler.trace(run["trace_dir"], create_perfetto_trace=True):
+      seconds = common.time_calls(one_step, count)
+    return dict(seconds=seconds, **trace_breakdown(run["trace_dir"], run["hlo"], count))
+
   common.serve(dict(
-      setup=setup, matmul=matmul,
+      setup=setup, matmul=matmul, profile=profile,
       steps=lambda count: dict(seconds=common.time_calls(one_step, count), loss=run["loss"]),
       quit=lambda: dict(peak_rss_mib=common.peak_rss_mib(), after_import_mib=after_import)))
 
@@ -128,7 +208,7 @@ def ref_worker() -> None:
   torch.set_num_threads(os.cpu_count())
   run = {}
 
-  def setup(hf_config: dict, data_path: str, foreach: bool | None = None) -> dict:
+  def setup(hf_config: dict, data_path: str, optimizer: dict, foreach: bool | None = None) -> dict:
     torch.manual_seed(0)
     model = transformers.Wav2Vec2ForPreTraining(transformers.Wav2Vec2Config(**hf_config)).train()
     model.set_gumbel_temperature(2.0)
@@ -140,9 +220,14 @@ def ref_worker() -> None:
     for b in range(batch):
       n = valid[b].sum()
       ref_neg[b, idx[b, :n]] = idx[b][neg[b, :n]] + b * frames
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.98), eps=1e-6,
-                                  weight_decay=0.01, foreach=foreach)
-    run.update(model=model, optimizer=optimizer, wave=torch.from_numpy(data["waveform"]),
+    # Our optimizer's settings and warmup (optax's linear warmup from 0; no clipping by default),
+    # so both sides take the same steps (a constant 3e-4 from step 0 made base diverge to NaN).
+    opt = optimizer
+    optimizer = torch.optim.AdamW(model.parameters(), lr=opt["peak_lr"], betas=(opt["b1"], opt["b2"]),
+                                  eps=opt["eps"], weight_decay=opt["weight_decay"], foreach=foreach)
+    warmup = max(opt["warmup_steps"], 1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: min(k / warmup, 1.0))
+    run.update(model=model, optimizer=optimizer, scheduler=scheduler, wave=torch.from_numpy(data["waveform"]),
                mask=torch.from_numpy(mask), neg=torch.from_numpy(ref_neg), masked=float(valid.sum()))
     return dict(threads=torch.get_num_threads(), interop_threads=torch.get_num_interop_threads(),
                 attention=model.config._attn_implementation, torch=torch.__version__,
@@ -154,6 +239,7 @@ def ref_worker() -> None:
     out = model(run["wave"], mask_time_indices=run["mask"], sampled_negative_indices=run["neg"])
     (out.loss / run["masked"]).backward()
     optimizer.step()
+    run["scheduler"].step()
     run["loss"] = out.loss.item() / run["masked"]
 
   def matmul(n: int, reps: int) -> dict:
@@ -180,7 +266,8 @@ def measure(preset: str, batch: int, samples: int, data_dir: str) -> dict:
   info = ours.call("setup", preset=preset, batch=batch, samples=samples, seed=_SEED.value,
                    data_path=data_path, overrides=_SET.value)
   ref = common.Worker("ref", "benchmarks.train_step", args + ["--worker=ref"])
-  info.update(ref.call("setup", hf_config=info["hf_config"], data_path=data_path))
+  info.update(ref.call("setup", hf_config=info["hf_config"], data_path=data_path,
+                       optimizer=info["optimizer"]))
   sides = {"ours": ours, "ref": ref}
   counts, times, losses = {}, {name: [] for name in sides}, {}
   for name, worker in sides.items():
@@ -197,6 +284,8 @@ def measure(preset: str, batch: int, samples: int, data_dir: str) -> dict:
   info["load_after"] = common.machine_load()
   peaks = {name: worker.call("matmul", n=_MATMUL.value, reps=5)["flops_per_s"]
            for name, worker in sides.items()}
+  if _PROFILE.value:
+    info["profile"] = ours.call("profile", count=1)
   memory = {name: worker.close() for name, worker in sides.items()}
   return dict(info=info, counts=counts, times={k: common.spread(v) for k, v in times.items()},
               losses=losses, peaks=peaks, memory=memory)
@@ -223,14 +312,27 @@ def report(preset: str, batch: int, samples: int, r: dict) -> str:
   lines += [
       f"ratio ref/ours: {ref_t['median'] / ours_t['median']:.2f}x (median); "
       f"{ref_t['min'] / ours_t['min']:.2f}x (min)",
-      f"model FLOPs/step (analytic, xlsr_jax.training.flops): {info['model_flops'] / 1e9:.2f} G; "
-      f"XLA cost_analysis of our compiled step: {info['xla_flops'] / 1e9:.2f} G "
-      f"({info['xla_flops'] / info['model_flops']:.2f}x)",
+      f"model FLOPs/step (analytic, xlsr_jax.training.flops): {info['model_flops'] / 1e9:.2f} G "
+      f"({info['program_flops'] / 1e9:.2f} G counting the M x M similarity matmul the loss runs)",
+      f"XLA cost_analysis of our step: {info['xla_flops'] / 1e9:.2f} G "
+      f"({info['xla_flops'] / info['model_flops']:.2f}x analytic) = step with the layer scan's body "
+      f"once {info['xla_flops_raw'] / 1e9:.2f} G + {info['layers'] - 1} x one layer "
+      f"{info['xla_layer_flops'] / 1e9:.2f} G; XLA adds elementwise work (norms, GELU, softmax, "
+      f"AdamW){' and remat recomputation' if info['remat_policy'] != 'none' else ''}, omits the "
+      f"waveform's gradient and counts the CPU positional-conv weight-gradient loop once",
       f"float32 matmul peak ({_MATMUL.value}^2): jnp.dot {r['peaks']['ours'] / 1e9:.1f}, "
       f"torch.mm {r['peaks']['ref'] / 1e9:.1f} GFLOP/s (% peak uses {peak / 1e9:.1f})",
       f"loss after timing: ours {r['losses']['ours']:.3f}, ref {r['losses']['ref']:.3f}; "
-      f"our compile {info['compile_s']:.1f} s, first step {info['ours_first_step_s']:.1f} s",
+      f"our compile {info['compile_s']:.1f} s, first step {info['ours_first_step_s']:.1f} s; "
+      f"our step's XLA temporaries {info['temp_mib']:.0f} MiB",
       f"{info['load_before']} (before timing), {info['load_after']} (after)"]
+  if "profile" in info:
+    prof = info["profile"]
+    total = sum(prof["components"].values())
+    lines.append(f"our step traced: {1e3 * prof['seconds']:.0f} ms wall, {total:.0f} ms in XLA ops:")
+    lines += [f"  {ms:9.1f} ms {100 * ms / total:5.1f}%  {name}" for name, ms in prof["components"].items()]
+    lines.append("slowest ops:")
+    lines += [f"  {ms:9.1f} ms  {name:<28} {op_name}" for name, ms, op_name in prof["top_ops"]]
   return "\n".join(lines)
 
 
