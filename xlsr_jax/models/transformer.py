@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from xlsr_jax.models.config import Wav2Vec2Config
-from xlsr_jax.models.layers import Dense, LayerNorm, gelu, partitioned
+from xlsr_jax.models.layers import Dense, LayerNorm, gelu, grouped_conv1d, partitioned
 
 
 class PositionalConvEmbedding(nn.Module):
@@ -45,9 +45,7 @@ class PositionalConvEmbedding(nn.Module):
     v32 = v.astype(jnp.float32)
     norm = jnp.sqrt(jnp.sum(jnp.square(v32), axis=(1, 2), keepdims=True))
     weight = (g.astype(jnp.float32)[:, None, None] * v32 / norm).astype(cfg.dtype)
-    y = jax.lax.conv_general_dilated(
-        x.astype(cfg.dtype), weight, window_strides=(1,), padding=[(kernel // 2, kernel // 2)],
-        dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=groups)
+    y = grouped_conv1d(x.astype(cfg.dtype), weight, kernel // 2, groups)
     y = y + bias.astype(cfg.dtype)
     if kernel % 2 == 0:
       y = y[:, :-1]
