@@ -10,6 +10,9 @@ def get_config():
   c = get_default_config()
   c.model.preset = "xlsr_2b"
   c.model.dtype = "bfloat16"  # bf16 compute, float32 master weights
+  # Full remat per layer: with the mesh below and 20 crops of 20 s per chip, the AOT plan for
+  # v5p-64 gives 27.7 of 95 GiB per chip and an estimated MFU of 51% (README, Performance;
+  # benchmarks/results/plan_xlsr_2b_v5p-64.json). A lighter policy may trade that headroom for MFU.
   c.model.remat_policy = "full"
   c.model.feat_proj_dropout = 0.1  # dropout_input 0.1 in the released 2B config (fairseq)
   c.objective.gumbel_end = 0.1  # large recipes: (2, 0.1, 0.999995) (unconfirmed for XLS-R)
