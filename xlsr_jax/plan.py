@@ -44,8 +44,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from xlsr_jax.config_loading import (ConfigError, apply_override, load_config_file, model_config_from,
-                                     split_argv, validate_against_template)
+from xlsr_jax.config_loading import (ConfigError, load_validated, model_config_from,
+                                     split_argv)
 from xlsr_jax.training import devices as devices_lib
 from xlsr_jax.training import flops as flops_lib
 
@@ -395,14 +395,7 @@ def parse_args(argv: list[str]) -> tuple[ml_collections.ConfigDict, Topology, ar
                       help="compile once, for memory only (no XLA FLOPs or step-time estimate)")
   parser.add_argument("--json", action="store_true", help="print the plan as one JSON object")
   args = parser.parse_args(rest)
-  if path is None:
-    raise ConfigError("--config=experiments/<name>.py is required")
-  config = load_config_file(path)
-  template = get_default_config()
-  validate_against_template(config, template)
-  for key, value in overrides:
-    apply_override(config, key, value)
-  validate_against_template(config, template)
+  config = load_validated(path, overrides, get_default_config(), "--config=experiments/<name>.py")
   model_config_from(config)
   topology = parse_topology(args.topology)
   if args.batch_per_chip is not None:
