@@ -46,3 +46,21 @@ def languages_in_splits(split_names, split: str) -> list[str]:
   """Inverse of `language_split_name` over a builder's split names: the sanitised languages of `split`."""
   prefix = f"{split}_"
   return sorted(name[len(prefix):] for name in split_names if name.startswith(prefix))
+
+
+def select_languages(split_names, split: str, languages, where: str) -> list[str]:
+  """The sanitised languages of `split` to read: `languages` (None = every one in `split_names`).
+
+  Errors name `where` (the corpus and its location), the missing languages and the available ones.
+  """
+  available = languages_in_splits(split_names, split)
+  if languages is None:
+    chosen = available
+  else:
+    chosen = [language_split_name(split, lang)[len(split) + 1:] for lang in languages]
+    missing = sorted(set(chosen) - set(available))
+    if missing:
+      raise ValueError(f"{where}: no {split!r} split for languages {missing}; it has {available}")
+  if not chosen:
+    raise ValueError(f"{where}: no splits named '{split}_<lang>'; splits are {sorted(split_names)}")
+  return chosen

@@ -31,7 +31,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from data_pipelines import sampling
-from data_pipelines.features import SAMPLE_RATE, language_split_name, languages_in_splits
+from data_pipelines.features import SAMPLE_RATE, language_split_name, select_languages
 
 # Bytes per stored sample when estimating hours from a split's size: int16 audio in a
 # tf.train.Example is written as an int64 varint list (1-3 bytes when >= 0, 10 bytes when < 0,
@@ -112,18 +112,8 @@ def resolve_sources(config: PipelineConfig,
   for corpus_id, (corpus, languages) in enumerate(config.sources):
     builder = builders[corpus]
     split_names = list(builder.info.splits.keys())
-    available = languages_in_splits(split_names, config.split)
-    if languages is None:
-      chosen = available
-    else:
-      chosen = [language_split_name(config.split, lang)[len(config.split) + 1:] for lang in languages]
-      missing = sorted(set(chosen) - set(available))
-      if missing:
-        raise ValueError(f"{corpus} in {config.data_dir}: no {config.split!r} split for languages "
-                         f"{missing}; it has {available}")
-    if not chosen:
-      raise ValueError(f"{corpus} in {config.data_dir}: no splits named '{config.split}_<lang>'; "
-                       f"splits are {sorted(split_names)}")
+    chosen = select_languages(split_names, config.split, languages,
+                              f"{corpus} in {config.data_dir}")
     for lang in chosen:
       split_name = language_split_name(config.split, lang)
       found.append((corpus_id, corpus, lang, split_name, split_hours(builder, split_name),

@@ -273,3 +273,14 @@ def test_global_batch_with_two_processes():
   for pid, (p, out) in enumerate(zip(procs, outputs)):
     assert p.returncode == 0, out
     assert f"ok {pid} {list(range(4 * pid, 4 * pid + 4))}" in out, out  # 8 shards of one row
+
+
+def test_select_languages_names_missing_and_available_languages():
+  from data_pipelines.features import select_languages
+  names = ["train_en", "train_pt_br", "test_en"]
+  assert select_languages(names, "train", None, "c") == ["en", "pt_br"]
+  assert select_languages(names, "train", ["pt-BR"], "c") == ["pt_br"]
+  with pytest.raises(ValueError, match=r"corpus X: no 'test' split for languages \['pt_br'\]; it has \['en'\]"):
+    select_languages(names, "test", ["pt-BR"], "corpus X")
+  with pytest.raises(ValueError, match="no splits named 'validation_<lang>'"):
+    select_languages(names, "validation", None, "c")

@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from data_pipelines.features import SAMPLE_RATE, language_split_name, languages_in_splits
+from data_pipelines.features import SAMPLE_RATE, language_split_name, select_languages
 from data_pipelines.input_pipeline import crop_and_pad, stream_key
 from xlsr_jax.downstream.vocabulary import Vocabulary
 
@@ -48,18 +48,8 @@ class SplitIndex:
 def split_names(builder: tfds.core.DatasetBuilder, split: str,
                 languages: Sequence[str] | None) -> list[str]:
   """The builder's "<split>_<lang>" split names for `languages` (None = every language found)."""
-  available = languages_in_splits(list(builder.info.splits.keys()), split)
-  if languages is None:
-    chosen = available
-  else:
-    chosen = [language_split_name(split, lang)[len(split) + 1:] for lang in languages]
-    missing = sorted(set(chosen) - set(available))
-    if missing:
-      raise ValueError(f"{builder.info.full_name}: no {split!r} split for languages {missing}; "
-                       f"it has {available}")
-  if not chosen:
-    raise ValueError(f"{builder.info.full_name}: no splits named '{split}_<lang>'; splits are "
-                     f"{sorted(builder.info.splits.keys())}")
+  chosen = select_languages(list(builder.info.splits.keys()), split, languages,
+                            builder.info.full_name)
   return [language_split_name(split, lang) for lang in chosen]
 
 
