@@ -11,6 +11,7 @@ from typing import Any
 import jax.numpy as jnp
 
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims", "save_attention_and_ffn_out")
+ATTENTION_IMPLS = ("xla", "cudnn", "splash", "manual")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +50,10 @@ class Wav2Vec2Config:
   dtype: Any = jnp.float32  # compute dtype
   param_dtype: Any = jnp.float32  # storage dtype of parameters
   remat_policy: str = "none"  # one of REMAT_POLICIES, applied per Transformer layer
-  attention_impl: str = "xla"  # "xla" (jax.nn.dot_product_attention), "cudnn", or "manual"
+  # "xla" (jax.nn.dot_product_attention), "cudnn" (its GPU flash kernel), "splash" (Pallas splash
+  # attention for TPU; interpret mode elsewhere, see models/splash.py), or "manual" (einsum softmax).
+  attention_impl: str = "xla"
+  splash_block_size: int = 512  # largest splash-attention tile (frames); a multiple of 128
 
   def __post_init__(self):
     if not (len(self.conv_dim) == len(self.conv_kernel) == len(self.conv_stride)):
@@ -68,8 +72,10 @@ class Wav2Vec2Config:
                        f"num_codevector_groups {self.num_codevector_groups}")
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"remat_policy {self.remat_policy!r} is not one of {REMAT_POLICIES}")
-    if self.attention_impl not in ("xla", "cudnn", "manual"):
-      raise ValueError(f"attention_impl {self.attention_impl!r} is not one of xla, cudnn, manual")
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(f"attention_impl {self.attention_impl!r} is not one of {ATTENTION_IMPLS}")
+    if self.splash_block_size <= 0 or self.splash_block_size % 128:
+      raise ValueError(f"splash_block_size {self.splash_block_size} is not a positive multiple of 128")
 
   @property
   def head_dim(self) -> int:

@@ -15,6 +15,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from xlsr_jax.models.config import Wav2Vec2Config
 from xlsr_jax.models.layers import Dense, LayerNorm, gelu, grouped_conv1d, partitioned
+from xlsr_jax.models.splash import splash_attention
 
 
 class PositionalConvEmbedding(nn.Module):
@@ -83,6 +84,8 @@ class SelfAttention(nn.Module):
       probs = jax.nn.softmax(scores, axis=-1)
       probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=self.deterministic)
       out = jnp.einsum("bhqs,bshk->bqhk", probs.astype(cfg.dtype), v)
+    elif cfg.attention_impl == "splash":
+      out = splash_attention(q, k, v, key_valid, cfg.splash_block_size)
     else:
       out = jax.nn.dot_product_attention(
           q, k, v, mask=mask, implementation=None if cfg.attention_impl == "xla" else "cudnn")
