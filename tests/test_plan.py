@@ -67,6 +67,10 @@ def test_scan_correction_adds_the_other_layers_and_micro_steps():
                                                                        "optimal_seconds": 2.5}
   assert plan.corrected_cost(step, layer, layers=1, micro_steps=3)["flops"] == 30.0
   assert plan.corrected_cost({"flops": 1.0}, layer, 2, 1)["optimal_seconds"] is None
+  # A negative optimal_seconds is libtpu's "no estimate" (xlsr_300m on v5e-8): no MFU, not a
+  # negative one.
+  unknown = plan.corrected_cost({"flops": 10.0, "optimal_seconds": -70.0}, layer, 24, 40)
+  assert unknown == {"flops": 40 * (10.0 + 23 * 2.0), "optimal_seconds": None}
 
 
 @pytest.fixture(scope="module")

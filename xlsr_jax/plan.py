@@ -209,7 +209,9 @@ def corrected_cost(step: dict[str, float], layer: dict[str, float], layers: int,
   """Whole-step flops / optimal_seconds from XLA's loop-bodies-once figures (see module doc)."""
   out = {}
   for key in ("flops", "optimal_seconds"):
-    if step.get(key) is None or layer.get(key) is None:
+    # libtpu reports a negative optimal_seconds when its cost model has no estimate (seen for
+    # xlsr_300m on v5e-8: -70 s for the step, -7 s for one layer): no figure, not a wrong one.
+    if step.get(key) is None or layer.get(key) is None or min(step[key], layer[key]) < 0:
       out[key] = None
     else:
       out[key] = micro_steps * (step[key] + (layers - 1) * layer[key])
@@ -370,7 +372,10 @@ def format_plan(r: dict[str, Any]) -> str:
               f"({r['optimal_seconds']:.3f} s x {r['chips']} chips x "
               f"{r['peak_flops_per_chip'] / 1e12:g} TFLOP/s)"]
   elif "cost_compile_seconds" in r:
-    lines.append("step time       no estimate: " + (r["cost_compile_error"] or "no optimal_seconds"))
+    raw = r.get("xla_raw", {}).get("optimal_seconds")
+    lines.append("step time       no estimate: " + (r["cost_compile_error"] or (
+        f"the compiler's optimal_seconds is {raw:.3g} (negative: no estimate for this program/chip)"
+        if raw is not None and raw < 0 else "no optimal_seconds")))
   times = [f"lower {r['lower_seconds']:.1f} s", f"compile {r['compile_seconds']:.1f} s"]
   if "cost_compile_seconds" in r:
     times.append(f"cost compile {r['cost_compile_seconds']:.1f} s")
