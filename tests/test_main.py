@@ -60,7 +60,8 @@ def step_losses(output):
 
 def test_sigkill_then_restart_reaches_the_uninterrupted_result(data_dir, tmp_path):
   steps = 16
-  args = overrides(data_dir, **{"train.num_steps": steps})
+  cache = tmp_path / "jit_cache"  # the restarts load the compiled step from here
+  args = overrides(data_dir, **{"train.num_steps": steps, "train.compilation_cache_dir": cache})
   full = run_main([f"--workdir={tmp_path / 'full'}", "--no_export", *args])
   full_out = full.communicate(timeout=600)[0]
   assert full.returncode == 0, full_out[-3000:]
@@ -94,6 +95,7 @@ def test_sigkill_then_restart_reaches_the_uninterrupted_result(data_dir, tmp_pat
   step_b, params_b = final_params(str(tmp_path / "killed"))
   assert step_a == step_b == steps
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), params_a, params_b)
+  assert list(cache.glob("jit_step_fn-*")), sorted(p.name for p in cache.iterdir())
 
 
 def _free_port():

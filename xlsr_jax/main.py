@@ -64,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
   for noisy in ("absl", "tensorflow", "jax._src", "orbax"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
   initialize_distributed(config)
+  if config.train.compilation_cache_dir:
+    import jax
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(config.train.compilation_cache_dir))
   from xlsr_jax.training.loop import train_and_evaluate
   result = train_and_evaluate(config, args.workdir)
   import jax

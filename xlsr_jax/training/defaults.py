@@ -37,6 +37,10 @@ def get_default_config() -> ml_collections.ConfigDict:
       checkpoint_every=5_000, keep_checkpoints=3,
       peak_tflops_per_device=0.0,  # 0 = look up the device kind (for MFU); set for unknown devices
       max_nonfinite_steps=100,  # stop when this many consecutive steps had a NaN/Inf loss
+      # JAX persistent compilation cache (local path or gs://): a restarted run (crash, preemption)
+      # loads the compiled step instead of compiling it again. "" = JAX's own setting
+      # (JAX_COMPILATION_CACHE_DIR).
+      compilation_cache_dir="",
   ))
 
   # Input pipeline (data_pipelines.input_pipeline.PipelineConfig) and batch size in seconds.
