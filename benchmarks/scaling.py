@@ -115,6 +115,17 @@ def tpu_part() -> list[dict]:
   return rows
 
 
+def fit_fixed_plus_flops(rows: list[dict]) -> tuple[float, float]:
+  """Least-squares step_s = fixed + flops / rate over one preset's crops: (fixed s, rate FLOP/s).
+
+  `fixed` is per-step work that does not grow with the crop (AdamW over the parameters, the layer
+  scan's stacked parameter and gradient buffers); `rate` is the throughput on the FLOPs that do.
+  """
+  import numpy as np
+  slope, fixed = np.polyfit([r["flops"] for r in rows], [r["step_s"] for r in rows], 1)
+  return float(fixed), float(1.0 / slope)
+
+
 def plot(result: dict, path: str) -> None:
   import matplotlib
   matplotlib.use("Agg")
@@ -129,12 +140,15 @@ def plot(result: dict, path: str) -> None:
     # Analytic FLOPs scaled to the measured time at the shortest crop: the "time follows FLOPs" line.
     scale = rows[0]["step_s"] / rows[0]["flops"]
     axes[0].plot(x, [r["flops"] * scale for r in rows], "--", color=line.get_color(),
-                 label=f"{preset}: analytic FLOPs (scaled)")
+                 label=f"{preset}: proportional to analytic FLOPs")
+    fixed, rate = fit_fixed_plus_flops(rows)
+    axes[0].plot(x, [fixed + r["flops"] / rate for r in rows], ":", color=line.get_color(),
+                 label=f"{preset}: fit {fixed:.2g} s + FLOPs / {rate / 1e9:.0f} GFLOP/s")
     axes[1].plot(x, [r["flops"] / r["step_s"] / 1e9 for r in rows], "o-", color=line.get_color(),
                  label=preset)
   axes[0].set(xlabel="crop length (s), batch 1", ylabel="s / step (CPU, 2 cores)", yscale="log",
               title="our train step on CPU vs crop length")
-  axes[0].legend(fontsize=8)
+  axes[0].legend(fontsize=7)
   axes[1].set(xlabel="crop length (s), batch 1", ylabel="achieved model GFLOP/s",
               title="analytic FLOPs / measured time")
   axes[1].legend(fontsize=8)
@@ -153,8 +167,8 @@ def plot(result: dict, path: str) -> None:
         axes[2].axvline(r["batch_per_chip"], color="gray", ls=":", label="does not compile (HBM)")
     first = tpu[0]
     axes[2].set(xlabel="crops per chip", ylabel="GiB per chip",
-                title=f"{first['model']} on {first['topology']} ({first['num_samples'] / SAMPLE_RATE:g} s "
-                      f"crops, remat {first['remat_policy']})")
+                title=f"{first['model']} on {first['topology']}: memory vs batch\n"
+                      f"({first['num_samples'] / SAMPLE_RATE:g} s crops, remat {first['remat_policy']})")
     axes[2].legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
@@ -185,6 +199,9 @@ def main(argv) -> None:
     print(f"{r['preset']:<6}{r['seconds']:>5g} s {r['frames']:>5} frames {1e3 * r['step_s']:>10.1f} ms "
           f"x{r['step_s'] / base['step_s']:>6.2f} time  x{r['flops'] / base['flops']:>6.2f} FLOPs "
           f"{r['flops'] / r['step_s'] / 1e9:>7.1f} GFLOP/s")
+  for preset in dict.fromkeys(r["preset"] for r in result.get("cpu", [])):
+    fixed, rate = fit_fixed_plus_flops([r for r in result["cpu"] if r["preset"] == preset])
+    print(f"{preset:<10} fit: step = {fixed:.3f} s + analytic FLOPs / {rate / 1e9:.1f} GFLOP/s")
   for r in result.get("tpu", []):
     total = "does not fit" if r["total_bytes"] is None else f"{r['total_bytes'] / 2**30:.2f} GiB"
     print(f"{r['model']} {r['topology']} batch/chip {r['batch_per_chip']:g}: {total} of "
