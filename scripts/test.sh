@@ -12,4 +12,6 @@ fi
   || echo "optional LM packages (requirements-lm.txt) not installed: the KenLM beam-search test is skipped"
 .venv/bin/pip install -q --no-deps -e .
 export JAX_PLATFORMS=cpu
-.venv/bin/python -m pytest tests "$@"
+# Test files run on PYTEST_WORKERS processes (default 2; whole files per worker, so module fixtures
+# such as the built corpus and the TPU plan are made once): 15.5 -> 12.2 min on the 2-core machine.
+.venv/bin/python -m pytest tests -n "${PYTEST_WORKERS:-2}" --dist loadfile "$@"
