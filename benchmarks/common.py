@@ -16,6 +16,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+# Model-config fields set to 0 for timing: both sides then run the same deterministic program.
+DROPOUT_FIELDS = ("hidden_dropout", "attention_dropout", "activation_dropout", "feat_proj_dropout",
+                  "feat_quantizer_dropout", "layerdrop")
+
 _REPLY = "@@reply "  # prefix of protocol lines on a worker's stdout; anything else is passed through
 
 

@@ -7,8 +7,9 @@
 CPU part: our jitted `Trainer.step` (forward, loss, backward, AdamW) for --presets at batch 1 and
 each --crop_seconds, median of --steps timed steps after one warm-up, in a fresh process per
 preset; beside it the analytic model FLOPs of the same step (xlsr_jax.training.flops). If the time
-follows the FLOPs, time / FLOPs stays flat across crop lengths; the plot shows both, each
-relative to the shortest crop.
+follows the FLOPs, FLOPs / time stays flat across crop lengths; the plot shows the measured time,
+a line proportional to the FLOPs (matched at the shortest crop), and a least-squares fit
+time = fixed + FLOPs / rate that separates per-step work which does not grow with the crop.
 
 TPU part: `python -m xlsr_jax.plan --skip_cost --json` (one memory-only AOT compile per point) of
 --tpu_config on --tpu_topology at each --tpu_batches per-chip batch: per-chip bytes (arguments =
@@ -24,6 +25,8 @@ import sys
 import time
 
 from absl import app, flags
+
+from benchmarks import common
 
 _PRESETS = flags.DEFINE_list("presets", ["tiny", "base"], "CPU part: presets.")
 _CROPS = flags.DEFINE_list("crop_seconds", ["2", "5", "10", "20"], "CPU part: crop lengths (s).")
@@ -54,8 +57,7 @@ def time_preset(preset: str, crops: list[float], steps: int) -> list[dict]:
     samples = round(seconds * SAMPLE_RATE)
     config = get_default_config()
     config.model.preset = preset
-    for field in ("hidden_dropout", "attention_dropout", "activation_dropout", "feat_proj_dropout",
-                  "feat_quantizer_dropout", "layerdrop"):
+    for field in common.DROPOUT_FIELDS:
       config.model[field] = 0.0
     trainer = build_trainer(config, make_mesh(1, 1, 1, devices=jax.devices()[:1]), samples)
     state = trainer.create_state()

@@ -48,8 +48,6 @@ _PROFILE = flags.DEFINE_bool("profile", False, "Also trace one of our steps (jax
 _WORKER = flags.DEFINE_enum("worker", None, ["ours", "ref"], "Internal: run as a worker process.")
 
 SAMPLE_RATE = 16_000
-DROPOUT_FIELDS = ("hidden_dropout", "attention_dropout", "activation_dropout", "feat_proj_dropout",
-                  "feat_quantizer_dropout", "layerdrop")
 
 
 # ------------------------------------------------------------------- where our step's time goes
@@ -126,7 +124,7 @@ def ours_worker() -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
     config = get_default_config()
     config.model.preset = preset
-    for field in DROPOUT_FIELDS:
+    for field in common.DROPOUT_FIELDS:
       config.model[field] = 0.0
     for item in overrides:
       key, _, value = item.partition("=")
