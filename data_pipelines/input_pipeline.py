@@ -7,22 +7,25 @@ element index); crops are stateless too, keyed by (seed, process, source, index 
 The dataset is sequential (no op runs ahead), so its iterator state is positions only, a few
 hundred bytes per source; `PipelineIterator` prefetches in a thread and saves it exactly.
 
-Batches (numpy-able dicts, local_batch = global_batch_size // process_count):
-  waveform      float32 [local_batch, max_sample_size]  (zero after the utterance's end)
-  padding_mask  bool    [local_batch, max_sample_size]  True = padded sample
+With duration buckets (`bucket_lengths`, see data_pipelines/buckets.py) each step's batch comes
+from one bucket drawn from a seed shared by every process (same shape on every host at every
+step); a per-split index of utterance lengths (`split_lengths`, computed once and cached) assigns
+utterances to buckets, and records outside a stream's bucket are skipped before decoding.
+
+Batches (numpy-able dicts, local_batch = rows // process_count; rows and crop are the bucket's,
+or global_batch_size and max_sample_size without buckets):
+  waveform      float32 [local_batch, crop]  (zero after the utterance's end)
+  lengths       int32   [local_batch]  real samples of each row (the rest is padding)
   language_id   int32   [local_batch]  index into `resolve_sources(...)` languages (sorted)
   corpus_id     int32   [local_batch]  index into config.sources
+  bucket        int32   [local_batch]  the step's bucket index (0 without buckets)
   id            string  [local_batch]  utterance id, only with `keep_ids=True`
 """
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import os
-import queue
-import threading
-import zipfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,8 +33,10 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from data_pipelines import buckets as buckets_lib
 from data_pipelines import sampling
 from data_pipelines.features import SAMPLE_RATE, language_split_name, select_languages
+from data_pipelines.pipeline_iterator import PipelineIterator
 
 # Bytes per stored sample when estimating hours from a split's size: int16 audio in a
 # tf.train.Example is written as an int64 varint list (1-3 bytes when >= 0, 10 bytes when < 0,
@@ -39,7 +44,8 @@ from data_pipelines.features import SAMPLE_RATE, language_split_name, select_lan
 _VARINT_BYTES_PER_SAMPLE = 6.0
 _RAW_BYTES_PER_SAMPLE = 2.0
 _NORMALIZE_EPS = 1e-5  # fairseq: F.layer_norm(wav, wav.shape), eps 1e-5
-_CHOICE_STREAM, _CROP_STREAM, _FILE_STREAM = 1, 2, 3
+_CHOICE_STREAM, _CROP_STREAM, _FILE_STREAM, _BUCKET_STREAM = 1, 2, 3, 4
+_LENGTHS_DIR = "xlsr_jax_lengths"  # per-split utterance-length index, beside the dataset's files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +66,18 @@ class PipelineConfig:
   prefetch_batches: int = 2  # batches PipelineIterator prepares ahead in a thread (0: none)
   num_epochs: int | None = None  # None: repeat forever; 1: one pass (tests, evaluation)
   keep_ids: bool = False  # add "id" (utterance ids) to the batch
+  # Duration buckets (data_pipelines/buckets.py): crop lengths in samples, ascending, and the global
+  # rows of each; empty = one fixed crop of max_sample_size for global_batch_size rows.
+  bucket_lengths: tuple[int, ...] = ()
+  bucket_batch_sizes: tuple[int, ...] = ()
+  bucket_mode: str = "crop"  # "crop": longest bucket an utterance fills; "pad": shortest it fits
+
+  @property
+  def bucket_spec(self) -> buckets_lib.BucketSpec | None:
+    if not self.bucket_lengths:
+      return None
+    return buckets_lib.BucketSpec(self.bucket_lengths, self.bucket_batch_sizes, self.bucket_mode,
+                                  self.min_sample_size)
 
   @classmethod
   def from_mapping(cls, mapping: Mapping[str, Any]) -> PipelineConfig:
@@ -67,6 +85,8 @@ class PipelineConfig:
     values = dict(mapping)
     values["sources"] = tuple(
         (corpus, None if langs is None else tuple(langs)) for corpus, langs in values["sources"])
+    for key in ("bucket_lengths", "bucket_batch_sizes"):
+      values[key] = tuple(int(v) for v in values.get(key, ()))
     return cls(**values)
 
 
@@ -143,29 +163,77 @@ def process_split(split_name: str, num_examples: int, process_index: int,
   return f"{split_name}[{start}:{end}]"
 
 
+def _shard_offsets(builder: tfds.core.DatasetBuilder, split_name: str) -> dict[str, int]:
+  """{shard file name: index of its first example in the whole split}."""
+  offsets, total = {}, 0
+  for fi in builder.info.splits[split_name].file_instructions:
+    offsets[os.path.basename(os.fspath(fi.filename))] = total
+    total += fi.examples_in_shard
+  return offsets
+
+
 def read_split(builder: tfds.core.DatasetBuilder, split: str, *, shuffle_seed: int | None,
-               cycle_length: int) -> tf.data.Dataset:
+               cycle_length: int, keep: np.ndarray | None = None) -> tf.data.Dataset:
   """One pass over a (sub)split's TFRecord files: {"audio": int16 [samples], "id": string}.
 
   Sequential on purpose (no parallel or prefetching op, unlike `as_dataset`), so the iterator
   state is file positions only. With `shuffle_seed`, files come in a new seeded order each pass.
+  keep: optional bool [examples in the whole split]; records whose index in the split is False
+  are skipped before they are decoded (bucket streams read only their bucket's utterances).
   """
   if builder.info.file_format != tfds.core.FileFormat.TFRECORD:
     raise ValueError(f"{builder.info.full_name}: stored as {builder.info.file_format}; the "
                      "pretraining pipeline reads TFRecord files only")
   instructions = [fi for fi in builder.info.splits[split].file_instructions if fi.take > 0]
+  offsets = _shard_offsets(builder, split.split("[")[0])
   paths = tf.constant([os.fspath(fi.filename) for fi in instructions])
   skips = tf.constant([fi.skip for fi in instructions], tf.int64)
   takes = tf.constant([fi.take for fi in instructions], tf.int64)
+  firsts = tf.constant([offsets[os.path.basename(os.fspath(fi.filename))] + fi.skip
+                        for fi in instructions], tf.int64)  # split index of each file's first read
   files = tf.data.Dataset.range(len(instructions))
   if shuffle_seed is not None:
     files = files.shuffle(len(instructions), seed=shuffle_seed, reshuffle_each_iteration=True)
   records = files.interleave(
-      lambda j: tf.data.TFRecordDataset(paths[j]).skip(skips[j]).take(takes[j]),
+      lambda j: tf.data.TFRecordDataset(paths[j]).skip(skips[j]).take(takes[j]).enumerate(
+      ).map(lambda k, record: (firsts[j] + k, record)),
       cycle_length=max(1, min(cycle_length, len(instructions))), block_length=1)
+  if keep is not None:
+    keep_table = tf.constant(np.asarray(keep, bool))
+    records = records.filter(lambda index, record: tf.gather(keep_table, index))
   features = tfds.decode.PartialDecoding({"audio": True, "id": True}).extract_features(
       builder.info.features)
-  return records.map(features.deserialize_example)
+  return records.map(lambda index, record: features.deserialize_example(record))
+
+
+def split_lengths(builder: tfds.core.DatasetBuilder, split_name: str) -> np.ndarray:
+  """Samples of every utterance of a whole split, in split order: int32 [num_examples].
+
+  Read once (decoding every record) and cached as `<dataset dir>/xlsr_jax_lengths/<split>.npy`
+  (a read-only dataset directory is re-read each time, with a warning).
+  """
+  path = os.path.join(os.fspath(builder.data_dir), _LENGTHS_DIR, f"{split_name}.npy")
+  expected = builder.info.splits[split_name].num_examples
+  if tf.io.gfile.exists(path):
+    with tf.io.gfile.GFile(path, "rb") as f:
+      lengths = np.load(f)
+    if len(lengths) == expected:
+      return lengths
+  ds = read_split(builder, split_name, shuffle_seed=None, cycle_length=1)
+  ds = ds.map(lambda ex: tf.shape(ex["audio"])[0]).batch(4096)
+  lengths = np.concatenate([b.numpy() for b in ds] or [np.zeros([0], np.int32)]).astype(np.int32)
+  if len(lengths) != expected:
+    raise ValueError(f"{builder.info.full_name} {split_name}: read {len(lengths)} utterances, the "
+                     f"dataset info says {expected}")
+  try:
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    with tf.io.gfile.GFile(path, "wb") as f:
+      np.save(f, lengths)
+  except (OSError, tf.errors.OpError) as e:
+    import logging
+    logging.warning("could not cache the length index of %s %s at %s (%s): it is re-read on "
+                    "every start", builder.info.full_name, split_name, path, e)
+  return lengths
 
 
 def stream_key(seed: int, stream: int, *ids: int) -> np.ndarray:
@@ -181,7 +249,7 @@ def _fold_in(key: np.ndarray, index: tf.Tensor) -> tf.Tensor:
 
 def crop_and_pad(audio: tf.Tensor, key: tf.Tensor, *, max_sample_size: int,
                  normalize: bool) -> tuple[tf.Tensor, tf.Tensor]:
-  """int16 `[samples]` -> (float32 `[max_sample_size]`, padding mask bool `[max_sample_size]`).
+  """int16 `[samples]` -> (float32 `[max_sample_size]`, real samples int32 `[]`).
 
   Scales to [-1, 1), optionally normalises over the whole utterance, then takes a random window
   of max_sample_size samples (start drawn with `key`) or right-pads with zeros.
@@ -196,7 +264,7 @@ def crop_and_pad(audio: tf.Tensor, key: tf.Tensor, *, max_sample_size: int,
   wave = wave[start:start + max_sample_size]
   kept = tf.shape(wave)[0]
   wave = tf.ensure_shape(tf.pad(wave, [[0, max_sample_size - kept]]), [max_sample_size])
-  return wave, tf.range(max_sample_size) >= kept
+  return wave, kept
 
 
 def _failing_dataset(element_spec, message: str) -> tf.data.Dataset:
@@ -214,43 +282,125 @@ def _failing_dataset(element_spec, message: str) -> tf.data.Dataset:
 
 
 def source_dataset(config: PipelineConfig, builder: tfds.core.DatasetBuilder, source: Source,
-                   source_index: int, *, process_index: int,
-                   process_count: int) -> tf.data.Dataset:
+                   source_index: int, *, process_index: int, process_count: int,
+                   keep: np.ndarray | None = None, bucket: int = 0) -> tf.data.Dataset:
   """This process's slice of one source: {"audio", "id", "source", "crop_key"}, long ones only.
 
+  keep: bool [examples in the split] chooses the utterances of one bucket (skipped undecoded);
+  bucket: the bucket's index, so each (source, bucket) stream has its own file order and crops.
   Infinite (files reshuffled each epoch) unless config.num_epochs is set; an infinite source with
-  no utterance of at least min_sample_size samples raises instead of spinning forever.
+  no utterance to give raises instead of spinning forever.
   """
   split = process_split(source.split_name, source.num_examples, process_index, process_count)
-  file_seed = int(stream_key(config.seed, _FILE_STREAM, process_index, source_index)[0]) % 2**31
+  file_seed = int(stream_key(config.seed, _FILE_STREAM, process_index, source_index,
+                             bucket)[0]) % 2**31
   ds = read_split(builder, split, shuffle_seed=file_seed if config.shuffle_files else None,
-                  cycle_length=config.interleave_cycle_length)
-  ds = ds.filter(lambda ex: tf.shape(ex["audio"])[0] >= config.min_sample_size)
+                  cycle_length=config.interleave_cycle_length, keep=keep)
+  if keep is None:
+    ds = ds.filter(lambda ex: tf.shape(ex["audio"])[0] >= config.min_sample_size)
   ds = ds.repeat(config.num_epochs)
-  crop_key = stream_key(config.seed, _CROP_STREAM, process_index, source_index)
+  crop_key = stream_key(config.seed, _CROP_STREAM, process_index, source_index, bucket)
   ds = ds.enumerate().map(lambda k, ex: {
       "audio": ex["audio"], "id": ex["id"], "source": tf.constant(source_index, tf.int32),
       "crop_key": _fold_in(crop_key, k)})
   if config.num_epochs is None:
+    what = (f"bucket {bucket}" if keep is not None
+            else f"min_sample_size={config.min_sample_size} samples")
     ds = ds.concatenate(_failing_dataset(ds.element_spec, (
         f"{source.corpus} {source.split_name} (process {process_index} of {process_count}) has "
-        f"no utterance of at least min_sample_size={config.min_sample_size} samples")))
+        f"no utterance for {what}")))
   return ds
 
 
 def mix_sources(datasets: Sequence[tf.data.Dataset], weights: Sequence[float], *, seed: int,
-                process_index: int, stop_on_empty: bool = True) -> tf.data.Dataset:
+                process_index: int, stop_on_empty: bool = True, stream: int = 0
+                ) -> tf.data.Dataset:
   """Element i comes from source j ~ Categorical(weights), drawn with key (seed, process, i).
 
   `choose_from_datasets` with a stateless choice stream: the draws depend only on the seed, the
   process and the element index, so the mix is reproducible and its iterator state is a counter.
+  `stream` separates independent mixes (one per bucket).
   """
   logits = tf.math.log(tf.constant([weights], tf.float64))
-  key = stream_key(seed, _CHOICE_STREAM, process_index)
+  key = stream_key(seed, _CHOICE_STREAM, process_index, stream)
   choices = tf.data.Dataset.counter().map(
       lambda i: tf.random.stateless_categorical(logits, 1, seed=_fold_in(key, i))[0, 0])
   return tf.data.Dataset.choose_from_datasets(datasets, choices,
                                               stop_on_empty_dataset=stop_on_empty)
+
+
+@dataclasses.dataclass(frozen=True)
+class BucketPlan:
+  """How a bucketed run draws its batches, from the splits' length indexes (same on every host)."""
+  spec: buckets_lib.BucketSpec
+  step_probabilities: tuple[float, ...]  # P(step uses bucket b)
+  shares: dict[tuple[str, str], tuple[float, ...]]  # f_s(b) per (corpus, language)
+  dropped: dict[tuple[str, str], int]  # utterances too short for any bucket, per source
+  kept: dict[tuple[str, str], int]
+
+  def summary(self) -> dict[str, Any]:
+    """JSON-able report: buckets (seconds, rows, step share), dropped and kept utterances."""
+    return {
+        "mode": self.spec.mode,
+        "buckets": [{"seconds": n / SAMPLE_RATE, "rows": r, "step_probability": p}
+                    for n, r, p in zip(self.spec.lengths, self.spec.batch_sizes,
+                                       self.step_probabilities)],
+        "dropped_utterances": int(sum(self.dropped.values())),
+        "kept_utterances": int(sum(self.kept.values())),
+        "dropped_by_source": {f"{c}/{l}": n for (c, l), n in self.dropped.items() if n}}
+
+
+def plan_buckets(config: PipelineConfig, sources: Sequence[Source],
+                 builders: Mapping[str, tfds.core.DatasetBuilder]
+                 ) -> tuple[BucketPlan, dict[tuple[str, str], np.ndarray]]:
+  """The bucket plan of `config` and each source's bucket index per utterance (-1 = dropped)."""
+  spec = config.bucket_spec
+  assignments, counts, dropped = {}, {}, {}
+  for s in sources:
+    index = buckets_lib.assign(split_lengths(builders[s.corpus], s.split_name), spec)
+    key = (s.corpus, s.language)
+    assignments[key] = index
+    counts[key] = np.bincount(index[index >= 0], minlength=spec.num_buckets)
+    dropped[key] = int(np.sum(index < 0))
+  shares = buckets_lib.source_bucket_shares(counts)
+  weights = {(s.corpus, s.language): s.weight for s in sources}
+  probs = buckets_lib.step_probabilities(weights, shares, spec)
+  plan = BucketPlan(spec=spec, step_probabilities=tuple(float(p) for p in probs),
+                    shares={k: tuple(float(x) for x in v) for k, v in shares.items()},
+                    dropped=dropped, kept={k: int(c.sum()) for k, c in counts.items()})
+  return plan, assignments
+
+
+def _check_args(config: PipelineConfig, process_index: int, process_count: int) -> None:
+  rows = config.bucket_batch_sizes or (config.global_batch_size,)
+  if any(r % process_count for r in rows):
+    raise ValueError(f"batch sizes {rows} are not all divisible by process_count {process_count}")
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+  if config.min_sample_size <= 0 or config.max_sample_size <= 0 or config.seed < 0:
+    raise ValueError(f"expected min_sample_size > 0, max_sample_size > 0 and seed >= 0; found "
+                     f"{config.min_sample_size}, {config.max_sample_size}, {config.seed}")
+  if config.bucket_lengths and max(config.bucket_lengths) > config.max_sample_size:
+    raise ValueError(f"bucket lengths {config.bucket_lengths} exceed max_sample_size "
+                     f"{config.max_sample_size}")
+
+
+def _to_batch(sources: Sequence[Source], crop: int, bucket: int, config: PipelineConfig):
+  """Element {"audio", "source", "crop_key", "id"} -> one row of the batch dict (module doc)."""
+  language_ids = tf.constant([s.language_id for s in sources], tf.int32)
+  corpus_ids = tf.constant([s.corpus_id for s in sources], tf.int32)
+
+  def row(ex):
+    wave, length = crop_and_pad(ex["audio"], ex["crop_key"], max_sample_size=crop,
+                                normalize=config.normalize)
+    out = {"waveform": wave, "lengths": length,
+           "language_id": tf.gather(language_ids, ex["source"]),
+           "corpus_id": tf.gather(corpus_ids, ex["source"]),
+           "bucket": tf.constant(bucket, tf.int32)}
+    if config.keep_ids:
+      out["id"] = ex["id"]
+    return out
+  return row
 
 
 def make_pretraining_dataset(config: PipelineConfig, *, process_index: int,
@@ -260,35 +410,55 @@ def make_pretraining_dataset(config: PipelineConfig, *, process_index: int,
   Sequential, without prefetch: iterate it through `PipelineIterator` (prefetch thread, exact
   state), or add `.prefetch()` yourself when the position need not be saved.
   """
-  if config.global_batch_size % process_count:
-    raise ValueError(f"global_batch_size {config.global_batch_size} is not divisible by "
-                     f"process_count {process_count}")
-  if not 0 <= process_index < process_count:
-    raise ValueError(f"process_index {process_index} not in [0, {process_count})")
-  if config.min_sample_size <= 0 or config.max_sample_size <= 0 or config.seed < 0:
-    raise ValueError(f"expected min_sample_size > 0, max_sample_size > 0 and seed >= 0; found "
-                     f"{config.min_sample_size}, {config.max_sample_size}, {config.seed}")
+  _check_args(config, process_index, process_count)
   builders = load_builders(config)
   sources = resolve_sources(config, builders)
-  datasets = [source_dataset(config, builders[s.corpus], s, i, process_index=process_index,
-                             process_count=process_count) for i, s in enumerate(sources)]
-  mixed = mix_sources(datasets, [s.weight for s in sources], seed=config.seed,
-                      process_index=process_index, stop_on_empty=config.num_epochs is None)
-  language_ids = tf.constant([s.language_id for s in sources], tf.int32)
-  corpus_ids = tf.constant([s.corpus_id for s in sources], tf.int32)
+  stop_on_empty = config.num_epochs is None
+  if not config.bucket_lengths:
+    datasets = [source_dataset(config, builders[s.corpus], s, i, process_index=process_index,
+                               process_count=process_count) for i, s in enumerate(sources)]
+    mixed = mix_sources(datasets, [s.weight for s in sources], seed=config.seed,
+                        process_index=process_index, stop_on_empty=stop_on_empty)
+    ds = mixed.map(_to_batch(sources, config.max_sample_size, 0, config)).batch(
+        config.global_batch_size // process_count, drop_remainder=True)
+    return ds.with_options(_sequential_options())
 
-  def process(ex):
-    wave, mask = crop_and_pad(ex["audio"], ex["crop_key"], max_sample_size=config.max_sample_size,
-                              normalize=config.normalize)
-    out = {"waveform": wave, "padding_mask": mask,
-           "language_id": tf.gather(language_ids, ex["source"]),
-           "corpus_id": tf.gather(corpus_ids, ex["source"])}
-    if config.keep_ids:
-      out["id"] = ex["id"]
-    return out
-
-  ds = mixed.map(process).batch(config.global_batch_size // process_count, drop_remainder=True)
+  plan, assignments = plan_buckets(config, sources, builders)
+  per_bucket = []
+  for b, (crop, rows) in enumerate(zip(config.bucket_lengths, config.bucket_batch_sizes)):
+    streams, weights = [], []
+    for i, s in enumerate(sources):
+      key = (s.corpus, s.language)
+      split = process_split(s.split_name, s.num_examples, process_index, process_count)
+      start, end = (int(x) for x in split[split.index("[") + 1:-1].split(":"))
+      keep = assignments[key] == b
+      if plan.shares[key][b] == 0 or not keep[start:end].any():
+        continue  # no utterance of this bucket in this process's slice of the source
+      streams.append(source_dataset(config, builders[s.corpus], s, i, process_index=process_index,
+                                    process_count=process_count, keep=keep, bucket=b))
+      weights.append(s.weight * plan.shares[key][b])
+    if not streams:
+      if plan.step_probabilities[b] > 0:
+        raise ValueError(f"process {process_index} of {process_count} has no utterance for bucket "
+                         f"{crop / SAMPLE_RATE:g} s that other processes have; use fewer processes")
+      streams, weights = [_failing_dataset(_element_spec(config), f"bucket {b} is empty")], [1.0]
+    mixed = mix_sources(streams, weights, seed=config.seed, process_index=process_index,
+                        stop_on_empty=stop_on_empty, stream=1 + b)
+    per_bucket.append(mixed.map(_to_batch(sources, crop, b, config)).batch(
+        rows // process_count, drop_remainder=True))
+  # The step's bucket: the same key on every process (no process index), so shapes agree.
+  logits = tf.math.log(tf.constant([plan.step_probabilities], tf.float64))
+  key = stream_key(config.seed, _BUCKET_STREAM)
+  choices = tf.data.Dataset.counter().map(
+      lambda i: tf.random.stateless_categorical(logits, 1, seed=_fold_in(key, i))[0, 0])
+  ds = tf.data.Dataset.choose_from_datasets(per_bucket, choices, stop_on_empty_dataset=True)
   return ds.with_options(_sequential_options())
+
+
+def _element_spec(config: PipelineConfig) -> dict[str, tf.TensorSpec]:
+  spec = {"audio": tf.TensorSpec([None], tf.int16), "id": tf.TensorSpec([], tf.string),
+          "source": tf.TensorSpec([], tf.int32), "crop_key": tf.TensorSpec([2], tf.int64)}
+  return spec
 
 
 def _sequential_options() -> tf.data.Options:
@@ -312,99 +482,6 @@ def stream_identity(config: PipelineConfig, *, process_index: int,
   return json.loads(json.dumps(values))
 
 
-class PipelineIterator:
-  """Numpy batches of a pretraining dataset, prefetched in a thread; the position saves exactly.
-
-  The dataset must not run ahead (no prefetch or parallel map, see `make_pretraining_dataset`):
-  after every batch the producer thread snapshots the tf.data iterator state (file indices,
-  record offsets, counters; no audio), and `get_state()` returns the snapshot taken after the
-  last batch `__next__` returned. Blob: a zip of "identity.json" (checked on restore) and
-  "iterator_state.pb" (a serialized variant TensorProto), about 0.5 KB per (corpus, language)
-  source. State is per process: store each process's blob under its process index.
-  """
-
-  _IDENTITY, _STATE = "identity.json", "iterator_state.pb"
-
-  def __init__(self, dataset: tf.data.Dataset, identity: dict[str, Any] | None = None,
-               prefetch: int = 2):
-    self._iterator = iter(dataset)
-    self._identity = identity
-    self._prefetch = prefetch
-    self._position = _snapshot(self._iterator)  # state after the last batch handed out
-    self._queue: queue.Queue | None = None
-    self._stop: threading.Event | None = None
-    self._thread: threading.Thread | None = None
-
-  def __iter__(self) -> PipelineIterator:
-    return self
-
-  def __next__(self) -> dict[str, np.ndarray]:
-    if self._prefetch <= 0:
-      batch, self._position = _next_with_state(self._iterator)
-      return batch
-    if self._thread is None:
-      self._queue, self._stop = queue.Queue(maxsize=self._prefetch), threading.Event()
-      self._thread = threading.Thread(target=_produce, daemon=True,
-                                      args=(self._iterator, self._queue, self._stop))
-      self._thread.start()
-    item = self._queue.get()
-    if isinstance(item, BaseException):
-      self.close()
-      raise item
-    batch, self._position = item
-    return batch
-
-  def close(self) -> None:
-    """Stops the producer thread, drops what it prefetched and rewinds to the last position."""
-    if self._thread is not None:
-      self._stop.set()
-      self._thread.join()
-      self._thread = self._queue = self._stop = None
-      _restore(self._iterator, self._position)
-
-  def __del__(self):
-    if getattr(self, "_stop", None) is not None:  # let the producer thread end with us
-      self._stop.set()
-
-  def get_state(self) -> bytes:
-    """The position after the last returned batch, as bytes (see the class docstring)."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-      archive.writestr(self._IDENTITY, json.dumps(self._identity, sort_keys=True))
-      archive.writestr(self._STATE, tf.io.serialize_tensor(self._position).numpy())
-    return buffer.getvalue()
-
-  def set_state(self, state: bytes) -> None:
-    """Moves to the position in `state` (from `get_state` of an iterator over an equal stream)."""
-    with zipfile.ZipFile(io.BytesIO(state)) as archive:
-      saved = json.loads(archive.read(self._IDENTITY))
-      blob = archive.read(self._STATE)
-    if self._identity is not None and saved is not None and saved != self._identity:
-      diff = {k: (saved.get(k), self._identity.get(k))
-              for k in sorted(set(saved) | set(self._identity)) if saved.get(k) != self._identity.get(k)}
-      raise ValueError(f"input pipeline state was saved for a different stream; (saved, current) "
-                       f"differ in {diff}")
-    self.close()
-    self._position = tf.io.parse_tensor(blob, out_type=tf.variant)
-    _restore(self._iterator, self._position)
-
-  def save(self, directory: str | os.PathLike) -> str:
-    """Writes `get_state()` to `directory`/input_pipeline_state.zip; returns the path."""
-    tf.io.gfile.makedirs(os.fspath(directory))
-    path = os.path.join(os.fspath(directory), "input_pipeline_state.zip")
-    with tf.io.gfile.GFile(path, "wb") as f:
-      f.write(self.get_state())
-    return path
-
-  def restore(self, directory: str | os.PathLike) -> None:
-    """Reads the position written by `save(directory)`."""
-    path = os.path.join(os.fspath(directory), "input_pipeline_state.zip")
-    if not tf.io.gfile.exists(path):
-      raise FileNotFoundError(f"no input pipeline state at {path}")
-    with tf.io.gfile.GFile(path, "rb") as f:
-      self.set_state(f.read())
-
-
 def make_pretraining_iterator(config: PipelineConfig, *, process_index: int,
                               process_count: int) -> PipelineIterator:
   """`PipelineIterator` over `make_pretraining_dataset(config, ...)`, prefetching in a thread."""
@@ -412,34 +489,3 @@ def make_pretraining_iterator(config: PipelineConfig, *, process_index: int,
       make_pretraining_dataset(config, process_index=process_index, process_count=process_count),
       stream_identity(config, process_index=process_index, process_count=process_count),
       prefetch=config.prefetch_batches)
-
-
-def _snapshot(iterator) -> tf.Tensor:
-  """The tf.data iterator's state as an in-memory variant tensor (what tf.train.Checkpoint saves)."""
-  return iterator._serialize_to_tensors()["_STATE"]  # pylint: disable=protected-access
-
-
-def _restore(iterator, state: tf.Tensor) -> None:
-  iterator._restore_from_tensors({"_STATE": state})  # pylint: disable=protected-access
-
-
-def _next_with_state(iterator) -> tuple[dict[str, np.ndarray], tf.Tensor]:
-  batch = tf.nest.map_structure(lambda t: t.numpy(), next(iterator))
-  return batch, _snapshot(iterator)
-
-
-def _produce(iterator, out: queue.Queue, stop: threading.Event) -> None:
-  """Producer thread: puts (batch, state after it) into `out` until `stop` or an error."""
-  while not stop.is_set():
-    try:
-      item = _next_with_state(iterator)
-    except BaseException as e:  # StopIteration or a pipeline error: hand it to the consumer
-      item = e
-    while not stop.is_set():
-      try:
-        out.put(item, timeout=0.1)
-        break
-      except queue.Full:
-        continue
-    if isinstance(item, BaseException):
-      return
