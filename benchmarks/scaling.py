@@ -62,7 +62,7 @@ def time_preset(preset: str, crops: list[float], steps: int) -> list[dict]:
     trainer = build_trainer(config, make_mesh(1, 1, 1, devices=jax.devices()[:1]), samples)
     state = trainer.create_state()
     wave = np.random.default_rng(0).standard_normal((1, samples)).astype(np.float32)
-    batch = {"waveform": jax.device_put(wave), "padding_mask": jax.device_put(np.zeros((1, samples), bool))}
+    batch = {"waveform": jax.device_put(wave), "lengths": jax.device_put(np.full((1,), samples, np.int32))}
     times = []
     for i in range(steps + 1):
       start = time.perf_counter()

@@ -132,14 +132,14 @@ def ours_worker() -> None:
     trainer = build_trainer(config, make_mesh(1, 1, 1, devices=jax.devices()[:1]), samples)
     state = trainer.create_state()
     wave = np.random.default_rng(seed).standard_normal((batch, samples)).astype(np.float32)
-    padding = np.zeros((batch, samples), bool)
+    lengths = np.full((batch,), samples, np.int32)
     # The masks the step itself draws at step 0 (same key derivation as train_step.step_fn).
     mask_key = jax.random.split(jax.random.fold_in(state.rng, state.step), 4)[0]
-    masks = jax.device_get(ts.sample_masks(mask_key, jax.numpy.asarray(padding), trainer.model.config,
+    masks = jax.device_get(ts.sample_masks(mask_key, jax.numpy.asarray(lengths), trainer.model.config,
                                            config.objective, trainer.shapes))
     np.savez(data_path, waveform=wave, **masks)
     batch_arrays = {"waveform": jax.device_put(wave, trainer.batch_sharding["waveform"]),
-                    "padding_mask": jax.device_put(padding, trainer.batch_sharding["padding_mask"])}
+                    "lengths": jax.device_put(lengths, trainer.batch_sharding["lengths"])}
     start = time.perf_counter()
     with jax.set_mesh(trainer.mesh):  # as Trainer.step traces it
       compiled = trainer.train_step.lower(state, batch_arrays).compile()

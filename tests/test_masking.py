@@ -232,3 +232,23 @@ def test_channel_mask_matches_hf_fraction():
   assert abs(masks.mean() - hf.mean()) < 0.01, (masks.mean(), hf.mean())
   for row in masks.reshape(-1, dim)[:200]:
     assert all(r >= length for r in _runs(row))
+
+
+def test_per_row_masking_over_mixed_lengths_matches_fairseq_per_length():
+  """A batch of 2-20 s rows (99..999 frames): each row's masked share of its own real frames equals
+  fairseq's expectation for that length within 1 pp, and is not dragged down by the batch minimum
+  (the trim-to-minimum does that: the issue measured 0.25 instead of ~0.49)."""
+  lengths = np.array([99, 199, 399, 749, 999])  # frames of 2, 4, 8, 15 and 20 s
+  groups = 1_500
+  batch = np.tile(lengths, (groups, 1))
+  free = _grouped_masks(11, batch, 999, 0.65, require_same_masks=False)
+  trimmed = _grouped_masks(11, batch, 999, 0.65, require_same_masks=True)
+  rng = np.random.default_rng(0)
+  for j, t in enumerate(lengths):
+    ours = free[:, j, :].sum(-1) / t
+    assert not free[:, j, t:].any()  # never over padding
+    reference = [fairseq_compute_mask_indices([t], t, 0.65, MASK_LENGTH, 2, False, rng).sum() / t
+                 for _ in range(groups)]
+    assert abs(ours.mean() - np.mean(reference)) < 0.01, (t, ours.mean(), np.mean(reference))
+    assert 0.42 < ours.mean() < 0.56  # about 0.49 of each row, as the recipe means
+  assert trimmed[:, -1, :].sum(-1).mean() / lengths[-1] < 0.2  # the 20 s row, trimmed to the 2 s one

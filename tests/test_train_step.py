@@ -29,12 +29,11 @@ def small_config(**train):
 def batch_for(trainer, batch=8, seed=0):
   rng = np.random.default_rng(seed)
   wave = rng.standard_normal((batch, SAMPLES)).astype(np.float32)
-  padding = np.zeros((batch, SAMPLES), bool)
-  padding[1, 4000:] = True
-  padding[5, 5000:] = True
-  wave[padding] = 0
+  lengths = np.full((batch,), SAMPLES, np.int32)
+  lengths[1], lengths[5] = 4000, 5000
+  wave[np.arange(SAMPLES)[None, :] >= lengths[:, None]] = 0
   return {"waveform": jax.device_put(wave, trainer.batch_sharding["waveform"]),
-          "padding_mask": jax.device_put(padding, trainer.batch_sharding["padding_mask"])}
+          "lengths": jax.device_put(lengths, trainer.batch_sharding["lengths"])}
 
 
 def run(config, mesh_shape, steps=2, batch_seed=0):
@@ -119,3 +118,22 @@ def test_contrastive_loss_runs_per_batch_shard_in_the_sharded_step(sharded_run):
   with jax.set_mesh(trainer.mesh):
     hlo = trainer.train_step.lower(state, batch).as_text()
   assert "shard_map" in hlo or "sdy.manual_computation" in hlo or "xla.sdy.manual" in hlo
+
+
+def test_each_bucket_crop_compiles_once_and_reports_masked_and_real_frames(one_device_run):
+  """Batches of another crop (a duration bucket) run on the same state; the step reports each
+  row's masked share of its real frames and the real frames, for either shape."""
+  trainer, state, _ = one_device_run
+  rng = np.random.default_rng(3)
+  for samples, rows in ((3200, 16), (SAMPLES, 8)):
+    wave = rng.standard_normal((rows, samples)).astype(np.float32)
+    lengths = np.full((rows,), samples, np.int32)
+    lengths[0] = samples // 2
+    wave[0, samples // 2:] = 0
+    batch = {"waveform": jax.device_put(wave, trainer.batch_sharding["waveform"]),
+             "lengths": jax.device_put(lengths, trainer.batch_sharding["lengths"])}
+    state, m = trainer.step(jax.tree.map(jnp.copy, state), batch)
+    frames = lambda n: (n - 400) // 320 + 1
+    assert float(m["real_frames"]) == sum(frames(int(n)) for n in lengths)
+    assert 0.2 < float(m["masked_fraction"]) < 0.8 and np.isfinite(float(m["loss"]))
+  assert trainer.train_step._cache_size() == 2  # one program per crop shape

@@ -233,8 +233,10 @@ def lower_step(trainer: Any, batch: int) -> tuple[Any, float]:
   """Trainer.train_step lowered on abstract state and batch (shapes and shardings only), seconds."""
   samples = trainer.shapes.num_samples
   state = with_shardings(trainer.abstract_state, trainer.state_sharding)
-  inputs = {name: jax.ShapeDtypeStruct((batch, samples), dtype, sharding=trainer.batch_sharding[name])
-            for name, dtype in (("waveform", jnp.float32), ("padding_mask", jnp.bool_))}
+  inputs = {"waveform": jax.ShapeDtypeStruct((batch, samples), jnp.float32,
+                                             sharding=trainer.batch_sharding["waveform"]),
+            "lengths": jax.ShapeDtypeStruct((batch,), jnp.int32,
+                                            sharding=trainer.batch_sharding["lengths"])}
   start = time.perf_counter()
   with jax.set_mesh(trainer.mesh):
     lowered = trainer.train_step.lower(state, inputs)

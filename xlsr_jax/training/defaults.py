@@ -18,7 +18,10 @@ def get_default_config() -> ml_collections.ConfigDict:
 
   # Objective (fairseq wav2vec2 pretraining).
   c.objective = ml_collections.ConfigDict(dict(
-      mask_prob=0.65, mask_length=10, min_masks=2, require_same_masks=True,
+      # require_same_masks: trim every row to the batch's fewest masked frames (fairseq, for
+      # equal counts on GPU); off, each row keeps its own mask (the static bound M with a per-row
+      # valid mask makes equal counts unnecessary), so mixed lengths mask what the recipe means.
+      mask_prob=0.65, mask_length=10, min_masks=2, require_same_masks=False,
       num_negatives=100, logit_temperature=0.1, diversity_weight=0.1,
       feature_penalty_weight=0.0,
       gumbel_start=2.0, gumbel_end=0.1, gumbel_decay=0.999995,  # tau = max(start*decay^step, end)
@@ -52,6 +55,11 @@ def get_default_config() -> ml_collections.ConfigDict:
       batch_seconds=1600.0,  # global batch = batch_seconds * 16000 / max_sample_size utterances
       shuffle_files=True, interleave_cycle_length=4, prefetch_batches=2,
       build_if_missing=False,  # build synthetic_speech when it is not in data_dir
+      # Duration buckets (data_pipelines/buckets.py): crop lengths in seconds, one bucket per step,
+      # rows per bucket keep batch_seconds of audio. [] = every utterance cut or padded to
+      # max_sample_size. bucket_mode "crop": an utterance goes to the longest bucket it fills and
+      # is cropped to it; "pad": to the shortest it fits in, padded up.
+      bucket_seconds=[], bucket_mode="crop",
   ))
 
   # Device mesh (product = number of devices; one axis may be -1) and sharding rules.

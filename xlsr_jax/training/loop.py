@@ -11,13 +11,16 @@ import jax
 import ml_collections
 import numpy as np
 
+from data_pipelines import buckets as buckets_lib
 from data_pipelines import device_feed, input_pipeline
 from xlsr_jax.config_loading import ConfigError, model_config_from
 from xlsr_jax.sharding import mesh as mesh_lib
 from xlsr_jax.training import metrics as metrics_lib
 from xlsr_jax.training.state import build_trainer
+from xlsr_jax.training.step_accounting import StepAccounting
+from data_pipelines.features import SAMPLE_RATE
 
-SAMPLE_RATE = 16_000
+FEED_KEYS = ("waveform", "lengths")  # what the step reads of a pipeline batch
 
 
 def global_batch_size(config: ml_collections.ConfigDict) -> int:
@@ -29,17 +32,38 @@ def global_batch_size(config: ml_collections.ConfigDict) -> int:
   return size
 
 
-def pipeline_config(config: ml_collections.ConfigDict, split: str, seed_offset: int = 0
-                    ) -> input_pipeline.PipelineConfig:
+def bucket_spec(config: ml_collections.ConfigDict, multiple: int = 1
+                ) -> buckets_lib.BucketSpec | None:
+  """Duration buckets from data.bucket_seconds (None when empty): rows per bucket keep
+  data.batch_seconds of audio per step, rounded to a multiple of the data-parallel shards."""
   d = config.data
+  if not d.bucket_seconds:
+    return None
+  return buckets_lib.make_spec(d.bucket_seconds, d.batch_seconds, mode=d.bucket_mode,
+                               min_sample_size=d.min_sample_size, multiple=multiple)
+
+
+def largest_crop(config: ml_collections.ConfigDict) -> int:
+  """Samples of the longest row a step can have (the largest bucket, or max_sample_size)."""
+  spec = bucket_spec(config)
+  return spec.lengths[-1] if spec else config.data.max_sample_size
+
+
+def pipeline_config(config: ml_collections.ConfigDict, split: str, seed_offset: int = 0,
+                    multiple: int = 1) -> input_pipeline.PipelineConfig:
+  d = config.data
+  spec = bucket_spec(config, multiple)
   return input_pipeline.PipelineConfig(
       data_dir=os.path.expanduser(d.data_dir),
       sources=tuple((c, None if langs is None else tuple(langs)) for c, langs in d.sources),
       split=split, alpha=d.alpha, max_sample_size=d.max_sample_size,
       min_sample_size=d.min_sample_size, normalize=d.normalize,
-      global_batch_size=global_batch_size(config), seed=config.train.seed + seed_offset,
+      global_batch_size=spec.batch_sizes[-1] if spec else global_batch_size(config),
+      seed=config.train.seed + seed_offset,
       shuffle_files=d.shuffle_files, interleave_cycle_length=d.interleave_cycle_length,
-      prefetch_batches=d.prefetch_batches)
+      prefetch_batches=d.prefetch_batches,
+      bucket_lengths=spec.lengths if spec else (), bucket_batch_sizes=spec.batch_sizes if spec else (),
+      bucket_mode=d.bucket_mode)
 
 
 def ensure_synthetic_corpus(config: ml_collections.ConfigDict) -> None:
@@ -74,15 +98,6 @@ def make_mesh_from_config(config: ml_collections.ConfigDict):
   return mesh_lib.make_mesh(m.data, m.fsdp, m.tensor, dcn_data=m.dcn_data)
 
 
-def step_flops(trainer, config) -> float:
-  """Analytic model FLOPs of one train step (matmuls and convolutions, forward + backward)."""
-  from xlsr_jax.training import flops
-  size = flops.StepSize(batch=global_batch_size(config), num_samples=trainer.shapes.num_samples,
-                        num_masked=trainer.shapes.max_masked,
-                        num_negatives=config.objective.num_negatives)
-  return float(flops.train_step_flops(trainer.model.config, size)["total"])
-
-
 def device_peak_flops(config) -> float | None:
   """Peak FLOP/s of one device for MFU; None (no MFU logged) for a kind with no known figure."""
   from xlsr_jax.training import devices
@@ -105,17 +120,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       f.write(config.to_json(indent=2))
 
   mesh = make_mesh_from_config(config)
-  batch_size = global_batch_size(config)
   data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
-  if batch_size % data_parallel or batch_size % jax.process_count():
-    raise ConfigError(f"global batch {batch_size} (data.batch_seconds={config.data.batch_seconds}) "
-                      f"must divide over data x fsdp = {data_parallel} devices and "
-                      f"{jax.process_count()} processes")
+  multiple = buckets_lib.lcm(data_parallel, jax.process_count())
+  if not config.data.bucket_seconds:
+    batch_size = global_batch_size(config)
+    if batch_size % multiple:
+      raise ConfigError(f"global batch {batch_size} (data.batch_seconds={config.data.batch_seconds})"
+                        f" must divide over data x fsdp = {data_parallel} devices and "
+                        f"{jax.process_count()} processes")
   ensure_synthetic_corpus(config)
+  train_config = pipeline_config(config, config.data.split, multiple=multiple)
   train_iter = input_pipeline.make_pretraining_iterator(
-      pipeline_config(config, config.data.split), process_index=jax.process_index(),
-      process_count=jax.process_count())
-  trainer = build_trainer(config, mesh, config.data.max_sample_size)
+      train_config, process_index=jax.process_index(), process_count=jax.process_count())
+  if train_config.bucket_lengths:
+    report_buckets(train_config, workdir)
+  trainer = build_trainer(config, mesh, largest_crop(config))
   manager = CheckpointManager(os.path.join(workdir, "checkpoints"),
                               save_every=config.train.checkpoint_every,
                               keep=config.train.keep_checkpoints)
@@ -130,31 +149,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     print(f"resumed from step {int(state.step)} in {manager.directory}", flush=True)
 
   writer = metrics_lib.MetricWriter(workdir, config.train.num_steps)
-  flops_per_step, peak = step_flops(trainer, config), device_peak_flops(config)
-  seconds_per_step_audio = batch_size * config.data.max_sample_size / SAMPLE_RATE
+  accounting = StepAccounting(trainer.model.config, config.objective, device_peak_flops(config),
+                              jax.device_count(), jax.process_count())
   start_step = int(state.step)
   throughput = metrics_lib.Throughput(start_step)
   history, pending, last_metrics = [], [], {}
+  real_seconds_seen = 0.0  # this segment's real audio (a resumed run counts from its restart)
   for step in range(start_step, config.train.num_steps):
     local = next(train_iter)
-    batch = device_feed.global_batch({k: local[k] for k in ("waveform", "padding_mask")}, mesh)
+    batch = device_feed.global_batch({k: local[k] for k in FEED_KEYS}, mesh)
     state, step_metrics = trainer.step(state, batch)
+    accounting.add(local["lengths"], local["waveform"].shape[1])
     pending.append(step_metrics)
     done = step + 1
     is_last = done == config.train.num_steps
     if done % config.train.log_every == 0 or is_last:
-      values = {k: float(np.mean([float(m[k]) for m in pending])) for k in pending[-1]}
-      values["skipped_nonfinite"] = float(sum(float(m["skipped_nonfinite"]) for m in pending))
+      pending = jax.device_get(pending)  # one transfer per log interval
+      values = {k: float(np.mean([m[k] for m in pending])) for k in pending[-1]}
+      values["skipped_nonfinite"] = float(sum(m["skipped_nonfinite"] for m in pending))
+      values["real_frames_per_step"] = values.pop("real_frames")
+      steps_per_s, seconds = throughput.update(done)
+      values.update(accounting.flush(seconds), steps_per_second=steps_per_s)
+      real_seconds_seen += values["real_audio_seconds_per_step"] * len(pending)
+      values["real_hours_seen_this_run"] = real_seconds_seen / 3600
+      values["hours_seen"] = done * config.data.batch_seconds / 3600  # nominal: steps x batch_seconds
       pending = []
-      steps_per_s, _ = throughput.update(done)
-      values.update(steps_per_second=steps_per_s,
-                    frames_per_second=steps_per_s * batch_size * trainer.shapes.num_frames,
-                    audio_seconds_per_second=steps_per_s * seconds_per_step_audio,
-                    hours_seen=done * seconds_per_step_audio / 3600)
-      if flops_per_step:
-        values["model_tflops_per_step"] = flops_per_step / 1e12
-        if peak:
-          values["mfu_percent"] = 100 * flops_per_step * steps_per_s / (peak * jax.device_count())
       writer.write(done, values)
       history.append(dict(step=done, **values))
       last_metrics = values
@@ -185,15 +204,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           "tensorboard": writer.log_dir}
 
 
+def report_buckets(pipeline: input_pipeline.PipelineConfig, workdir: str) -> dict[str, Any]:
+  """Logs the bucket plan (rows, step shares, utterances dropped as too short) and writes it to
+  workdir/bucket_plan.json, so nothing is dropped silently."""
+  sources = input_pipeline.resolve_sources(pipeline)
+  plan, _ = input_pipeline.plan_buckets(pipeline, sources, input_pipeline.load_builders(pipeline))
+  summary = plan.summary()
+  rows = ", ".join(f"{b['seconds']:g} s x {b['rows']} ({100 * b['step_probability']:.0f}% of steps)"
+                   for b in summary["buckets"])
+  total = summary["dropped_utterances"] + summary["kept_utterances"]
+  print(f"buckets ({summary['mode']}): {rows}; dropped {summary['dropped_utterances']} of {total} "
+        f"utterances as shorter than {pipeline.min_sample_size / SAMPLE_RATE:g} s or the shortest "
+        f"bucket (by source in bucket_plan.json)", flush=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "bucket_plan.json"), "w") as f:
+      json.dump(summary, f, indent=1)
+  return summary
+
+
 def evaluate(trainer, state, config: ml_collections.ConfigDict, mesh) -> dict[str, float]:
   """Mean validation metrics over config.train.eval_batches batches (fixed seed, argmax codes)."""
+  multiple = buckets_lib.lcm(mesh.shape["data"] * mesh.shape["fsdp"], jax.process_count())
   eval_iter = input_pipeline.make_pretraining_iterator(
-      pipeline_config(config, config.data.eval_split, seed_offset=1), process_index=jax.process_index(),
-      process_count=jax.process_count())
+      pipeline_config(config, config.data.eval_split, seed_offset=1, multiple=multiple),
+      process_index=jax.process_index(), process_count=jax.process_count())
   totals: dict[str, list[float]] = {}
   for i in range(config.train.eval_batches):
     local = next(eval_iter)
-    batch = device_feed.global_batch({k: local[k] for k in ("waveform", "padding_mask")}, mesh)
+    batch = device_feed.global_batch({k: local[k] for k in FEED_KEYS}, mesh)
     out = trainer.evaluate(state, batch, jax.random.key(1000 + i))
     for k, v in jax.device_get(out).items():
       totals.setdefault(k, []).append(float(v))

@@ -31,7 +31,9 @@ class MetricWriter:
         self.writer.add_scalar(f"{prefix}/{name}", float(value), step)
       self.writer.flush()
     shown = ("loss", "contrastive_loss_bits", "accuracy", "code_perplexity", "temperature",
-             "learning_rate", "grad_norm", "steps_per_second", "mfu_percent", "hours_seen")
+             "learning_rate", "grad_norm", "masked_fraction", "padding_fraction",
+             "steps_per_second", "real_audio_seconds_per_second", "mfu_percent",
+             "useful_mfu_percent", "hours_seen")
     parts = [f"{k}={_fmt(scalars[k])}" for k in shown if k in scalars]
     bar = _bar(step, self.total_steps) if prefix == "train" else prefix
     print(f"{bar} step {step}/{self.total_steps} " + " ".join(parts), flush=True, file=sys.stdout)

@@ -36,7 +36,7 @@ def state_shardings(abstract_state: Any, mesh: Mesh, rules: tuple) -> Any:
 
 def batch_shardings(mesh: Mesh) -> dict[str, NamedSharding]:
   sharding = mesh_lib.batch_sharding(mesh)
-  return {"waveform": sharding, "padding_mask": sharding}
+  return {"waveform": sharding, "lengths": sharding}
 
 
 class Trainer:
@@ -54,10 +54,10 @@ class Trainer:
     self.batch_sharding = batch_shardings(mesh)
     replicated = NamedSharding(mesh, PartitionSpec())
     self.init = jax.jit(init_fn, out_shardings=self.state_sharding)
-    step_fn = ts.make_train_step(model, optimizer, schedule, config, shapes, rules, mesh)
+    step_fn = ts.make_train_step(model, optimizer, schedule, config, rules, mesh)
     self.train_step = jax.jit(step_fn, in_shardings=(self.state_sharding, self.batch_sharding),
                               out_shardings=(self.state_sharding, replicated), donate_argnums=0)
-    eval_fn = ts.make_eval_step(model, config, shapes, rules, mesh)
+    eval_fn = ts.make_eval_step(model, config, rules, mesh)
     self.eval_step = jax.jit(eval_fn, in_shardings=(self.state_sharding, self.batch_sharding, replicated),
                              out_shardings=replicated)
 

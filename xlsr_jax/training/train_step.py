@@ -22,7 +22,9 @@ from xlsr_jax.models.config import Wav2Vec2Config
 from xlsr_jax.models.feature_encoder import frame_lengths, num_frames_static
 from xlsr_jax.objectives import losses, masking, negatives
 
-Batch = dict[str, jax.Array]  # waveform float32 [batch, samples], padding_mask bool [batch, samples]
+# waveform float32 [batch, samples] (zero after each row's end), lengths int32 [batch] (real samples).
+# The crop (samples) is whatever the batch has: each duration bucket's shape compiles once.
+Batch = dict[str, jax.Array]
 
 
 @flax.struct.dataclass
@@ -56,11 +58,19 @@ class StepShapes:
         frames, objective.mask_prob, objective.mask_length, objective.min_masks))
 
 
-def sample_masks(rng: jax.Array, padding_mask: jax.Array, model: Wav2Vec2Config,
+def padding_mask_from(lengths: jax.Array, num_samples: int) -> jax.Array:
+  """lengths int [batch] -> bool [batch, num_samples], True = padded sample."""
+  return jnp.arange(num_samples, dtype=jnp.int32)[None, :] >= lengths[:, None]
+
+
+def sample_masks(rng: jax.Array, sample_lengths: jax.Array, model: Wav2Vec2Config,
                  objective: ml_collections.ConfigDict, shapes: StepShapes) -> dict[str, jax.Array]:
-  """Span mask, masked positions and negatives for a batch: static shapes [batch, T] / [batch, M(, K)]."""
+  """Span mask, masked positions and negatives for a batch: static shapes [batch, T] / [batch, M(, K)].
+
+  sample_lengths: int [batch], real samples per row. Also returns `frame_lengths` [batch].
+  """
   mask_rng, neg_rng = jax.random.split(rng)
-  lengths = frame_lengths(jnp.sum(~padding_mask, axis=-1), model)
+  lengths = frame_lengths(sample_lengths, model)
   mask_time = masking.compute_span_mask(
       mask_rng, lengths, shapes.num_frames, mask_prob=objective.mask_prob,
       mask_length=objective.mask_length, min_masks=objective.min_masks,
@@ -69,7 +79,7 @@ def sample_masks(rng: jax.Array, padding_mask: jax.Array, model: Wav2Vec2Config,
   negative_indices = negatives.sample_negatives(
       neg_rng, jnp.sum(valid, axis=-1), shapes.max_masked, objective.num_negatives)
   return dict(mask_time=mask_time, masked_indices=indices, valid=valid,
-              negative_indices=negative_indices)
+              negative_indices=negative_indices, frame_lengths=jnp.minimum(lengths, shapes.num_frames))
 
 
 def loss_sums(params: Any, model: Wav2Vec2ForPreTraining, batch: Batch, masks: dict[str, jax.Array],
@@ -78,7 +88,8 @@ def loss_sums(params: Any, model: Wav2Vec2ForPreTraining, batch: Batch, masks: d
               ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Un-normalised loss sum of one (micro-)batch and its metric sums (contrastive part per batch
   shard of `mesh`, see losses.contrastive_sums)."""
-  out = model.apply({"params": params}, batch["waveform"], batch["padding_mask"], masks["mask_time"],
+  padding_mask = padding_mask_from(batch["lengths"], batch["waveform"].shape[1])
+  out = model.apply({"params": params}, batch["waveform"], padding_mask, masks["mask_time"],
                     masks["masked_indices"], temperature=temperature, deterministic=deterministic,
                     gumbel_noise=masks.get("gumbel_noise"), rngs=rngs)
   cfg = model.config
@@ -91,8 +102,19 @@ def loss_sums(params: Any, model: Wav2Vec2ForPreTraining, batch: Batch, masks: d
   sums = dict(loss_sum=metrics["loss_sum"], contrastive_sum=metrics["contrastive_loss_sum"],
               num_correct=metrics["num_correct"], num_masked=metrics["num_masked"],
               code_perplexity=metrics["code_perplexity"], diversity_loss=metrics["diversity_loss"],
-              feature_penalty=metrics["feature_penalty"])
+              feature_penalty=metrics["feature_penalty"], **masking_sums(masks))
   return metrics["loss_sum"], sums
+
+
+def masking_sums(masks: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """What the mask covers: sum over rows of each row's masked share of its real frames, the rows
+  that have real frames, and the real frames (for masked_fraction and real-frame throughput)."""
+  lengths = masks["frame_lengths"]
+  has_frames = lengths > 0
+  share = jnp.sum(masks["mask_time"], axis=-1) / jnp.maximum(lengths, 1)
+  return dict(masked_share_sum=jnp.sum(jnp.where(has_frames, share, 0.0)),
+              rows_with_frames=jnp.sum(has_frames).astype(jnp.float32),
+              real_frames=jnp.sum(lengths).astype(jnp.float32))
 
 
 def _split_micro(tree: Any, num_micro: int) -> Any:
@@ -105,7 +127,7 @@ def _split_micro(tree: Any, num_micro: int) -> Any:
 
 
 def make_train_step(model: Wav2Vec2ForPreTraining, optimizer: optax.GradientTransformation,
-                    schedule: optax.Schedule, config: ml_collections.ConfigDict, shapes: StepShapes,
+                    schedule: optax.Schedule, config: ml_collections.ConfigDict,
                     rules: tuple = (), mesh: jax.sharding.Mesh | None = None
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
   """The train step for jit: masks for the whole batch, k micro-batches summed, one update."""
@@ -113,10 +135,11 @@ def make_train_step(model: Wav2Vec2ForPreTraining, optimizer: optax.GradientTran
   max_nonfinite = config.train.max_nonfinite_steps
 
   def step_fn(state: TrainState, batch: Batch):
+    shapes = StepShapes.create(model.config, objective, batch["waveform"].shape[1])
     with nn.logical_axis_rules(rules):
       key = jax.random.fold_in(state.rng, state.step)
       mask_key, gumbel_key, dropout_key, layerdrop_key = jax.random.split(key, 4)
-      masks = sample_masks(mask_key, batch["padding_mask"], model.config, objective, shapes)
+      masks = sample_masks(mask_key, batch["lengths"], model.config, objective, shapes)
       temperature = gumbel_temperature(state.step, objective)
       # Gumbel noise for the whole batch, so k micro-batches see exactly what one batch would.
       cfg = model.config
@@ -182,18 +205,22 @@ def summarize(sums: dict[str, jax.Array], num_masked: jax.Array) -> dict[str, ja
               accuracy=jnp.sum(sums["num_correct"]) / n,
               code_perplexity=jnp.mean(sums["code_perplexity"]),
               diversity_loss=jnp.mean(sums["diversity_loss"]),
-              feature_penalty=jnp.mean(sums["feature_penalty"]), num_masked=num_masked)
+              feature_penalty=jnp.mean(sums["feature_penalty"]), num_masked=num_masked,
+              masked_fraction=jnp.sum(sums["masked_share_sum"]) / jnp.maximum(
+                  jnp.sum(sums["rows_with_frames"]), 1.0),
+              real_frames=jnp.sum(sums["real_frames"]))
 
 
 def make_eval_step(model: Wav2Vec2ForPreTraining, config: ml_collections.ConfigDict,
-                   shapes: StepShapes, rules: tuple = (), mesh: jax.sharding.Mesh | None = None
+                   rules: tuple = (), mesh: jax.sharding.Mesh | None = None
                    ) -> Callable[[TrainState, Batch, jax.Array], dict]:
   """Validation loss with argmax quantization and no dropout; masks from `rng`."""
   objective = config.objective
 
   def eval_fn(state: TrainState, batch: Batch, rng: jax.Array):
+    shapes = StepShapes.create(model.config, objective, batch["waveform"].shape[1])
     with nn.logical_axis_rules(rules):
-      masks = sample_masks(rng, batch["padding_mask"], model.config, objective, shapes)
+      masks = sample_masks(rng, batch["lengths"], model.config, objective, shapes)
       _, sums = loss_sums(state.params, model, batch, masks, {}, gumbel_temperature(state.step, objective),
                           objective, True, mesh)
       sums = jax.tree.map(lambda x: x[None], sums)
