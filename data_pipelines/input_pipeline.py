@@ -227,8 +227,10 @@ def split_lengths(builder: tfds.core.DatasetBuilder, split_name: str) -> np.ndar
                      f"dataset info says {expected}")
   try:
     tf.io.gfile.makedirs(os.path.dirname(path))
-    with tf.io.gfile.GFile(path, "wb") as f:
+    partial = f"{path}.{os.getpid()}.partial"  # written whole, then renamed: readers never see half
+    with tf.io.gfile.GFile(partial, "wb") as f:
       np.save(f, lengths)
+    tf.io.gfile.rename(partial, path, overwrite=True)
   except (OSError, tf.errors.OpError) as e:
     import logging
     logging.warning("could not cache the length index of %s %s at %s (%s): it is re-read on "

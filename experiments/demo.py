@@ -22,9 +22,13 @@ def get_config():
   c.train.peak_tflops_per_device = 0.0
   c.data.data_dir = "./data/tensorflow_datasets"
   c.data.sources = [["synthetic_speech/default", None]]
-  c.data.max_sample_size = 48_000  # 3 s crops
-  c.data.min_sample_size = 32_000
-  c.data.batch_seconds = 24.0  # 8 crops of 3 s
+  # Duration buckets: each step crops its rows to one of these lengths (an utterance goes to the
+  # longest bucket it fills), with 24 s of audio per step: 12 x 2 s, 8 x 3 s, 5 x 5 s or 3 x 8 s.
+  c.data.bucket_seconds = [2.0, 3.0, 5.0, 8.0]
+  c.data.bucket_mode = "crop"
+  c.data.max_sample_size = 128_000  # 8 s: the largest bucket
+  c.data.min_sample_size = 32_000  # utterances under 2 s are dropped (and counted)
+  c.data.batch_seconds = 24.0
   c.data.build_if_missing = True
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor = -1, 1, 1
   return c

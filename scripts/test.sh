@@ -1,7 +1,15 @@
 #!/usr/bin/env bash
 # The README's test command: create .venv if needed, install runtime + test requirements, run pytest.
+#   bash scripts/test.sh            fast tier: every test not marked slow (the default)
+#   bash scripts/test.sh --full     full tier: every test (what .ci/run runs)
+# Further arguments go to pytest (e.g. bash scripts/test.sh --full tests/test_main.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+TIER=(-m "not slow")
+if [ "${1:-}" = "--full" ]; then
+  TIER=()
+  shift
+fi
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
@@ -13,5 +21,7 @@ fi
 .venv/bin/pip install -q --no-deps -e .
 export JAX_PLATFORMS=cpu
 # Test files run on PYTEST_WORKERS processes (default 2; whole files per worker, so module fixtures
-# such as the built corpus and the TPU plan are made once): 15.5 -> 12.2 min on the 2-core machine.
-.venv/bin/python -m pytest tests -n "${PYTEST_WORKERS:-2}" --dist loadfile "$@"
+# such as the TPU plan are made once; the synthetic and toy corpora are built once per run for all
+# workers, tests/conftest.py).
+.venv/bin/python -m pytest tests -n "${PYTEST_WORKERS:-2}" --dist loadfile --durations=15 \
+  ${TIER[@]+"${TIER[@]}"} "$@"

@@ -16,3 +16,53 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+import contextlib  # noqa: E402  (after the environment is set)
+
+import filelock  # noqa: E402
+import pytest  # noqa: E402
+
+
+def _shared_dir(tmp_path_factory, name: str):
+  """A directory shared by every xdist worker of this test run (the workers' common base temp)."""
+  base = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    base = base.parent
+  return base / name
+
+
+@contextlib.contextmanager
+def _build_once(path):
+  """Yields True to the one process that must build `path`, False once it is built."""
+  with filelock.FileLock(str(path) + ".lock"):
+    done = path / ".built"
+    if done.exists():
+      yield False
+      return
+    path.mkdir(parents=True, exist_ok=True)
+    yield True
+    done.touch()
+
+
+@pytest.fixture(scope="session")
+def synthetic_tiny_dir(tmp_path_factory) -> str:
+  """A TFDS data_dir holding synthetic_speech/tiny, built once per test run (all workers)."""
+  path = _shared_dir(tmp_path_factory, "synthetic_tiny_tfds")
+  with _build_once(path) as build:
+    if build:
+      import tensorflow_datasets as tfds
+      from data_pipelines.synthetic_speech.builder import SyntheticSpeech
+      tfds.disable_progress_bar()
+      SyntheticSpeech(config="tiny", data_dir=str(path)).download_and_prepare()
+  return str(path)
+
+
+@pytest.fixture(scope="session")
+def toy_corpus_dir(tmp_path_factory) -> str:
+  """A TFDS data_dir holding the toy_speech corpora (tests/toy_corpus.py), built once per run."""
+  path = _shared_dir(tmp_path_factory, "toy_tfds")
+  with _build_once(path) as build:
+    if build:
+      from tests import toy_corpus
+      toy_corpus.build_toy_corpora(path)
+  return str(path)

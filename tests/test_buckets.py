@@ -15,10 +15,8 @@ ROWS = (8, 4, 2)  # 16,000 samples of audio per step in every bucket
 
 
 @pytest.fixture(scope="module")
-def toy_dir(tmp_path_factory):
-  data_dir = tmp_path_factory.mktemp("toy_tfds")
-  toy_corpus.build_toy_corpora(data_dir)
-  return str(data_dir)
+def toy_dir(toy_corpus_dir):
+  return toy_corpus_dir
 
 
 def make_config(toy_dir, **overrides):

@@ -13,11 +13,8 @@ from xlsr_jax.models.config import get_preset
 
 
 @pytest.fixture(scope="module")
-def tiny_corpus(tmp_path_factory):
-  from data_pipelines.synthetic_speech.builder import SyntheticSpeech
-  data_dir = tmp_path_factory.mktemp("tfds")
-  SyntheticSpeech(config="tiny", data_dir=str(data_dir)).download_and_prepare()
-  return str(data_dir)
+def tiny_corpus(synthetic_tiny_dir):
+  return synthetic_tiny_dir
 
 
 def _args(task, data_dir, workdir, init="random", *extra):

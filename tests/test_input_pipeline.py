@@ -22,10 +22,8 @@ SOURCES = (("toy_speech/alpha", None), ("toy_speech/beta", None))
 
 
 @pytest.fixture(scope="module")
-def toy_dir(tmp_path_factory):
-  data_dir = tmp_path_factory.mktemp("toy_tfds")
-  toy_corpus.build_toy_corpora(data_dir)
-  return str(data_dir)
+def toy_dir(toy_corpus_dir):
+  return toy_corpus_dir
 
 
 def make_config(toy_dir, **overrides):

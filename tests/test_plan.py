@@ -17,7 +17,8 @@ needs_libtpu = pytest.mark.skipif(not HAVE_LIBTPU, reason="libtpu is not install
 TINY = ["--config=experiments/demo.py", "--config.model.num_hidden_layers=2",
         "--config.model.conv_dim=(32,32)", "--config.model.conv_kernel=(10,8)",
         "--config.model.conv_stride=(5,4)", "--config.objective.mask_length=3",
-        "--config.data.max_sample_size=6400", "--config.mesh.data=2", "--config.mesh.fsdp=2"]
+        "--config.data.max_sample_size=6400", "--config.data.bucket_seconds=[]",
+        "--config.mesh.data=2", "--config.mesh.fsdp=2"]
 
 
 @pytest.mark.parametrize("name,chips,shape,config", [
@@ -113,3 +114,33 @@ def test_plan_compiles_the_train_step_for_a_tpu_topology(tiny_plan):
                    "windowed einsum off", "optimal_seconds", "est. MFU", "cost compile",
                    "feed_forward"):
     assert expected in text
+
+
+@needs_libtpu
+def test_plan_reports_useful_mfu_for_a_length_profile(tiny_plan):
+  """Crops of 0.4 s cut every utterance of the mix: useful = all frames. The plan says so."""
+  r = tiny_plan
+  assert r["length_profile"] == "xlsr_mix"
+  assert r["estimated_useful_mfu"] == pytest.approx(r["estimated_mfu"], rel=0.02)
+  assert "useful MFU" in plan.format_plan(r)
+
+
+@needs_libtpu
+def test_bucketed_plan_compiles_every_bucket_and_weights_them_by_the_profile():
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    code = plan.main(TINY + ["--topology=v5e-4", "--config.data.bucket_seconds=[0.2, 0.4]",
+                             "--config.data.min_sample_size=1600", "--config.data.batch_seconds=1.6",
+                             "--length_profile=babel", "--config.data.bucket_mode=pad", "--json"])
+  assert code == 0
+  r = json.loads(out.getvalue())
+  a, b = r["buckets"]
+  assert (a["num_samples"], a["global_batch"], b["num_samples"], b["global_batch"]) == (
+      3200, 8, 6400, 4)
+  assert a["step_probability"] + b["step_probability"] == pytest.approx(1.0)
+  assert 0 < a["step_probability"] < 0.1  # babel clips are longer than 0.2 s but for a few
+  assert r["largest_memory"]["total_bytes"] == max(a["memory"]["total_bytes"],
+                                                  b["memory"]["total_bytes"])
+  assert r["step_seconds"] == pytest.approx(a["step_probability"] * a["optimal_seconds"]
+                                            + b["step_probability"] * b["optimal_seconds"])
+  assert 0 < r["estimated_useful_mfu"] <= r["estimated_mfu"] < 1

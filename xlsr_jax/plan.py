@@ -275,7 +275,98 @@ def xla_figures(compiled: Any, trainer: Any, micro_batch: int, chips: int) -> di
       optimal_seconds=fixed["optimal_seconds"])
 
 
-def plan(config: ml_collections.ConfigDict, topology: Topology, cost: bool = True) -> dict[str, Any]:
+def profile_lengths(name: str, min_sample_size: int, count: int = 20_000) -> Any:
+  """Utterance lengths (samples) of a documented length profile, those >= min_sample_size."""
+  import numpy as np
+  from data_pipelines import length_profiles
+  if name not in length_profiles.NAMES:
+    raise PlanError(f"--length_profile={name!r} is not one of {list(length_profiles.NAMES)}")
+  lengths = length_profiles.draw(name, count, np.random.default_rng(0))
+  return lengths[lengths >= min_sample_size]
+
+
+def useful_flops_per_row(config: ml_collections.ConfigDict, model_cfg: Any, lengths: Any,
+                         crop: int, sample: int = 400) -> float:
+  """Mean FLOPs of the real audio of one row when utterances of `lengths` are cut to `crop`."""
+  import numpy as np
+  picked = np.asarray(lengths)[:sample]
+  return float(np.mean([flops_lib.row_train_flops(model_cfg, config.objective, int(min(n, crop)))
+                        for n in picked])) if len(picked) else 0.0
+
+
+def plan_buckets(config: ml_collections.ConfigDict, topology: Topology, cost: bool = True,
+                 profile: str = "xlsr_mix") -> dict[str, Any]:
+  """Compile every duration bucket's step (config.data.bucket_seconds) for `topology`.
+
+  Memory is the largest bucket's; the step estimate and MFU are averages over the buckets
+  weighted by how often a step uses each for the `profile` length mix (data_pipelines/
+  length_profiles.py); useful MFU counts only the FLOPs of each row's real audio.
+  """
+  import copy
+  import numpy as np
+  from data_pipelines import buckets as buckets_lib
+  from xlsr_jax.training.loop import bucket_spec
+  m, accum = config.mesh, config.train.grad_accum_steps
+  found = topology_devices(topology, m.dcn_data)
+  from xlsr_jax.sharding.mesh import make_mesh
+  mesh = make_mesh(m.data, m.fsdp, m.tensor, dcn_data=m.dcn_data, devices=found)
+  spec = bucket_spec(config, multiple=mesh.shape["data"] * mesh.shape["fsdp"] * accum)
+  lengths = profile_lengths(profile, config.data.min_sample_size)
+  index = buckets_lib.assign(lengths, spec)
+  counts = np.bincount(index[index >= 0], minlength=spec.num_buckets)
+  probs = buckets_lib.step_probabilities({"all": 1.0}, {"all": counts / max(counts.sum(), 1)}, spec)
+  model_cfg = model_config_from(config)
+  results = []
+  for b, (crop, rows) in enumerate(zip(spec.lengths, spec.batch_sizes)):
+    one = copy.deepcopy(config)
+    one.data.bucket_seconds = []
+    one.data.max_sample_size = crop
+    one.data.batch_seconds = rows * crop / SAMPLE_RATE
+    r = plan(one, topology, cost)
+    r["step_probability"] = float(probs[b])
+    r["useful_flops"] = rows * useful_flops_per_row(config, model_cfg, lengths[index == b], crop)
+    results.append(r)
+  fits = all(r["memory"]["fits"] for r in results)
+  largest = max(results, key=lambda r: r["memory"].get("total_bytes", float("inf")))
+  out: dict[str, Any] = dict(
+      topology=topology.name, model=config.model.preset, length_profile=profile,
+      bucket_mode=spec.mode, buckets=results, fits=fits, largest_memory=largest["memory"],
+      dropped_share=float(np.mean(index < 0)))
+  times = [r.get("optimal_seconds") for r in results]
+  if all(times):
+    chips, peak = results[0]["chips"], results[0]["peak_flops_per_chip"]
+    step = float(sum(p * t for p, t in zip(probs, times)))
+    flops = float(sum(p * r["analytic_flops"]["total"] for p, r in zip(probs, results)))
+    useful = float(sum(p * r["useful_flops"] for p, r in zip(probs, results)))
+    out.update(step_seconds=step, estimated_mfu=flops / (step * chips * peak),
+               estimated_useful_mfu=useful / (step * chips * peak))
+  return out
+
+
+def format_bucket_plan(r: dict[str, Any]) -> str:
+  """The human-readable report of a `plan_buckets` result."""
+  lines = [f"buckets         {r['model']} on {r['topology']}, {r['bucket_mode']} mode, length "
+           f"profile {r['length_profile']} ({100 * r['dropped_share']:.1f}% of its utterances "
+           "too short for any bucket)"]
+  for b in r["buckets"]:
+    mem = b["memory"]
+    memory = (f"{_gib(mem['total_bytes'])} / chip" if mem.get("total_bytes") is not None
+              else "DOES NOT FIT")
+    est = f", est. {b['optimal_seconds']:.3f} s" if b.get("optimal_seconds") else ""
+    lines.append(f"  {b['num_samples'] / SAMPLE_RATE:>5g} s x {b['global_batch']:>5} crops: "
+                 f"{100 * b['step_probability']:5.1f}% of steps, {memory}{est}")
+  lines.append(f"memory          largest bucket {_memory_lines(r['largest_memory'])[1]}"
+               if r["largest_memory"].get("total_bytes") is not None else
+               "memory          a bucket DOES NOT FIT")
+  if "step_seconds" in r:
+    lines.append(f"step time       {r['step_seconds']:.3f} s averaged over the bucket mix")
+    lines.append(f"est. MFU        {100 * r['estimated_mfu']:.1f}% on all frames, "
+                 f"{100 * r['estimated_useful_mfu']:.1f}% useful (real audio only)")
+  return "\n".join(lines)
+
+
+def plan(config: ml_collections.ConfigDict, topology: Topology, cost: bool = True,
+         profile: str | None = None) -> dict[str, Any]:
   """Compile the train step of `config` for `topology` and return the plan's figures (JSON-able).
 
   Memory comes from a compile with libtpu's default options (what training runs); FLOPs and the
@@ -321,6 +412,10 @@ def plan(config: ml_collections.ConfigDict, topology: Topology, cost: bool = Tru
   result.update(xla_figures(cost_compiled, trainer, batch // accum, chips))
   optimal = result["optimal_seconds"]
   result["estimated_mfu"] = analytic["total"] / (optimal * chips * peak) if optimal else None
+  if profile and optimal:  # the share of that work that was real audio, for a length mix
+    lengths = profile_lengths(profile, config.data.min_sample_size)
+    useful = batch * useful_flops_per_row(config, model_cfg, lengths, samples)
+    result.update(length_profile=profile, estimated_useful_mfu=useful / (optimal * chips * peak))
   return result
 
 
@@ -373,6 +468,9 @@ def format_plan(r: dict[str, Any]) -> str:
               f"est. MFU        {100 * r['estimated_mfu']:.1f}% = analytic FLOPs / "
               f"({r['optimal_seconds']:.3f} s x {r['chips']} chips x "
               f"{r['peak_flops_per_chip'] / 1e12:g} TFLOP/s)"]
+    if "estimated_useful_mfu" in r:
+      lines.append(f"useful MFU      {100 * r['estimated_useful_mfu']:.1f}% (real audio only, length "
+                   f"profile {r['length_profile']} cut or padded to the crop)")
   elif "cost_compile_seconds" in r:
     raw = r.get("xla_raw", {}).get("optimal_seconds")
     lines.append("step time       no estimate: " + (r["cost_compile_error"] or (
@@ -401,6 +499,9 @@ def parse_args(argv: list[str]) -> tuple[ml_collections.ConfigDict, Topology, ar
   parser.add_argument("--skip_cost", action="store_true",
                       help="compile once, for memory only (no XLA FLOPs or step-time estimate)")
   parser.add_argument("--json", action="store_true", help="print the plan as one JSON object")
+  parser.add_argument("--length_profile", default="xlsr_mix",
+                      help="utterance-length mix for useful MFU and the bucket mix: one of "
+                           "data_pipelines/length_profiles.py NAMES (default xlsr_mix)")
   args = parser.parse_args(rest)
   config = load_validated(path, overrides, get_default_config(), "--config=experiments/<name>.py")
   model_config_from(config)
@@ -416,11 +517,16 @@ def main(argv: list[str] | None = None) -> int:
     jax.config.update("jax_platforms", "cpu")
   try:
     config, topology, args = parse_args(argv)
-    result = plan(config, topology, cost=not args.skip_cost)
+    if config.data.bucket_seconds:
+      result = plan_buckets(config, topology, cost=not args.skip_cost, profile=args.length_profile)
+      text = "\n\n".join([*(format_plan(b) for b in result["buckets"]), format_bucket_plan(result)])
+    else:
+      result = plan(config, topology, cost=not args.skip_cost, profile=args.length_profile)
+      text = format_plan(result)
   except (ConfigError, PlanError) as e:
     print(f"plan error: {e}", file=sys.stderr)
     return 2
-  print(json.dumps(result, indent=1) if args.json else format_plan(result))
+  print(json.dumps(result, indent=1) if args.json else text)
   return 0
 
 

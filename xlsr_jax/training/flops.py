@@ -96,3 +96,17 @@ def format_breakdown(breakdown: dict[str, int]) -> str:
       lines.append(f"  {name:<24}{value / 1e12:>14.3f} TFLOP {100 * value / max(total, 1):>6.1f}%")
   lines.append(f"  {'total':<24}{total / 1e12:>14.3f} TFLOP")
   return "\n".join(lines)
+
+
+def row_train_flops(config: Wav2Vec2Config, objective, num_samples: int) -> float:
+  """Model FLOPs of one row of `num_samples` samples in a train step, with the masked bound M of
+  that length (objective: mask_prob, mask_length, min_masks, num_negatives). For useful MFU: the
+  FLOPs a row's real audio needs, whatever crop it was computed in."""
+  from xlsr_jax.objectives import masking  # pylint: disable=import-outside-toplevel
+  frames = conv_frames(num_samples, config)[-1]
+  if frames < 1:
+    return 0.0
+  size = StepSize(batch=1, num_samples=num_samples, num_masked=masking.max_masked_frames(
+      frames, objective.mask_prob, objective.mask_length, objective.min_masks),
+      num_negatives=objective.num_negatives)
+  return float(train_step_flops(config, size)["total"])

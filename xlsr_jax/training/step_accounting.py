@@ -15,8 +15,6 @@ import numpy as np
 
 from data_pipelines.features import SAMPLE_RATE
 from xlsr_jax.models.config import Wav2Vec2Config
-from xlsr_jax.models.feature_encoder import num_frames_static
-from xlsr_jax.objectives import masking
 from xlsr_jax.training import flops as flops_lib
 
 
@@ -37,13 +35,7 @@ class StepAccounting:
   @functools.lru_cache(maxsize=4096)
   def row_flops(self, num_samples: int) -> float:
     """Model FLOPs of one row of `num_samples` samples (masked bound M of that length)."""
-    frames = num_frames_static(num_samples, self.model)
-    if frames < 1:
-      return 0.0
-    size = flops_lib.StepSize(batch=1, num_samples=num_samples, num_masked=masking.max_masked_frames(
-        frames, self.objective.mask_prob, self.objective.mask_length, self.objective.min_masks),
-        num_negatives=self.objective.num_negatives)
-    return float(flops_lib.train_step_flops(self.model, size)["total"])
+    return flops_lib.row_train_flops(self.model, self.objective, num_samples)
 
   def add(self, lengths: np.ndarray, crop: int) -> None:
     """One step: this process's rows' real samples `lengths` [local_batch] in crops of `crop`."""
