@@ -97,6 +97,7 @@ def test_rows_belong_to_their_bucket(toy_dir, mode):
   assert seen == {0, 1, 2}
 
 
+@pytest.mark.slow
 def test_bucketed_proportions_follow_n_alpha_over_10000_utterances(toy_dir):
   """Language and corpus shares of >= 10,000 drawn utterances equal the n^alpha weights (2 pp)."""
   config = make_config(toy_dir, keep_ids=False, bucket_lengths=(2_000, 4_000),

@@ -55,6 +55,7 @@ def step_losses(output):
   return {int(m.group(1)): float(m.group(2)) for m in re.finditer(r"step (\d+)/\d+ loss=([\d.e+-]+)", output)}
 
 
+@pytest.mark.slow
 def test_sigkill_then_restart_reaches_the_uninterrupted_result(data_dir, tmp_path):
   steps = 16
   cache = tmp_path / "jit_cache"  # the restarts load the compiled step from here
@@ -101,6 +102,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_train_save_and_restore(data_dir, tmp_path):
   workdir = tmp_path / "multi"
 
@@ -127,6 +129,7 @@ def test_two_processes_train_save_and_restore(data_dir, tmp_path):
   assert step == 6
 
 
+@pytest.mark.slow
 def test_demo_config_lowers_the_contrastive_loss_and_raises_accuracy(data_dir, tmp_path):
   """The demo's recipe (model, objective, optimizer, schedule) learns: the contrastive loss falls
   and accuracy rises over a run. Only the data differ from the README's demo: the tiny corpus with

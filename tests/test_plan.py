@@ -84,6 +84,7 @@ def tiny_plan():
   return json.loads(out.getvalue())
 
 
+@pytest.mark.slow
 @needs_libtpu
 def test_plan_compiles_the_train_step_for_a_tpu_topology(tiny_plan):
   r = tiny_plan
@@ -116,6 +117,7 @@ def test_plan_compiles_the_train_step_for_a_tpu_topology(tiny_plan):
     assert expected in text
 
 
+@pytest.mark.slow
 @needs_libtpu
 def test_plan_reports_useful_mfu_for_a_length_profile(tiny_plan):
   """Crops of 0.4 s cut every utterance of the mix: useful = all frames. The plan says so."""
@@ -125,20 +127,22 @@ def test_plan_reports_useful_mfu_for_a_length_profile(tiny_plan):
   assert "useful MFU" in plan.format_plan(r)
 
 
+@pytest.mark.slow
 @needs_libtpu
 def test_bucketed_plan_compiles_every_bucket_and_weights_them_by_the_profile():
   out = io.StringIO()
   with contextlib.redirect_stdout(out):
-    code = plan.main(TINY + ["--topology=v5e-4", "--config.data.bucket_seconds=[0.2, 0.4]",
-                             "--config.data.min_sample_size=1600", "--config.data.batch_seconds=1.6",
-                             "--length_profile=babel", "--config.data.bucket_mode=pad", "--json"])
+    code = plan.main(TINY + ["--topology=v5e-4", "--config.data.bucket_seconds=[0.4, 0.8]",
+                             "--config.data.max_sample_size=12800",
+                             "--config.data.min_sample_size=1600", "--config.data.batch_seconds=3.2",
+                             "--length_profile=babel", "--json"])
   assert code == 0
   r = json.loads(out.getvalue())
   a, b = r["buckets"]
   assert (a["num_samples"], a["global_batch"], b["num_samples"], b["global_batch"]) == (
-      3200, 8, 6400, 4)
+      6400, 8, 12800, 4)
   assert a["step_probability"] + b["step_probability"] == pytest.approx(1.0)
-  assert 0 < a["step_probability"] < 0.1  # babel clips are longer than 0.2 s but for a few
+  assert 0 < a["step_probability"] < 0.1  # babel clips of 0.5-0.8 s, a few percent
   assert r["largest_memory"]["total_bytes"] == max(a["memory"]["total_bytes"],
                                                   b["memory"]["total_bytes"])
   assert r["step_seconds"] == pytest.approx(a["step_probability"] * a["optimal_seconds"]

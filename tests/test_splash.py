@@ -79,6 +79,7 @@ def test_config_names_the_attention_choices():
     get_preset("tiny", splash_block_size=200)
 
 
+@pytest.mark.slow
 @needs_libtpu
 def test_splash_compiles_to_a_mosaic_kernel_for_a_tpu_topology():
   from xlsr_jax.plan import parse_topology, topology_devices
