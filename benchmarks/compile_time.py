@@ -22,6 +22,7 @@ import sys
 import time
 
 from absl import app, flags
+from data_pipelines.features import SAMPLE_RATE
 
 _PRESETS = flags.DEFINE_list("presets", ["tiny", "base", "xlsr_300m", "xlsr_300m@48", "xlsr_1b",
                                          "xlsr_2b"],
@@ -30,7 +31,6 @@ _BATCH = flags.DEFINE_integer("batch", 1, "Utterances per step.")
 _SECONDS = flags.DEFINE_float("seconds", 2.0, "Crop length in seconds (16 kHz).")
 _ONE = flags.DEFINE_string("one", None, "Internal: compile this preset and print JSON.")
 
-SAMPLE_RATE = 16_000
 EXPERIMENTS = {"xlsr_300m": "experiments/xlsr_300m.py", "xlsr_1b": "experiments/xlsr_1b.py",
                "xlsr_2b": "experiments/xlsr_2b.py"}
 

@@ -27,6 +27,7 @@ import time
 from absl import app, flags
 
 from benchmarks import common
+from data_pipelines.features import SAMPLE_RATE
 
 _PRESETS = flags.DEFINE_list("presets", ["tiny", "base"], "CPU part: presets.")
 _CROPS = flags.DEFINE_list("crop_seconds", ["2", "5", "10", "20"], "CPU part: crop lengths (s).")
@@ -41,7 +42,6 @@ _REPLOT = flags.DEFINE_bool("replot", False, "Only redraw the PNG from the saved
 _OUT = flags.DEFINE_string("out", "benchmarks/results/scaling", "Output path without extension.")
 _ONE = flags.DEFINE_string("one", None, "Internal: time one preset at every crop and print JSON.")
 
-SAMPLE_RATE = 16_000
 
 
 def time_preset(preset: str, crops: list[float], steps: int) -> list[dict]:

@@ -32,6 +32,7 @@ import time
 from absl import app, flags
 
 from benchmarks import common
+from data_pipelines.features import SAMPLE_RATE
 
 _PRESETS = flags.DEFINE_list("presets", ["tiny", "base"], "Model presets to time.")
 _BATCH = flags.DEFINE_integer("batch", 4, "Utterances per step.")
@@ -47,7 +48,6 @@ _PROFILE = flags.DEFINE_bool("profile", False, "Also trace one of our steps (jax
                               "print its time per model component and its slowest ops.")
 _WORKER = flags.DEFINE_enum("worker", None, ["ours", "ref"], "Internal: run as a worker process.")
 
-SAMPLE_RATE = 16_000
 
 
 # ------------------------------------------------------------------- where our step's time goes

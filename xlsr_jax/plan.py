@@ -48,8 +48,8 @@ from xlsr_jax.config_loading import (ConfigError, load_validated, model_config_f
                                      split_argv)
 from xlsr_jax.training import devices as devices_lib
 from xlsr_jax.training import flops as flops_lib
+from data_pipelines.features import SAMPLE_RATE
 
-SAMPLE_RATE = 16_000
 INSTALL_HINT = "pip install -r requirements-tpu.txt"
 # libtpu options of the cost compile: no windowed-einsum loops (see the module docstring).
 COST_OPTIONS = {"xla_tpu_enable_windowed_einsum_for_all_gather": False,
