@@ -13,7 +13,7 @@ from jax.sharding import PartitionSpec as P
 from xlsr_jax.checkpoints import manager as ckpt
 from xlsr_jax.checkpoints.manager import CheckpointManager
 from xlsr_jax.sharding.mesh import make_mesh
-from xlsr_jax.training.defaults import get_default_config
+from tests.configs import small_config
 from xlsr_jax.training.state import build_trainer
 
 SAMPLES = 6400
@@ -21,13 +21,7 @@ QUERY = ("wav2vec2", "encoder", "layers", "attention", "query_kernel")
 
 
 def tiny_config():
-  c = get_default_config()
-  c.model.num_hidden_layers = 2
-  c.objective.num_negatives = 8
-  c.objective.mask_length = 3
-  c.objective.mask_prob = 0.5
-  c.train.num_steps = 10
-  return c
+  return small_config()
 
 
 def random_state(trainer, seed):

@@ -6,19 +6,12 @@ import os
 import numpy as np
 import pytest
 
-from xlsr_jax.training.defaults import get_default_config
+from tests.configs import small_config
 from xlsr_jax.training.loop import train_and_evaluate
 
 
 def toy_config(data_dir: str, num_steps: int):
-  c = get_default_config()
-  c.model.num_hidden_layers = 2
-  c.objective.num_negatives = 8
-  c.objective.mask_length = 3
-  c.objective.mask_prob = 0.5
-  c.optimizer.warmup_steps = 2
-  c.optimizer.peak_lr = 1e-3
-  c.train.update(num_steps=num_steps, log_every=2, eval_every=0, checkpoint_every=3)
+  c = small_config(num_steps=num_steps, log_every=2, eval_every=0, checkpoint_every=3)
   c.data.update(data_dir=data_dir, sources=[["toy_speech/alpha", None], ["toy_speech/beta", None]],
                 bucket_seconds=[0.25, 0.5], bucket_mode="crop", max_sample_size=8000,
                 min_sample_size=4000, batch_seconds=4.0, prefetch_batches=1)

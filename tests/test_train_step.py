@@ -7,23 +7,12 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from xlsr_jax.sharding.mesh import make_mesh
-from xlsr_jax.training.defaults import get_default_config
+from tests.configs import small_config
 from xlsr_jax.training.state import build_trainer
 
 SAMPLES = 6400  # 19 frames
 
 
-def small_config(**train):
-  c = get_default_config()
-  c.model.num_hidden_layers = 2
-  c.objective.num_negatives = 8
-  c.objective.mask_length = 3
-  c.objective.mask_prob = 0.5
-  c.optimizer.warmup_steps = 2
-  c.optimizer.peak_lr = 1e-3
-  c.train.num_steps = 10
-  c.train.update(train)
-  return c
 
 
 def batch_for(trainer, batch=8, seed=0):
