@@ -11,9 +11,9 @@ read from a built corpus's length index), at the XLS-R settings (min 2 s, 20 s c
   pad   the same buckets, each utterance padded up to the shortest bucket it fits in.
 Columns: padding (padded share of the samples computed), used (share of each kept utterance's
 audio that a step sees: crops discard the tail), masked share of each row's real frames (mean and
-lowest row), and real audio-seconds per second of CPU step time, from the measured step time of
-the real train step (--preset) at each crop, weighted by how often the profile uses it; `x old`
-is that rate over the old batching's. The masks are the step's own (`compute_span_mask`).
+lowest row), and real audio-seconds per CPU-second of step time, from the measured CPU time
+(process, all threads: little changed by other jobs) of the real train step (--preset) at each
+crop, weighted by how often the profile uses it; `x old` is that rate over the old batching's. The masks are the step's own (`compute_span_mask`).
 """
 from __future__ import annotations
 
@@ -69,7 +69,8 @@ def masked_shares(lengths: np.ndarray, crop: int, same: bool, seed: int) -> np.n
 
 
 def step_seconds(preset: str, crop: int, rows: int, reps: int) -> float:
-  """Median wall time of the real train step (one CPU device) on [rows, crop] audio."""
+  """Median CPU time (this process, all threads) of the real train step (one CPU device) on
+  [rows, crop] audio: CPU seconds, not wall, so that other jobs on the machine change it little."""
   from xlsr_jax.sharding.mesh import make_mesh
   from xlsr_jax.training.defaults import get_default_config
   from xlsr_jax.training.state import build_trainer
@@ -84,10 +85,10 @@ def step_seconds(preset: str, crop: int, rows: int, reps: int) -> float:
   batch = {"waveform": jax.device_put(wave), "lengths": jax.device_put(np.full((rows,), crop, np.int32))}
   times = []
   for _ in range(reps + 1):  # the first call compiles
-    start = time.perf_counter()
+    start = time.process_time()
     state, metrics = trainer.step(state, batch)
     jax.block_until_ready((state, metrics))
-    times.append(time.perf_counter() - start)
+    times.append(time.process_time() - start)
   return float(np.median(times[1:]))
 
 
@@ -153,12 +154,12 @@ def main(_):
   print(f"\nbuckets {list(_BUCKETS.value)} s, {_BATCH_SECONDS.value:g} s of audio per step, old crop "
         f"{_CROP.value:g} s, min {_MIN.value:g} s, preset {_PRESET.value} on one CPU device")
   print(f"{'profile':<26}{'batching':<9}{'padding':>9}{'used':>7}{'masked':>8}{'lowest':>8}"
-        f"{'real s/s':>10}{'x old':>7}")
+        f"{'real s/CPU s':>13}{'x old':>7}")
   for name, lengths in profiles.items():
     result = evaluate_profile(lengths, spec, crop_old, min_samples, timings, seed=7)
     for mode, r in result.items():
       print(f"{name:<26}{mode:<9}{r['padding']:>9.3f}{r['used']:>7.2f}{r['masked']:>8.3f}"
-            f"{r['masked_min']:>8.3f}{r['rate']:>10.1f}{r['rate'] / result['old']['rate']:>7.2f}")
+            f"{r['masked_min']:>8.3f}{r['rate']:>13.1f}{r['rate'] / result['old']['rate']:>7.2f}")
   print("\nprofile sources:")
   for name, (_, _, source) in length_profiles.PROFILES.items():
     print(f"  {name}: {source}")
