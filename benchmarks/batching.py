@@ -159,7 +159,7 @@ def main(_):
     result = evaluate_profile(lengths, spec, crop_old, min_samples, timings, seed=7)
     for mode, r in result.items():
       print(f"{name:<26}{mode:<9}{r['padding']:>9.3f}{r['used']:>7.2f}{r['masked']:>8.3f}"
-            f"{r['masked_min']:>8.3f}{r['rate']:>13.1f}{r['rate'] / result['old']['rate']:>7.2f}")
+            f"{r['masked_min']:>8.3f}{r['rate']:>13.2f}{r['rate'] / result['old']['rate']:>7.2f}")
   print("\nprofile sources:")
   for name, (_, _, source) in length_profiles.PROFILES.items():
     print(f"  {name}: {source}")
