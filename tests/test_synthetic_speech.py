@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from data_pipelines import espeak
+from data_pipelines import espeak, input_pipeline
 from data_pipelines.features import SAMPLE_RATE, language_split_name
 from data_pipelines.synthetic_speech import builder as ss
 from data_pipelines.synthetic_speech import texts
@@ -84,7 +84,9 @@ def test_config_with_unknown_language_is_rejected():
 
 def test_tiny_build_has_every_split_with_16k_int16_speech(tiny):
   _, builder, examples = tiny
-  assert builder.info.features["audio"].sample_rate == SAMPLE_RATE
+  audio_feature = builder.info.features["audio"]
+  assert audio_feature.dtype == np.int16 and audio_feature.shape == (None,)
+  assert str(SAMPLE_RATE) in audio_feature.doc.desc
   expected = {language_split_name(s, lang) for lang in TINY.languages for s in ss.SPLITS}
   assert set(examples) == expected
   for split, rows in examples.items():
@@ -103,6 +105,26 @@ def test_tiny_build_has_every_split_with_16k_int16_speech(tiny):
     assert len(counts) == TINY.speakers_per_language, f"{split}: {counts}"
     assert min(counts.values()) >= TINY.min_utterances_per_speaker, f"{split}: {counts}"
     assert all(s.startswith(f"{lang}_") for s in counts)
+
+
+def test_tiny_build_stores_under_2_1_bytes_a_sample_and_reads_back_what_was_written(tiny):
+  data_dir, builder, examples = tiny
+  for split, rows in examples.items():
+    samples = sum(e["audio"].shape[0] for e in rows)
+    num_bytes = builder.info.splits[split].num_bytes  # the whole TFRecord: audio and metadata
+    assert 0 < num_bytes <= 2.1 * samples, (split, num_bytes / samples)
+  # The pretraining pipeline's reader, on the build read back from its files, returns exactly the
+  # int16 samples the builder synthesised (espeak's output depends only on text, voice and seed).
+  written = {f"cmn_{plan.index:06d}": audio
+             for plan, _, audio in ss.split_utterances(TINY, "cmn", "test")}
+  reread = tfds.builder("synthetic_speech/tiny", data_dir=str(data_dir))
+  ds = input_pipeline.read_split(reread, language_split_name("test", "cmn"), shuffle_seed=None,
+                                 cycle_length=1)
+  read = {e["id"].decode(): e["audio"] for e in tfds.as_numpy(ds)}
+  assert set(read) == set(written)
+  for id_, audio in written.items():
+    assert read[id_].dtype == np.int16
+    np.testing.assert_array_equal(read[id_], audio, err_msg=id_)
 
 
 def test_tiny_splits_are_disjoint(tiny):
