@@ -156,6 +156,49 @@ def test_tiny_metadata_records_unequal_hours_of_the_data(tiny):
   assert all(hours[head] > 2 * hours[lang] for lang in tail), hours
 
 
+def test_tiny_metadata_records_the_length_distribution(tiny):
+  data_dir, _, examples = tiny
+  seconds = np.array([float(e["duration"]) for rows in examples.values() for e in rows])
+  lengths = ss.SyntheticSpeech(config="tiny", data_dir=str(data_dir)).info.metadata[
+      "length_seconds"]
+  assert lengths["count"] == seconds.size
+  assert lengths["min"] == pytest.approx(seconds.min(), abs=1e-4)
+  assert lengths["max"] == pytest.approx(seconds.max(), abs=1e-4)
+  assert lengths["p50"] == pytest.approx(np.median(seconds), abs=1e-4)
+  assert lengths["under_2s"] == pytest.approx(np.mean(seconds < 2.0))
+  # Short clips and joined sentences both: some under 2 s, some over three times that.
+  assert 0 < lengths["under_2s"] < 1 and lengths["max"] > 6.0
+
+
+def test_plan_joins_distinct_sentences_into_long_utterances():
+  plans = [p for _, p in zip(range(300), ss.language_plan(DEFAULT, "cmn"))]
+  sentences = [s for p in plans for s in p.sentences]
+  assert len(set(sentences)) == len(sentences)
+  assert len({p.text for p in plans}) == len(plans)
+  assert all(p.text == "".join(p.sentences) for p in plans)  # cmn is written without spaces
+  joined = [p for p in plans if len(p.sentences) > 1]
+  # Close to long_share of the utterances join sentences (binomial sd ~ 0.026 for 300 draws).
+  assert abs(len(joined) / len(plans) - DEFAULT.long_share) < 0.1
+  assert ss.sentence_tokens(60, 16) == [15, 15, 15, 15]
+  assert ss.sentence_tokens(17, 16) == [9, 8] and ss.sentence_tokens(16, 16) == [16]
+  rng = np.random.default_rng(0)
+  tokens = [ss.utterance_tokens(DEFAULT, rng) for _ in range(2000)]
+  assert min(tokens) == DEFAULT.short_tokens[0] and max(tokens) == DEFAULT.long_tokens[1]
+
+
+def test_default_config_spans_about_1_to_25_seconds():
+  """The first 40 utterances of two languages, synthesised as the default build does."""
+  seconds = []
+  for lang in ("en", "fi"):
+    speakers = ss.language_speakers(DEFAULT, lang)
+    for i, plan in zip(range(40), ss.language_plan(DEFAULT, lang)):
+      seconds.append(ss.synthesize_utterance(plan, speakers[i % len(speakers)].voice).size
+                     / SAMPLE_RATE)
+  seconds = np.array(seconds)
+  assert seconds.min() < 2.0 and 0.05 < np.mean(seconds < 2.0) < 0.4, np.sort(seconds)
+  assert 12.0 < seconds.max() < 30.0 and np.mean(seconds > 8.0) > 0.1, np.sort(seconds)
+
+
 def test_two_builds_with_the_same_seed_are_identical(tiny, tmp_path):
   _, _, examples = tiny
   again = _examples(_build(tmp_path))
