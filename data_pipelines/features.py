@@ -1,7 +1,7 @@
 """The one TFDS feature schema shared by every speech builder, and the per-language split names.
 
 Every corpus builder writes the same features so the input pipeline can mix corpora freely:
-  audio      int16 waveform at 16 kHz, shape [samples]
+  audio      int16 waveform at 16 kHz, shape [samples] (stored zlib-compressed: `audio_feature`)
   language   language code as the corpus names it (e.g. "en", "pt-br", "cmn")
   corpus     builder name (e.g. "common_voice", "synthetic_speech")
   speaker    speaker id, "" when unknown
@@ -19,12 +19,27 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 SAMPLE_RATE = 16_000
+AUDIO_ENCODING = tfds.features.Encoding.ZLIB
+
+
+def audio_feature() -> tfds.features.Tensor:
+  """The `audio` feature: int16 `[samples]` at SAMPLE_RATE, written as zlib-compressed raw bytes.
+
+  Readers get the same int16 `[samples]` tensor as from `tfds.features.Audio`, which would write
+  each sample as an int64 varint (about 5.5 bytes a sample on speech); raw bytes take 2.0 and zlib
+  1.72 on synthetic_speech, decoded at about 55M samples/s per core (3,400x real time).
+  `Audio(dtype=int16, encoding=ZLIB)` cannot be used: its numpy path skips the encoding.
+  """
+  return tfds.features.Tensor(
+      shape=(None,), dtype=np.int16, encoding=AUDIO_ENCODING,
+      doc=tfds.features.Documentation(desc=f"mono waveform at {SAMPLE_RATE} Hz",
+                                      value_range="int16"))
 
 
 def speech_features() -> tfds.features.FeaturesDict:
   """The shared feature dict (16 kHz int16 audio plus metadata)."""
   return tfds.features.FeaturesDict({
-      "audio": tfds.features.Audio(shape=(None,), dtype=np.int16, sample_rate=SAMPLE_RATE),
+      "audio": audio_feature(),
       "language": tfds.features.Text(),
       "corpus": tfds.features.Text(),
       "speaker": tfds.features.Text(),

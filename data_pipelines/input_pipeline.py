@@ -38,11 +38,11 @@ from data_pipelines import sampling
 from data_pipelines.features import SAMPLE_RATE, language_split_name, select_languages
 from data_pipelines.pipeline_iterator import PipelineIterator
 
-# Bytes per stored sample when estimating hours from a split's size: int16 audio in a
-# tf.train.Example is written as an int64 varint list (1-3 bytes when >= 0, 10 bytes when < 0,
-# about 6 on average for speech); as raw or zlib bytes it is 2 (or less).
-_VARINT_BYTES_PER_SAMPLE = 6.0
-_RAW_BYTES_PER_SAMPLE = 2.0
+# Bytes per stored sample when estimating hours from a split's size (for builds that record no
+# hours), by the audio feature's encoding: "none" is an int64 varint list (1-3 bytes when >= 0,
+# 10 when < 0: 5.5 on synthetic_speech; builds before features.audio_feature), "bytes" raw int16,
+# "zlib" compressed raw int16 (features.audio_feature: 1.72 on synthetic_speech).
+_BYTES_PER_SAMPLE = {"none": 5.5, "bytes": 2.0, "zlib": 1.72}
 _NORMALIZE_EPS = 1e-5  # fairseq: F.layer_norm(wav, wav.shape), eps 1e-5
 _CHOICE_STREAM, _CROP_STREAM, _FILE_STREAM, _BUCKET_STREAM = 1, 2, 3, 4
 _LENGTHS_DIR = "xlsr_jax_lengths"  # per-split utterance-length index, beside the dataset's files
@@ -112,10 +112,12 @@ def split_hours(builder: tfds.core.DatasetBuilder, split_name: str) -> float:
   if split_name not in builder.info.splits:
     raise KeyError(f"{builder.info.full_name}: no split {split_name!r}; has "
                    f"{sorted(builder.info.splits.keys())}")
-  audio = builder.info.features["audio"]
-  serialized = audio.get_serialized_info()
-  raw_bytes = serialized.dtype == tf.string or serialized.dtype == np.object_
-  bytes_per_sample = _RAW_BYTES_PER_SAMPLE if raw_bytes else _VARINT_BYTES_PER_SAMPLE
+  # Tensor writes the encoding's value ("zlib"), Audio its name ("NONE").
+  encoding = (builder.info.features["audio"].to_json_content().encoding or "none").lower()
+  if encoding not in _BYTES_PER_SAMPLE:
+    raise ValueError(f"{builder.info.full_name}: audio encoding {encoding!r} is not one of "
+                     f"{sorted(_BYTES_PER_SAMPLE)}; record metadata['hours'] in the build")
+  bytes_per_sample = _BYTES_PER_SAMPLE[encoding]
   return builder.info.splits[split_name].num_bytes / bytes_per_sample / SAMPLE_RATE / 3600
 
 

@@ -85,6 +85,15 @@ def test_builds_the_expected_splits_and_examples(built, corpus):
 
 
 @pytest.mark.parametrize("corpus", sorted(fixtures.MAKERS))
+def test_audio_is_stored_in_at_most_2_1_bytes_a_sample(built, corpus):
+  b = built[corpus]
+  for split, by_id in b.examples.items():
+    samples = sum(ex["audio"].shape[0] for ex in by_id.values())
+    num_bytes = b.builder.info.splits[split].num_bytes  # the whole TFRecord: audio and metadata
+    assert 0 < num_bytes <= 2.1 * samples, (split, num_bytes / samples)
+
+
+@pytest.mark.parametrize("corpus", sorted(fixtures.MAKERS))
 def test_unusable_files_are_skipped_counted_and_reported(built, corpus):
   b = built[corpus]
   lines = b.report["skipped"]
@@ -140,8 +149,8 @@ def test_cli_builds_the_chosen_languages_with_threads_to_the_same_data(built, tm
     assert set(by_id) == set(b.examples[split])
     for id_, ex in by_id.items():
       np.testing.assert_array_equal(ex["audio"], b.examples[split][id_]["audio"])
-  report = json.loads((tmp_path / "audio_manifest" / "en+yo" / "1.0.0" / base.REPORT_FILENAME
-                       ).read_text())
+  report = json.loads((tmp_path / "audio_manifest" / "en+yo" / str(base.CorpusBuilder.VERSION)
+                       / base.REPORT_FILENAME).read_text())
   assert (report["kept"], report["skipped_count"]) == (5, 7)  # zu's broken file is not read
 
 

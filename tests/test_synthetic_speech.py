@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from data_pipelines import espeak
+from data_pipelines import espeak, input_pipeline
 from data_pipelines.features import SAMPLE_RATE, language_split_name
 from data_pipelines.synthetic_speech import builder as ss
 from data_pipelines.synthetic_speech import texts
@@ -84,7 +84,9 @@ def test_config_with_unknown_language_is_rejected():
 
 def test_tiny_build_has_every_split_with_16k_int16_speech(tiny):
   _, builder, examples = tiny
-  assert builder.info.features["audio"].sample_rate == SAMPLE_RATE
+  audio_feature = builder.info.features["audio"]
+  assert audio_feature.dtype == np.int16 and audio_feature.shape == (None,)
+  assert str(SAMPLE_RATE) in audio_feature.doc.desc
   expected = {language_split_name(s, lang) for lang in TINY.languages for s in ss.SPLITS}
   assert set(examples) == expected
   for split, rows in examples.items():
@@ -103,6 +105,26 @@ def test_tiny_build_has_every_split_with_16k_int16_speech(tiny):
     assert len(counts) == TINY.speakers_per_language, f"{split}: {counts}"
     assert min(counts.values()) >= TINY.min_utterances_per_speaker, f"{split}: {counts}"
     assert all(s.startswith(f"{lang}_") for s in counts)
+
+
+def test_tiny_build_stores_under_2_1_bytes_a_sample_and_reads_back_what_was_written(tiny):
+  data_dir, builder, examples = tiny
+  for split, rows in examples.items():
+    samples = sum(e["audio"].shape[0] for e in rows)
+    num_bytes = builder.info.splits[split].num_bytes  # the whole TFRecord: audio and metadata
+    assert 0 < num_bytes <= 2.1 * samples, (split, num_bytes / samples)
+  # The pretraining pipeline's reader, on the build read back from its files, returns exactly the
+  # int16 samples the builder synthesised (espeak's output depends only on text, voice and seed).
+  written = {f"cmn_{plan.index:06d}": audio
+             for plan, _, audio in ss.split_utterances(TINY, "cmn", "test")}
+  reread = tfds.builder("synthetic_speech/tiny", data_dir=str(data_dir))
+  ds = input_pipeline.read_split(reread, language_split_name("test", "cmn"), shuffle_seed=None,
+                                 cycle_length=1)
+  read = {e["id"].decode(): e["audio"] for e in tfds.as_numpy(ds)}
+  assert set(read) == set(written)
+  for id_, audio in written.items():
+    assert read[id_].dtype == np.int16
+    np.testing.assert_array_equal(read[id_], audio, err_msg=id_)
 
 
 def test_tiny_splits_are_disjoint(tiny):
@@ -132,6 +154,49 @@ def test_tiny_metadata_records_unequal_hours_of_the_data(tiny):
   head, *tail = TINY.languages
   assert hours[head] < target[head] + 3 * 10 / 3600  # overshoots by at most a few utterances
   assert all(hours[head] > 2 * hours[lang] for lang in tail), hours
+
+
+def test_tiny_metadata_records_the_length_distribution(tiny):
+  data_dir, _, examples = tiny
+  seconds = np.array([float(e["duration"]) for rows in examples.values() for e in rows])
+  lengths = ss.SyntheticSpeech(config="tiny", data_dir=str(data_dir)).info.metadata[
+      "length_seconds"]
+  assert lengths["count"] == seconds.size
+  assert lengths["min"] == pytest.approx(seconds.min(), abs=1e-4)
+  assert lengths["max"] == pytest.approx(seconds.max(), abs=1e-4)
+  assert lengths["p50"] == pytest.approx(np.median(seconds), abs=1e-4)
+  assert lengths["under_2s"] == pytest.approx(np.mean(seconds < 2.0))
+  # Short clips and joined sentences both: some under 2 s, some over three times that.
+  assert 0 < lengths["under_2s"] < 1 and lengths["max"] > 6.0
+
+
+def test_plan_joins_distinct_sentences_into_long_utterances():
+  plans = [p for _, p in zip(range(300), ss.language_plan(DEFAULT, "cmn"))]
+  sentences = [s for p in plans for s in p.sentences]
+  assert len(set(sentences)) == len(sentences)
+  assert len({p.text for p in plans}) == len(plans)
+  assert all(p.text == "".join(p.sentences) for p in plans)  # cmn is written without spaces
+  joined = [p for p in plans if len(p.sentences) > 1]
+  # Close to long_share of the utterances join sentences (binomial sd ~ 0.026 for 300 draws).
+  assert abs(len(joined) / len(plans) - DEFAULT.long_share) < 0.1
+  assert ss.sentence_tokens(60, 16) == [15, 15, 15, 15]
+  assert ss.sentence_tokens(17, 16) == [9, 8] and ss.sentence_tokens(16, 16) == [16]
+  rng = np.random.default_rng(0)
+  tokens = [ss.utterance_tokens(DEFAULT, rng) for _ in range(2000)]
+  assert min(tokens) == DEFAULT.short_tokens[0] and max(tokens) == DEFAULT.long_tokens[1]
+
+
+def test_default_config_spans_about_1_to_25_seconds():
+  """The first 40 utterances of two languages, synthesised as the default build does."""
+  seconds = []
+  for lang in ("en", "fi"):
+    speakers = ss.language_speakers(DEFAULT, lang)
+    for i, plan in zip(range(40), ss.language_plan(DEFAULT, lang)):
+      seconds.append(ss.synthesize_utterance(plan, speakers[i % len(speakers)].voice).size
+                     / SAMPLE_RATE)
+  seconds = np.array(seconds)
+  assert seconds.min() < 2.0 and 0.05 < np.mean(seconds < 2.0) < 0.4, np.sort(seconds)
+  assert 12.0 < seconds.max() < 30.0 and np.mean(seconds > 8.0) > 0.1, np.sort(seconds)
 
 
 def test_two_builds_with_the_same_seed_are_identical(tiny, tmp_path):

@@ -1,6 +1,7 @@
 """Build the corpus: `python -m data_pipelines.synthetic_speech --data_dir=DIR [--config=tiny]`.
 
-Prints the hours per language (all splits, then train) and the build time.
+Prints the hours per language (all splits, then train), the build time and the utterance
+length distribution.
 """
 import time
 
@@ -32,6 +33,10 @@ def main(argv) -> None:
   report = metadata["build_report"]
   print(f"total {sum(metadata['language_hours'].values()):.3f} h in {report['kept']} utterances "
         f"({report['skipped']} too short, skipped); build time {elapsed:.1f} s")
+  lengths = metadata["length_seconds"]
+  stats = ", ".join(f"{k} {lengths[k]:.2f}"
+                    for k in ("min", "p10", "p25", "p50", "p75", "p90", "p99", "max", "mean"))
+  print(f"utterance seconds: {stats}; {lengths['under_2s']:.1%} under 2 s")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,18 @@
 """`synthetic_speech`: multilingual speech synthesised locally with espeak-ng, the default corpus.
 
-Nothing is downloaded. For every language the build walks one deterministic stream of distinct
-sentences (texts.py); each sentence is drawn into train, validation or test, so the splits never
-share an utterance. Each split takes sentences from the stream until it holds its share of the
-language's target minutes and every speaker has `min_utterances_per_speaker` utterances in it.
-Syntheses shorter than `min_seconds` are skipped. Speakers are espeak voice variants with their
-own pitch, rate and pitch range, assigned round robin, so speaker ids are meaningful for SID.
+Nothing is downloaded. For every language the build walks one deterministic stream of utterances,
+each made of one or more consecutive distinct sentences (texts.py) and drawn into train,
+validation or test, so the splits never share a sentence. Each split takes utterances from the
+stream until it holds its share of the language's target minutes and every speaker has
+`min_utterances_per_speaker` utterances in it. Syntheses shorter than `min_seconds` are skipped.
+Speakers are espeak voice variants with their own pitch, rate and pitch range, assigned round
+robin, so speaker ids are meaningful for SID.
+
+Utterance lengths mix the corpora XLS-R trains on: most are short read clips like Common Voice's
+(`short_tokens`, one sentence), a `long_share` are long segments like VoxPopuli's and MLS's
+(`long_tokens`: sentences of at most `max_sentence_tokens` tokens, each synthesised on its own and
+joined, so the pauses between them are espeak's own). Lexicon tokens last about 0.35 s: the
+default config gives about 1 to 25 s, some under 2 s (the pretraining pipeline drops those).
 
 Target minutes fall off with the language's rank (Zipf: head_minutes / (rank + 1)^zipf_exponent),
 a long tail on purpose, so that n^alpha language sampling matters. The measured amounts go in the
@@ -16,12 +23,14 @@ the keys every corpus builder writes (corpora/base.py) plus a few of its own:
   "language_hours": {language: hours over all splits}
   "target_hours":   {language: configured hours over all splits}
   "speakers":       {language: [speaker ids]}
+  "length_seconds": {"count", "min", "p10", "p25", "p50", "p75", "p90", "p99", "max", "mean",
+                     "under_2s" (share)}: utterance lengths over all splits
   "languages", "config": the configuration (seed included).
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from absl import logging
 import numpy as np
@@ -52,8 +61,12 @@ class SyntheticSpeechConfig(tfds.core.BuilderConfig):
   zipf_exponent: float = 1.0  # language of rank r gets head_minutes / (r + 1) ** zipf_exponent
   speakers_per_language: int = 4
   min_utterances_per_speaker: int = 2  # in every split; sets a floor on the tail's minutes
-  tokens_per_utterance: tuple[int, int] = (6, 16)  # inclusive; about 0.35 s per token
-  min_seconds: float = 2.0  # shorter syntheses are skipped (XLS-R pretraining drops < 2 s)
+  # Lengths in lexicon tokens (about 0.35 s each), inclusive ranges, log-uniform within each:
+  short_tokens: tuple[int, int] = (4, 16)  # one-sentence clips (Common Voice)
+  long_tokens: tuple[int, int] = (17, 60)  # joined sentences (VoxPopuli, MLS segments)
+  long_share: float = 0.3  # share of utterances drawn from long_tokens
+  max_sentence_tokens: int = 16  # a longer utterance joins ceil(tokens / this) sentences
+  min_seconds: float = 1.0  # shorter syntheses are skipped
   split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train, validation, test
   seed: int = 0
 
@@ -75,6 +88,15 @@ class SyntheticSpeechConfig(tfds.core.BuilderConfig):
     if not 1 <= self.speakers_per_language <= min(len(FEMALE_VARIANTS), len(MALE_VARIANTS)) * 2:
       raise ValueError(f"config {self.name!r}: speakers_per_language must be in [1, 10], found "
                        f"{self.speakers_per_language}")
+    for name in ("short_tokens", "long_tokens"):
+      low, high = getattr(self, name)
+      if not 1 <= low <= high:
+        raise ValueError(f"config {self.name!r}: {name} must be (low, high) with "
+                         f"1 <= low <= high, found {(low, high)}")
+    if not 0 <= self.long_share <= 1 or self.max_sentence_tokens < 1:
+      raise ValueError(f"config {self.name!r}: need 0 <= long_share <= 1 and "
+                       f"max_sentence_tokens >= 1, found {self.long_share}, "
+                       f"{self.max_sentence_tokens}")
     if self.min_utterances_per_speaker < 1 or self.head_minutes <= 0 or self.min_seconds < 0:
       raise ValueError(f"config {self.name!r}: need min_utterances_per_speaker >= 1, "
                        f"head_minutes > 0 and min_seconds >= 0, found "
@@ -90,10 +112,11 @@ class Speaker:
 
 @dataclasses.dataclass(frozen=True)
 class PlannedUtterance:
-  index: int  # position in the language's sentence stream; unique within the language
+  index: int  # position in the language's utterance stream; unique within the language
   split: str
-  text: str
-  espeak_seed: int
+  sentences: tuple[str, ...]  # consecutive distinct sentences, spoken one after another
+  text: str  # the transcript: the sentences joined by the language's word separator
+  espeak_seed: int  # sentence j is synthesised with seed espeak_seed + j
 
 
 def language_speakers(config: SyntheticSpeechConfig, language: str) -> list[Speaker]:
@@ -113,16 +136,39 @@ def language_speakers(config: SyntheticSpeechConfig, language: str) -> list[Spea
   return speakers
 
 
+def utterance_tokens(config: SyntheticSpeechConfig, rng: np.random.Generator) -> int:
+  """Length of one utterance in tokens: log-uniform in `long_tokens` with probability
+  `long_share`, else in `short_tokens` (both inclusive)."""
+  low, high = config.long_tokens if rng.random() < config.long_share else config.short_tokens
+  return min(high, int(np.exp(rng.uniform(np.log(low), np.log(high + 1)))))
+
+
+def sentence_tokens(num_tokens: int, max_sentence_tokens: int) -> list[int]:
+  """`num_tokens` split into the fewest sentences of at most `max_sentence_tokens`, near equal."""
+  count = -(-num_tokens // max_sentence_tokens)
+  base, extra = divmod(num_tokens, count)
+  return [base + (j < extra) for j in range(count)]
+
+
 def language_plan(config: SyntheticSpeechConfig, language: str) -> Iterator[PlannedUtterance]:
-  """Endless deterministic stream of the language's utterances: distinct texts, each drawn into
-  one split with probability `split_fractions`."""
+  """Endless deterministic stream of the language's utterances, each drawn into one split with
+  probability `split_fractions`; no sentence and no transcript occurs twice."""
   rng = np.random.default_rng(texts.language_seed(config.seed, language, _PLAN_STREAM))
-  sentences = texts.unique_sentences(language, rng, config.tokens_per_utterance)
+  separator = texts.LEXICONS[language].separator
+  seen: set[str] = set()  # sentences and transcripts so far
   index = 0
   while True:
     split = SPLITS[rng.choice(len(SPLITS), p=config.split_fractions)]
     espeak_seed = int(rng.integers(2**31))
-    yield PlannedUtterance(index, split, next(sentences), espeak_seed)
+    sentences = tuple(
+        texts.unique_sentence(language, rng, n, seen)
+        for n in sentence_tokens(utterance_tokens(config, rng), config.max_sentence_tokens))
+    text = separator.join(sentences)
+    if len(sentences) > 1:
+      if text in seen:  # a joined transcript equal to an earlier sentence: draw another
+        continue
+      seen.add(text)
+    yield PlannedUtterance(index, split, sentences, text, espeak_seed)
     index += 1
 
 
@@ -130,6 +176,24 @@ def synthesize_16k(text: str, voice: espeak.Voice, seed: int) -> np.ndarray:
   """espeak (22,050 Hz int16) -> float -> soxr resample -> int16 `[samples]` at 16 kHz."""
   wave_22k = espeak.synthesize(text, voice, seed).astype(np.float32) / 32768.0
   return audio_io.float_to_int16(audio_io.resample(wave_22k, espeak.ESPEAK_SAMPLE_RATE))
+
+
+def synthesize_utterance(planned: PlannedUtterance, voice: espeak.Voice) -> np.ndarray:
+  """int16 `[samples]` at 16 kHz: each sentence of `planned` synthesised on its own, joined."""
+  return np.concatenate([synthesize_16k(text, voice, (planned.espeak_seed + j) % 2**31)
+                         for j, text in enumerate(planned.sentences)])
+
+
+def length_summary(seconds: Sequence[float]) -> dict[str, float]:
+  """Count, min, percentiles, max and mean of utterance lengths (s), and the share under 2 s."""
+  x = np.asarray(seconds, np.float64)
+  if x.size == 0:
+    raise ValueError("length_summary of no utterances")
+  summary = {"count": int(x.size), "min": float(x.min())}
+  summary.update({f"p{q}": float(np.percentile(x, q)) for q in (10, 25, 50, 75, 90, 99)})
+  summary.update({"max": float(x.max()), "mean": float(x.mean()),
+                  "under_2s": float(np.mean(x < 2.0))})
+  return summary
 
 
 def split_utterances(config: SyntheticSpeechConfig, language: str, split: str,
@@ -153,7 +217,7 @@ def split_utterances(config: SyntheticSpeechConfig, language: str, split: str,
     if planned.split != split:
       continue
     speaker = speakers[count % len(speakers)]
-    audio = synthesize_16k(planned.text, speaker.voice, planned.espeak_seed)
+    audio = synthesize_utterance(planned, speaker.voice)
     if not np.any(audio):
       raise RuntimeError(f"{CORPUS} {language}/{split} utterance {planned.index}: silent audio "
                          f"from {speaker.voice} for {planned.text!r}")
@@ -165,7 +229,7 @@ def split_utterances(config: SyntheticSpeechConfig, language: str, split: str,
       if skipped_in_a_row >= _MAX_SKIPPED_IN_A_ROW:
         raise RuntimeError(f"config {config.name!r} {language}/{split}: {skipped_in_a_row} "
                            f"syntheses in a row shorter than min_seconds {config.min_seconds}; "
-                           f"raise tokens_per_utterance {config.tokens_per_utterance}")
+                           f"raise short_tokens {config.short_tokens}")
       continue
     skipped_in_a_row = 0
     report.keep(split_name, duration)
@@ -177,15 +241,22 @@ def split_utterances(config: SyntheticSpeechConfig, language: str, split: str,
 class SyntheticSpeech(tfds.core.GeneratorBasedBuilder):
   """Multilingual espeak-ng speech with transcripts and speaker ids; splits `<split>_<lang>`."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
+  VERSION = tfds.core.Version("2.0.0")
+  RELEASE_NOTES = {
+      "1.0.0": "First release.",
+      "2.0.0": "Audio stored as zlib-compressed int16 bytes (features.audio_feature): 1.70 bytes "
+               "a sample instead of 5.47 as int64 varints; readers get the same int16 [samples]. "
+               "Utterances of 1-27 s instead of 2-8.6 s: short one-sentence clips and a 30% "
+               "tail of joined sentences (length_seconds in the metadata); min_seconds 1.0.",
+  }
   BUILDER_CONFIGS = [
       SyntheticSpeechConfig(
           name="default", description="25 languages, 24 minutes for the head, Zipf tail."),
       SyntheticSpeechConfig(
-          name="tiny", description="3 languages, a few dozen short utterances: for tests.",
+          name="tiny", description="3 languages, a few dozen utterances of 1-10 s: for tests.",
           languages=("en", "ru", "cmn"), head_minutes=1.5, zipf_exponent=2.0,
-          speakers_per_language=2, tokens_per_utterance=(3, 6), min_seconds=1.0),
+          speakers_per_language=2, short_tokens=(3, 8), long_tokens=(9, 22),
+          max_sentence_tokens=8),
   ]
   DEFAULT_CONFIG_NAME = "default"
 
@@ -200,9 +271,10 @@ class SyntheticSpeech(tfds.core.GeneratorBasedBuilder):
   def _download_and_prepare(self, dl_manager, download_config) -> None:
     self.builder_config.validate()
     self._report = audio_io.BuildReport()
+    self._seconds: list[float] = []  # every kept utterance's length
     super()._download_and_prepare(dl_manager, download_config)
     logging.info("%s/%s: %s", CORPUS, self.builder_config.name, self._report.summary())
-    self.info.metadata.update(self._build_metadata(self._report))
+    self.info.metadata.update(self._build_metadata(self._report, self._seconds))
 
   def _split_generators(self, dl_manager):
     del dl_manager  # nothing to download: every utterance is synthesised here
@@ -213,13 +285,14 @@ class SyntheticSpeech(tfds.core.GeneratorBasedBuilder):
     for planned, speaker, audio in split_utterances(self.builder_config, language, split,
                                                     self._report):
       key = f"{language}_{planned.index:06d}"
+      self._seconds.append(audio.shape[0] / SAMPLE_RATE)
       yield key, {
           "audio": audio, "language": language, "corpus": CORPUS, "speaker": speaker.id,
           "transcript": planned.text, "duration": np.float32(audio.shape[0] / SAMPLE_RATE),
           "id": key,
       }
 
-  def _build_metadata(self, report: audio_io.BuildReport) -> dict:
+  def _build_metadata(self, report: audio_io.BuildReport, seconds: Sequence[float]) -> dict:
     config = self.builder_config
     split_hours = report.hours()
     tfds_fields = {f.name for f in dataclasses.fields(tfds.core.BuilderConfig)}
@@ -236,4 +309,5 @@ class SyntheticSpeech(tfds.core.GeneratorBasedBuilder):
                    if f.name not in tfds_fields},
         "speakers": {lang: [s.id for s in language_speakers(config, lang)]
                      for lang in config.languages},
+        "length_seconds": length_summary(seconds),
     }

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import unicodedata
 import zlib
-from typing import Iterator
 
 import numpy as np
 
@@ -241,24 +240,18 @@ def sentence(lexicon: Lexicon, rng: np.random.Generator, num_tokens: int) -> str
   return unicodedata.normalize("NFC", lexicon.separator.join(tokens))
 
 
-def unique_sentences(language: str, rng: np.random.Generator, tokens_range: tuple[int, int],
-                     max_retries: int = 1000) -> Iterator[str]:
-  """Endless stream of distinct sentences of `tokens_range` (inclusive) tokens in `language`."""
+def unique_sentence(language: str, rng: np.random.Generator, num_tokens: int, seen: set[str],
+                    max_retries: int = 1000) -> str:
+  """A sentence of `num_tokens` tokens in `language` that is not in `seen`; adds it to `seen`."""
   if language not in LEXICONS:
     raise KeyError(f"no lexicon for language {language!r}; texts.LEXICONS has "
                    f"{sorted(LEXICONS)}")
-  low, high = tokens_range
-  if not 1 <= low <= high:
-    raise ValueError(f"tokens_range must satisfy 1 <= low <= high, found {tokens_range}")
-  lexicon = LEXICONS[language]
-  seen: set[str] = set()
-  while True:
-    for _ in range(max_retries):
-      text = sentence(lexicon, rng, int(rng.integers(low, high + 1)))
-      if text not in seen:
-        break
-    else:
-      raise RuntimeError(f"{language}: no new sentence of {tokens_range} tokens in {max_retries} "
-                         f"tries after {len(seen)} sentences; widen tokens_range")
-    seen.add(text)
-    yield text
+  if num_tokens < 1:
+    raise ValueError(f"num_tokens must be >= 1, found {num_tokens}")
+  for _ in range(max_retries):
+    text = sentence(LEXICONS[language], rng, num_tokens)
+    if text not in seen:
+      seen.add(text)
+      return text
+  raise RuntimeError(f"{language}: no new sentence of {num_tokens} tokens in {max_retries} tries "
+                     f"after {len(seen)} sentences; use longer sentences")
