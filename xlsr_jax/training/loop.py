@@ -155,9 +155,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   throughput = metrics_lib.Throughput(start_step)
   history, pending, last_metrics = [], [], {}
   real_seconds_seen = 0.0  # this segment's real audio (a resumed run counts from its restart)
+  eval_cache: list = []  # the validation batches, read once (the same batches at every eval)
   for step in range(start_step, config.train.num_steps):
     local = next(train_iter)
-    batch = device_feed.global_batch({k: local[k] for k in FEED_KEYS}, mesh)
+    batch = device_feed.global_batch(_feed(local), mesh)
     state, step_metrics = trainer.step(state, batch)
     accounting.add(local["lengths"], local["waveform"].shape[1])
     pending.append(step_metrics)
@@ -184,7 +185,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             f"at step {done} (total skipped {int(values['total_nonfinite'])}); the last good "
             f"checkpoint is in {manager.directory}")
     if config.train.eval_every and (done % config.train.eval_every == 0 or is_last):
-      eval_metrics = evaluate(trainer, state, config, mesh)
+      eval_metrics = evaluate(trainer, state, config, mesh, eval_cache)
       writer.write(done, eval_metrics, prefix="eval")
       history.append(dict(step=done, **{f"eval_{k}": v for k, v in eval_metrics.items()}))
     preempted = manager.reached_preemption(done)  # a sync point under jax.distributed: once per step
@@ -222,18 +223,30 @@ def report_buckets(pipeline: input_pipeline.PipelineConfig, workdir: str) -> dic
   return summary
 
 
-def evaluate(trainer, state, config: ml_collections.ConfigDict, mesh) -> dict[str, float]:
-  """Mean validation metrics over config.train.eval_batches batches (fixed seed, argmax codes)."""
-  multiple = buckets_lib.lcm(mesh.shape["data"] * mesh.shape["fsdp"], jax.process_count())
-  eval_iter = input_pipeline.make_pretraining_iterator(
-      pipeline_config(config, config.data.eval_split, seed_offset=1, multiple=multiple),
-      process_index=jax.process_index(), process_count=jax.process_count())
+def evaluate(trainer, state, config: ml_collections.ConfigDict, mesh,
+             cache: list | None = None) -> dict[str, float]:
+  """Mean validation metrics over config.train.eval_batches batches (fixed seed, argmax codes).
+
+  cache: a list kept across calls; the first call fills it with the (host) validation batches so
+  later evaluations skip building the pipeline (one tf.data source per language and bucket).
+  """
+  cache = [] if cache is None else cache
+  if not cache:
+    multiple = buckets_lib.lcm(mesh.shape["data"] * mesh.shape["fsdp"], jax.process_count())
+    eval_iter = input_pipeline.make_pretraining_iterator(
+        pipeline_config(config, config.data.eval_split, seed_offset=1, multiple=multiple),
+        process_index=jax.process_index(), process_count=jax.process_count())
+    cache.extend(_feed(next(eval_iter)) for _ in range(config.train.eval_batches))
+    eval_iter.close()
   totals: dict[str, list[float]] = {}
-  for i in range(config.train.eval_batches):
-    local = next(eval_iter)
-    batch = device_feed.global_batch({k: local[k] for k in FEED_KEYS}, mesh)
+  for i, local in enumerate(cache):
+    batch = device_feed.global_batch(local, mesh)
     out = trainer.evaluate(state, batch, jax.random.key(1000 + i))
     for k, v in jax.device_get(out).items():
       totals.setdefault(k, []).append(float(v))
-  eval_iter.close() if hasattr(eval_iter, "close") else None
   return {k: float(np.mean(v)) for k, v in totals.items()}
+
+
+def _feed(local: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """The part of a pipeline batch the step reads (FEED_KEYS)."""
+  return {k: local[k] for k in FEED_KEYS}
