@@ -156,10 +156,14 @@ class SpeechToText(nn.Module):
     """TextDecoder.__call__: (logits float32 [batch, t, vocab], new cache or None)."""
     return self.decoder(tokens, states, valid, cache=cache, index=index, deterministic=deterministic)
 
-  def __call__(self, waveform: jax.Array, padding_mask: jax.Array | None,
-               decoder_input_ids: jax.Array, *, mask_time: jax.Array | None = None,
+  def __call__(self, waveform: jax.Array, padding_mask: jax.Array | None = None,
+               decoder_input_ids: jax.Array | None = None, *, mask_time: jax.Array | None = None,
                channel_mask: jax.Array | None = None, deterministic: bool = True) -> dict[str, Any]:
-    """Teacher forcing: {"logits" [batch, length, vocab], "encoder_states", "encoder_valid"}."""
+    """Teacher forcing: {"logits" [batch, length, vocab], "encoder_states", "encoder_valid"}.
+    Without decoder_input_ids, the start token alone (what `init` needs)."""
+    if decoder_input_ids is None:
+      decoder_input_ids = jnp.full((waveform.shape[0], 1), self.config.decoder.decoder_start_token_id,
+                                   jnp.int32)
     states, valid = self.encode(waveform, padding_mask, mask_time=mask_time,
                                 channel_mask=channel_mask, deterministic=deterministic)
     logits, _ = self.decode(decoder_input_ids, states, valid, deterministic=deterministic)
