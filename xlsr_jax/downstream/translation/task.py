@@ -25,7 +25,7 @@ import numpy as np
 
 from data_pipelines.synthetic_speech import texts
 from xlsr_jax.checkpoints import hf_translation, model_files
-from xlsr_jax.downstream.translation.text import Tokenizer, train_tokenizer
+from xlsr_jax.downstream.translation.text import SPM_FILE, Tokenizer, train_tokenizer
 from xlsr_jax.models.config import Wav2Vec2Config
 from xlsr_jax.models.speech_translation import SpeechToText, SpeechTranslationConfig
 from xlsr_jax.models.text_decoder import DecoderConfig, get_decoder_preset
@@ -64,7 +64,7 @@ class TranslationLabeler:
       empty = np.full((self.max_target_length,), -100, np.int32)
       if target is None:
         return empty, np.int32(-1)
-      ids = self.tokenizer.sp.encode(target) + [self.tokenizer.sp.eos_id()]
+      ids = self.tokenizer.encode(target)
       if len(ids) > self.max_target_length:
         return empty, np.int32(-1)
       empty[:len(ids)] = ids
@@ -85,9 +85,6 @@ def translation_config(config: ml_collections.ConfigDict, encoder: Wav2Vec2Confi
     if t.decoder_dropout >= 0:
       overrides["dropout"] = t.decoder_dropout
     decoder = get_decoder_preset(t.decoder_preset, **overrides)
-  elif decoder.vocab_size != vocab_size:
-    raise ValueError(f"the decoder has {decoder.vocab_size} outputs but the sentencepiece model "
-                     f"has {vocab_size} pieces")
   limit = decoder.max_position_embeddings - 1
   if t.max_decode_length > limit or t.max_target_length > decoder.max_position_embeddings:
     raise ValueError(f"translation.max_decode_length={t.max_decode_length} / max_target_length="
@@ -123,9 +120,9 @@ def _config_from_dict(encoder: Wav2Vec2Config, values: dict[str, Any]) -> Speech
   return SpeechTranslationConfig(encoder, DecoderConfig(**decoder), **values["adapter"])
 
 
-def save_model(directory: str, params: dict, config: SpeechTranslationConfig, tokenizer: Tokenizer,
-               metadata: dict | None = None, *, hf: bool = True) -> None:
-  """Our layout (+ sentencepiece) in `directory`, the Hugging Face one in `directory`/hf."""
+def save_model(directory: str, params: dict, config: SpeechTranslationConfig,
+               tokenizer: Tokenizer | None, metadata: dict | None = None, *, hf: bool = True) -> None:
+  """Our layout (+ sentencepiece, if given) in `directory`, the Hugging Face one in `directory`/hf."""
   model_files.save_model(directory, params, config.encoder, metadata)
   path = os.path.join(directory, model_files.CONFIG_FILE)
   with open(path) as f:
@@ -133,20 +130,22 @@ def save_model(directory: str, params: dict, config: SpeechTranslationConfig, to
   stored[TRANSLATION_KEY] = _config_to_dict(config)
   with open(path, "w") as f:
     json.dump(stored, f, indent=2)
-  tokenizer.save(directory)
+  if tokenizer is not None:
+    tokenizer.save(directory)
   if hf:
     save_hf(os.path.join(directory, HF_DIR), params, config, tokenizer)
 
 
-def load_model(directory: str) -> tuple[dict, SpeechTranslationConfig, Tokenizer, dict]:
-  """(params, config, tokenizer, metadata) of a `save_model` directory."""
+def load_model(directory: str) -> tuple[dict, SpeechTranslationConfig, Tokenizer | None, dict]:
+  """(params, config, tokenizer or None, metadata) of a `save_model` directory."""
   params, encoder, metadata = model_files.load_model(directory)
   with open(os.path.join(directory, model_files.CONFIG_FILE)) as f:
     stored = json.load(f)
   if TRANSLATION_KEY not in stored:
     raise ValueError(f"{directory} is an encoder export, not a speech-translation model")
+  has_spm = os.path.exists(os.path.join(directory, SPM_FILE))
   return (jax.tree.map(np.asarray, params), _config_from_dict(encoder, stored[TRANSLATION_KEY]),
-          Tokenizer.load(directory), metadata)
+          Tokenizer.load(directory) if has_spm else None, metadata)
 
 
 def save_hf(directory: str, params: dict, config: SpeechTranslationConfig,
@@ -207,9 +206,10 @@ def build(config: ml_collections.ConfigDict, loaded, encoder_config: Wav2Vec2Con
   tokenizer = tokenizer_for(config, tokenizer_dir, train_targets)
   if decoder is None or t.decoder_init:
     model_cfg = translation_config(config, encoder_config, tokenizer.vocab_size, decoder)
-  if model_cfg.decoder.vocab_size != tokenizer.vocab_size:
-    raise ValueError(f"the decoder of {loaded.path} has {model_cfg.decoder.vocab_size} outputs but "
-                     f"the sentencepiece model {tokenizer.path} has {tokenizer.vocab_size} pieces")
+  if (model_cfg.decoder.vocab_size < tokenizer.vocab_size
+      or (not tokenizer.offset and model_cfg.decoder.vocab_size != tokenizer.vocab_size)):
+    raise ValueError(f"the decoder has {model_cfg.decoder.vocab_size} outputs but the "
+                     f"sentencepiece model {tokenizer.path} gives {tokenizer.vocab_size} ids")
   counts = {"train_utterances": len(train_targets),
             "train_without_target": sum(x is None for x in train_targets),
             "vocab_size": tokenizer.vocab_size}

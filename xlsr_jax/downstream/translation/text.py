@@ -23,20 +23,42 @@ class TokenizerError(ValueError):
 
 
 class Tokenizer:
-  """A sentencepiece model with mBART's special ids; `encode_batch` / `decode`."""
+  """A sentencepiece model with mBART's special ids; `encode_batch` / `decode`.
+
+  Two layouts: a model trained here has the ids natively; mBART(-50)'s own sentencepiece.bpe.model
+  has <unk> = 0, <s> = 1, </s> = 2 and the model ids are fairseq's (piece id + 1, <unk> -> 3, the
+  language codes after the pieces), as transformers' MBart50Tokenizer maps them.
+  """
 
   def __init__(self, model_proto: bytes, path: str = "<memory>"):
     import sentencepiece as spm
     self.proto, self.path = model_proto, path
     self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
     ids = (self.sp.bos_id(), self.sp.pad_id(), self.sp.eos_id(), self.sp.unk_id())
-    if ids != (BOS_ID, PAD_ID, EOS_ID, UNK_ID):
+    if ids == (BOS_ID, PAD_ID, EOS_ID, UNK_ID):
+      self.offset = 0
+    elif (self.sp.unk_id(), self.sp.bos_id(), self.sp.eos_id()) == (0, 1, 2):
+      self.offset = 1  # fairseq / mBART dictionary on top of the sentencepiece ids
+    else:
       raise TokenizerError(f"{path}: special ids (bos, pad, eos, unk) are {ids}, expected "
-                           f"{(BOS_ID, PAD_ID, EOS_ID, UNK_ID)} (mBART's)")
+                           f"{(BOS_ID, PAD_ID, EOS_ID, UNK_ID)} (mBART's) or mBART's own "
+                           f"sentencepiece layout (unk 0, bos 1, eos 2)")
 
   @property
   def vocab_size(self) -> int:
-    return self.sp.get_piece_size()
+    """Ids this tokenizer produces (an mBART decoder has more: its language codes)."""
+    return self.sp.get_piece_size() + self.offset
+
+  def _to_model(self, piece_ids: list[int]) -> list[int]:
+    if not self.offset:
+      return piece_ids
+    return [UNK_ID if i == self.sp.unk_id() else i + self.offset for i in piece_ids]
+
+  def _from_model(self, ids: list[int]) -> list[int]:
+    if not self.offset:
+      return ids
+    return [self.sp.unk_id() if i == UNK_ID else i - self.offset for i in ids
+            if UNK_ID <= i < self.vocab_size]
 
   @classmethod
   def load(cls, path: str) -> "Tokenizer":
@@ -54,11 +76,15 @@ class Tokenizer:
       f.write(self.proto)
     return path
 
+  def encode(self, text: str) -> list[int]:
+    """Model ids of `text` followed by </s>."""
+    return self._to_model(self.sp.encode(text)) + [EOS_ID]
+
   def encode_batch(self, texts: Sequence[str], max_length: int) -> np.ndarray:
     """labels int32 [batch, max_length]: pieces + </s>, then -100; too long is an error."""
     out = np.full((len(texts), max_length), IGNORE, np.int32)
     for i, text in enumerate(texts):
-      ids = self.sp.encode(text) + [EOS_ID]
+      ids = self.encode(text)
       if len(ids) > max_length:
         raise TokenizerError(f"target {text[:60]!r} is {len(ids)} tokens with </s>, more than "
                              f"translation.max_target_length={max_length}")
@@ -73,7 +99,7 @@ class Tokenizer:
         break
       if t not in (BOS_ID, PAD_ID):
         kept.append(t)
-    return self.sp.decode(kept)
+    return self.sp.decode(self._from_model(kept))
 
 
 def train_tokenizer(texts: Sequence[str], vocab_size: int, *, model_type: str = "unigram",
