@@ -125,3 +125,25 @@ def test_config_round_trip():
   cfg = small_config("group", 32, False, 32)
   back = hf_translation.config_from_hf(hf_translation.config_to_hf(cfg))
   assert back == cfg
+
+
+def test_every_parameter_has_logical_axes_known_to_the_rules():
+  import flax.linen as nn
+  import jax
+  from xlsr_jax.models.speech_translation import translation_preset
+  from xlsr_jax.sharding.mesh import DEFAULT_RULES
+  cfg = translation_preset("tiny", "tiny", output_hidden_size=48, decoder={"tie_word_embeddings": False})
+  assert cfg.needs_projection
+  shapes = jax.eval_shape(lambda: SpeechToText(cfg).init(
+      jax.random.key(0), jnp.zeros((1, 8000)), None, jnp.zeros((1, 3), jnp.int32))["params"])
+  leaves = jax.tree_util.tree_leaves_with_path(
+      shapes, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+  known = {name for name, _ in DEFAULT_RULES}
+  assert {str(p[0].key) for p, _ in leaves} == {"wav2vec2", "adapter", "enc_to_dec_proj", "decoder"}
+  for path, leaf in leaves:
+    assert isinstance(leaf, nn.LogicallyPartitioned), jax.tree_util.keystr(path)
+    assert len(leaf.names) == leaf.value.ndim and set(leaf.names) <= known | {None}, (path, leaf.names)
+    if str(path[0].key) != "wav2vec2":  # the new modules name every axis
+      assert None not in leaf.names, (jax.tree_util.keystr(path), leaf.names)
+    if jax.tree_util.keystr(path).startswith("['decoder']['layers']"):
+      assert leaf.names[0] == "layers" and leaf.value.shape[0] == cfg.decoder.decoder_layers
