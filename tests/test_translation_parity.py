@@ -147,3 +147,23 @@ def test_every_parameter_has_logical_axes_known_to_the_rules():
       assert None not in leaf.names, (jax.tree_util.keystr(path), leaf.names)
     if jax.tree_util.keystr(path).startswith("['decoder']['layers']"):
       assert leaf.names[0] == "layers" and leaf.value.shape[0] == cfg.decoder.decoder_layers
+
+
+def test_paper_size_parameter_count_equals_the_reference():
+  """xlsr_300m + adapter + the mbart_large decoder (12 x 1024, vocab 250,054), counted without
+  allocating: ours by eval_shape, the reference on torch's meta device."""
+  import jax
+  from xlsr_jax.models.speech_translation import translation_preset
+  cfg = translation_preset("xlsr_300m", "mbart_large")
+  shapes = jax.eval_shape(lambda: SpeechToText(cfg).init(
+      jax.random.key(0), jnp.zeros((1, 16000)), None, jnp.zeros((1, 2), jnp.int32))["params"])
+  ours = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
+  hf = hf_translation.config_to_hf(cfg)
+  with torch.device("meta"):
+    enc = transformers.Wav2Vec2Model(transformers.Wav2Vec2Config(**hf["encoder"]))
+    dec = transformers.MBartForCausalLM(transformers.MBartConfig(
+        **{k: v for k, v in hf["decoder"].items() if k not in ("model_type", "architectures")}))
+  unique = lambda m: sum(p.numel() for p in {id(p): p for p in m.parameters()}.values())
+  assert ours == unique(enc) + unique(dec)
+  # encoder 315,438,720 + adapter 3 x 6,293,504 + decoder 458,670,080 (256M of it the embedding)
+  assert ours == 792_989_312
