@@ -96,3 +96,33 @@ def test_mbart_import_names_a_wrong_directory(tmp_path, capsys):
   (tmp_path / "config.json").write_text('{"model_type": "wav2vec2"}')
   assert convert.main(["--from=mbart", f"--input={tmp_path}", f"--output={tmp_path / 'o'}"]) == 2
   assert "model_type='wav2vec2', expected 'mbart'" in capsys.readouterr().err
+
+
+def test_imported_decoder_and_its_tokenizer_drive_the_task(tmp_path):
+  """translation.decoder_init: the model takes the imported decoder (config and weights) and its
+  sentencepiece model (mBART layout) instead of training one."""
+  from xlsr_jax.downstream import encoders
+  from xlsr_jax.downstream.defaults import get_default_config
+  from xlsr_jax.downstream.data import SplitIndex
+  from xlsr_jax.models.config import get_preset
+  from xlsr_jax.models.text_decoder import DecoderConfig
+  decoder = DecoderConfig(vocab_size=40, d_model=32, decoder_layers=1, decoder_attention_heads=4,
+                          decoder_ffn_dim=64, max_position_embeddings=130)
+  import jax
+  shapes = SpeechToText(translation.SpeechTranslationConfig(get_preset("tiny"), decoder)).init(
+      jax.random.key(0), jnp.zeros((1, 8000)))["params"]
+  params = jax.tree.map(lambda x: np.asarray(getattr(x, "value", x)), shapes["decoder"],
+                        is_leaf=lambda x: hasattr(x, "value"))
+  _fairseq_style_spm(str(tmp_path / text.SPM_FILE))
+  tok = text.Tokenizer.load(str(tmp_path))
+  translation.save_decoder(str(tmp_path / "dec"), params, decoder, tok)
+  config = get_default_config()
+  config.task = "ast"
+  config.translation.decoder_init = str(tmp_path / "dec")
+  index = SplitIndex(ids=["a"], languages=["de"], speakers=["s"], transcripts=["Wasser Buch"],
+                     num_samples=[16000])
+  loaded = encoders.LoadedEncoder({}, get_preset("tiny"), "random", "random")
+  model, parts, labeler, tokenizer, counts = translation.build(config, loaded, get_preset("tiny"), index)
+  assert model.config.decoder == decoder and tokenizer.offset == 1 and counts["vocab_size"] == 31
+  np.testing.assert_array_equal(parts["decoder"]["embed_tokens"], params["embed_tokens"])
+  assert tokenizer.encode("water book") == [i + 1 for i in tok.sp.encode("water book")] + [2]
