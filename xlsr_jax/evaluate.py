@@ -152,6 +152,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   train_index = data_lib.index_split(builder, train_names)
   test_index = data_lib.index_split(builder, test_names)
 
+  from xlsr_jax.convert import _is_speech_to_text
+  if config.init != "random" and os.path.isdir(config.init) and _is_speech_to_text(config.init):
+    raise encoders.InitError(
+        f"{config.init} is a Hugging Face SpeechEncoderDecoderModel: convert it first with "
+        f"python -m xlsr_jax.convert --from=hf --input={config.init} --output=DIR, then "
+        f"--config.init=DIR")
   if config.init == "random":  # the model's own initialisation (seed init_seed) is the encoder
     loaded = encoders.LoadedEncoder({}, model_config_from(config), "random", "random")
   else:
