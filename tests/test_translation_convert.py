@@ -109,9 +109,9 @@ def test_imported_decoder_and_its_tokenizer_drive_the_task(tmp_path):
   decoder = DecoderConfig(vocab_size=40, d_model=32, decoder_layers=1, decoder_attention_heads=4,
                           decoder_ffn_dim=64, max_position_embeddings=130)
   import jax
-  shapes = SpeechToText(translation.SpeechTranslationConfig(get_preset("tiny"), decoder)).init(
-      jax.random.key(0), jnp.zeros((1, 8000)))["params"]
-  params = jax.tree.map(lambda x: np.asarray(getattr(x, "value", x)), shapes["decoder"],
+  boxed = jax.jit(TextDecoder(decoder).init)(jax.random.key(0), jnp.zeros((1, 2), jnp.int32),
+                                              jnp.zeros((1, 3, 32)), jnp.ones((1, 3), bool))["params"]
+  params = jax.tree.map(lambda x: np.asarray(getattr(x, "value", x)), boxed,
                         is_leaf=lambda x: hasattr(x, "value"))
   _fairseq_style_spm(str(tmp_path / text.SPM_FILE))
   tok = text.Tokenizer.load(str(tmp_path))
