@@ -82,3 +82,19 @@ def test_tsv_without_its_clips_is_named(tmp_path):
   with pytest.raises(FileNotFoundError, match=r"covost_v2\.et_en\.tsv .* no et/clips/"):
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
         manual_dir=str(tmp_path), compute_stats=tfds.download.ComputeStatsMode.SKIP))
+
+
+def test_translation_task_reads_the_translation_field(built):
+  """The AST task's targets and labels come from CoVoST's translation, not the transcript."""
+  from xlsr_jax.downstream import data as data_lib
+  from xlsr_jax.downstream.translation import task as translation
+  from xlsr_jax.downstream.translation.text import train_tokenizer
+  builder, _ = built
+  index = data_lib.index_split(builder, ["train_de"])
+  assert sorted(translation.targets(index)) == ["A train.", "Good morning."]
+  tok = train_tokenizer(["Good morning.", "A train.", "The house."] * 20, 40)
+  labeler = translation.TranslationLabeler(tok, 16)
+  batch = next(data_lib.train_iterator(builder, ["train_de"], labeler, batch_size=2,
+                                       max_samples=40_000, seed=0, drop_longer=True))
+  decoded = sorted(tok.decode(row[row != -100]) for row in batch["labels"])
+  assert decoded == ["A train.", "Good morning."] and list(batch["label"]) == [0, 0]

@@ -1,6 +1,7 @@
 """The speech-translation task (X -> English) on the downstream stack, used by `xlsr_jax.evaluate`.
 
-Targets: on `synthetic_speech`, each transcript's English rendering (texts.english_rendering);
+Targets: a corpus's "translation" field (CoVoST 2), or on `synthetic_speech` each transcript's
+English rendering (texts.english_rendering);
 utterances with no single rendering (an ambiguous segmentation in vi, cmn, ja) are left out of
 training and scoring, and counted. Text goes through sentencepiece (the init's model when it is a
 translation export or an mBART decoder, else one trained on the training targets).
@@ -43,7 +44,10 @@ def english_target(language: str, transcript: str) -> str | None:
 
 
 def targets(index) -> list[str | None]:
-  """English targets of every utterance of a SplitIndex (None = left out)."""
+  """English targets of every utterance of a SplitIndex (None = left out): the corpus's
+  translation field (CoVoST 2) where it has one, else the synthetic transcript's rendering."""
+  if index.translations:
+    return [t.strip() or None for t in index.translations]
   return [english_target(l, t) for l, t in zip(index.languages, index.transcripts)]
 
 
@@ -59,8 +63,11 @@ class TranslationLabeler:
   def __call__(self, ex: dict) -> dict:
     import tensorflow as tf
 
-    def encode(language, transcript):
-      target = english_target(language.decode("utf-8"), transcript.decode("utf-8"))
+    def encode(language, transcript, translation=None):
+      if translation is not None:  # a corpus with translations (CoVoST 2)
+        target = translation.decode("utf-8").strip() or None
+      else:
+        target = english_target(language.decode("utf-8"), transcript.decode("utf-8"))
       empty = np.full((self.max_target_length,), -100, np.int32)
       if target is None:
         return empty, np.int32(-1)
@@ -70,7 +77,8 @@ class TranslationLabeler:
       empty[:len(ids)] = ids
       return empty, np.int32(0)
 
-    labels, label = tf.numpy_function(encode, [ex["language"], ex["transcript"]], [tf.int32, tf.int32])
+    inputs = [ex["language"], ex["transcript"]] + ([ex["translation"]] if "translation" in ex else [])
+    labels, label = tf.numpy_function(encode, inputs, [tf.int32, tf.int32])
     return {"labels": tf.ensure_shape(labels, [self.max_target_length]),
             "label": tf.ensure_shape(label, [])}
 
