@@ -45,7 +45,7 @@ def _make(root: Path) -> None:
 def built(tmp_path_factory):
   root = tmp_path_factory.mktemp("covost")
   _make(root / "manual")
-  builder = Covost2(config="x_en", data_dir=str(root / "data"))
+  builder = Covost2(config="all", data_dir=str(root / "data"))
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       manual_dir=str(root / "manual"), compute_stats=tfds.download.ComputeStatsMode.SKIP))
   examples = {split: {ex["id"].decode(): ex for ex in tfds.as_numpy(builder.as_dataset(split=split))}
@@ -78,7 +78,7 @@ def test_unusable_clips_are_skipped_and_reported(built):
 
 def test_tsv_without_its_clips_is_named(tmp_path):
   (tmp_path / "covost_v2.et_en.tsv").write_text("path\ttranslation\tsplit\n")
-  builder = Covost2(config="x_en", data_dir=str(tmp_path / "data"))
+  builder = Covost2(config="all", data_dir=str(tmp_path / "data"))
   with pytest.raises(FileNotFoundError, match=r"covost_v2\.et_en\.tsv .* no et/clips/"):
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
         manual_dir=str(tmp_path), compute_stats=tfds.download.ComputeStatsMode.SKIP))
@@ -98,3 +98,12 @@ def test_translation_task_reads_the_translation_field(built):
                                        max_samples=40_000, seed=0, drop_longer=True))
   decoded = sorted(tok.decode(row[row != -100]) for row in batch["labels"])
   assert decoded == ["A train.", "Good morning."] and list(batch["label"]) == [0, 0]
+
+
+def test_cli_builds_it(tmp_path):
+  from data_pipelines.corpora import __main__ as cli
+  _make(tmp_path / "manual")
+  out = cli.main(["covost2", f"--manual_dir={tmp_path / 'manual'}", f"--data_dir={tmp_path / 'data'}",
+                  "--languages=fr"])  # returns the dataset directory
+  builder = tfds.builder_from_directory(str(out))
+  assert set(builder.info.splits) == {"train_fr", "test_fr"}

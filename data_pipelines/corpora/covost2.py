@@ -44,7 +44,7 @@ class Covost2(base.CorpusBuilder, skip_registration=True):
   """CoVoST 2 X -> En (Common Voice 4 clips with English translations), every direction found."""
 
   HOMEPAGE = "https://github.com/facebookresearch/covost"
-  BUILDER_CONFIGS = [base.CorpusConfig(name="x_en", description="Every X -> En direction found.")]
+  BUILDER_CONFIGS = [base.CorpusConfig(name="all", description="Every X -> En direction found.")]
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Download Common Voice version 4 for each source language (https://commonvoice.mozilla.org/datasets)
   and the CoVoST 2 translations (https://dl.fbaipublicfiles.com/covost/covost_v2.<lang>_en.tsv.tar.gz),
