@@ -126,3 +126,28 @@ def test_imported_decoder_and_its_tokenizer_drive_the_task(tmp_path):
   assert model.config.decoder == decoder and tokenizer.offset == 1 and counts["vocab_size"] == 31
   np.testing.assert_array_equal(parts["decoder"]["embed_tokens"], params["embed_tokens"])
   assert tokenizer.encode("water book") == [i + 1 for i in tok.sp.encode("water book")] + [2]
+
+
+def test_a_translation_export_as_init_keeps_its_adapter_decoder_and_tokenizer(tmp_path):
+  import jax
+  from xlsr_jax.downstream import encoders
+  from xlsr_jax.downstream.data import SplitIndex
+  from xlsr_jax.downstream.defaults import get_default_config
+  from xlsr_jax.models.speech_translation import translation_preset
+  targets = ["water book", "city friend", "train school"] * 20
+  tok = text.train_tokenizer(targets, 40)
+  cfg = translation_preset("tiny", "tiny", decoder={"vocab_size": tok.vocab_size},
+                           num_adapter_layers=2)
+  boxed = jax.jit(SpeechToText(cfg).init)(jax.random.key(0), jnp.zeros((1, 8000)))["params"]
+  params = jax.tree.map(lambda x: np.asarray(getattr(x, "value", x)), boxed,
+                        is_leaf=lambda x: hasattr(x, "value"))
+  translation.save_model(str(tmp_path / "m"), params, cfg, tok, hf=False)
+  config = get_default_config()
+  config.task = "ast"
+  loaded = encoders.load_encoder(str(tmp_path / "m"))
+  index = SplitIndex(ids=["a"], languages=["de"], speakers=["s"], transcripts=["Wasser Buch"],
+                     num_samples=[16000])
+  model, parts, _, tokenizer, _ = translation.build(config, loaded, loaded.config, index)
+  assert model.config == cfg and tokenizer.proto == tok.proto
+  assert set(parts) == {"wav2vec2", "adapter", "decoder"}
+  np.testing.assert_array_equal(parts["adapter"]["conv_1_kernel"], params["adapter"]["conv_1_kernel"])
