@@ -225,6 +225,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   writer.close()
   results.update(task=task, init=config.init, init_source=loaded.source, steps=f_cfg.num_steps,
                  mode=f_cfg.mode)
+  if task == "ast":  # training utterances left out for want of a single English target
+    from xlsr_jax.downstream.translation import task as translation
+    results["train_without_target"] = sum(t is None for t in translation.targets(train_index))
+    results["train_utterances"] = len(train_index)
   export_dir = os.path.join(workdir, "model")
   params = jax.tree.map(np.asarray, unbox(jax.device_get(state.params)))
   metadata = {"task": task, "init": config.init}
