@@ -17,7 +17,7 @@ Where each value comes from:
     fine-tuning recipe (fairseq), taken for translation too: unconfirmed for ST.
   * label smoothing 0.1, beam 5, length penalty 1.0: common fairseq / HF speech-translation
     settings: unconfirmed for the XLS-R paper.
-  * peak lr 1e-3, 1,500 steps, Transformer frozen 100 steps, time masking 0.3 (no channel
+  * peak lr 1e-3, 800 steps, Transformer frozen 100 steps, time masking 0.3 (no channel
     masking): CPU-scale choices for the tiny model and its randomly initialised decoder, not the
     paper's (its CoVoST-2 step counts and lr were not found: unconfirmed).
 """
@@ -27,7 +27,7 @@ from xlsr_jax.downstream.defaults import get_default_config
 def get_config():
   c = get_default_config()
   c.task = "ast"
-  c.finetune.num_steps = 1500
+  c.finetune.num_steps = 800
   c.finetune.freeze_transformer_steps = 100
   c.finetune.mask_prob = 0.3
   c.finetune.mask_channel_prob = 0.0
