@@ -85,7 +85,9 @@ def adapter_frames_static(num_frames: int, config: SpeechTranslationConfig) -> i
 class ConvAdapter(nn.Module):
   """[Linear + LayerNorm to output_hidden_size], then per layer Conv1d(width -> 2 width, kernel k,
   stride s, padding 1) and a GLU over channels: [batch, frames, hidden] -> [batch, frames', width].
-  (HF's Wav2Vec2Adapter; its training-time layerdrop over adapter layers is not implemented.)"""
+  (HF's Wav2Vec2Adapter. Its training-time layerdrop over adapter layers is left out on purpose:
+  skipping a stride-2 layer changes the output length, which static shapes cannot follow and which
+  HF's own padding-mask formula does not follow either.)"""
   config: SpeechTranslationConfig
 
   @nn.compact
