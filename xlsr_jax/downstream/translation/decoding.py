@@ -155,8 +155,11 @@ def beam_search(config: SpeechTranslationConfig, params: dict, states: jax.Array
     return (i >= max_length) | jnp.all(settled)
 
   def reorder(cache, src):  # cache arrays [layers, batch * k, ...]; src [batch, k]
+    """Self-attention keys/values follow their beams; the cross-attention ones are the same for
+    every beam of an utterance (beams never move across utterances), so they stay."""
     flat_src = (src + jnp.arange(batch)[:, None] * k).reshape(-1)
-    return jax.tree.map(lambda c: jnp.take(c, flat_src, axis=1), cache)
+    return {name: jnp.take(c, flat_src, axis=1) if name.startswith("self_") else c
+            for name, c in cache.items()}
 
   if use_cache:
     cache = init_cache(dec, batch * k, length, frames)
