@@ -1,6 +1,6 @@
 """Downstream evaluation of an encoder: fine-tune (or probe) on a task, score the test split, report.
 
-  python -m xlsr_jax.evaluate --config=experiments/downstream/<asr|lid|sid>.py \
+  python -m xlsr_jax.evaluate --config=experiments/downstream/<asr|lid|sid|ast>.py \
       --config.init=<export dir | HF dir | fairseq .pt | random> --workdir=DIR [--config.a.b=v ...]
 
 Top to bottom: config -> data index (labels, vocabulary) -> encoder -> model -> mesh and jitted
@@ -39,8 +39,9 @@ def parse_config(argv: list[str]) -> tuple[ml_collections.ConfigDict, list[str]]
     raise ConfigError(f"task={config.task!r} is not one of {TASKS}")
   if config.finetune.mode not in ("finetune", "probe"):
     raise ConfigError(f"finetune.mode={config.finetune.mode!r} is not 'finetune' or 'probe'")
-  if config.task == "asr" and config.finetune.mode == "probe":
-    raise ConfigError("task=asr trains a CTC head with the encoder: finetune.mode must be 'finetune'")
+  if config.task in ("asr", "ast") and config.finetune.mode == "probe":
+    raise ConfigError(f"task={config.task} trains its head with the encoder: finetune.mode must "
+                      f"be 'finetune'")
   return config, rest
 
 
@@ -90,6 +91,13 @@ def build_task(config, loaded, train_index):
   from xlsr_jax.downstream import heads
   from xlsr_jax.downstream.vocabulary import Vocabulary, build_vocabulary
   cfg = model_config(config, None if loaded.source == "random" else loaded.config)
+  if config.task == "ast":
+    from xlsr_jax.downstream.translation import task as translation
+    try:
+      model, loaded_parts, labeler, tokenizer, _ = translation.build(config, loaded, cfg, train_index)
+    except ValueError as e:
+      raise TaskError(str(e)) from e
+    return model, loaded_parts, labeler, tokenizer
   loaded_parts: dict[str, Any] = {"wav2vec2": loaded.params} if loaded.params else {}
   if config.task == "asr":
     if config.asr.vocabulary:
@@ -137,15 +145,29 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   builder = open_corpus(config)
   train_names = data_lib.split_names(builder, d.train_split, d.languages)
   test_names = data_lib.split_names(builder, d.eval_split, d.languages)
+  if task == "ast" and not config.translation.include_english:  # X -> En
+    from data_pipelines.features import language_split_name
+    train_names = [n for n in train_names if n != language_split_name(d.train_split, "en")]
+    test_names = [n for n in test_names if n != language_split_name(d.eval_split, "en")]
   train_index = data_lib.index_split(builder, train_names)
   test_index = data_lib.index_split(builder, test_names)
 
+  from xlsr_jax.convert import _is_speech_to_text
+  if config.init != "random" and os.path.isdir(config.init) and _is_speech_to_text(config.init):
+    raise encoders.InitError(
+        f"{config.init} is a Hugging Face SpeechEncoderDecoderModel: convert it first with "
+        f"python -m xlsr_jax.convert --from=hf --input={config.init} --output=DIR, then "
+        f"--config.init=DIR")
   if config.init == "random":  # the model's own initialisation (seed init_seed) is the encoder
     loaded = encoders.LoadedEncoder({}, model_config_from(config), "random", "random")
   else:
     loaded = encoders.load_encoder(config.init)
   model, loaded_parts, labeler, label_info = build_task(config, loaded, train_index)
-  if task != "asr":
+  if task in ("asr", "ast") and not any(n <= d.max_sample_size for n in train_index.num_samples):
+    raise TaskError(f"no training utterance is within data.max_sample_size={d.max_sample_size} "
+                    f"samples (the shortest has {min(train_index.num_samples, default=0)}); "
+                    f"{task} drops longer ones: raise data.max_sample_size")
+  if task in ("lid", "sid"):
     data_lib.warn_unseen(label_info, test_index, task)
   print(f"{task}: init={config.init} ({loaded.source}), {len(train_index)} train / "
         f"{len(test_index)} test utterances, mode={f_cfg.mode}", flush=True)
@@ -166,7 +188,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   start = int(state.step)
   train_iter = data_lib.train_iterator(
       builder, train_names, labeler, batch_size=d.batch_size, max_samples=d.max_sample_size,
-      seed=config.train.seed, start_step=start, normalize=d.normalize, drop_longer=task == "asr")
+      seed=config.train.seed, start_step=start, normalize=d.normalize,
+      drop_longer=task in ("asr", "ast"))
   writer = metrics_lib.MetricWriter(workdir, f_cfg.num_steps)
   curves: dict[str, list[tuple[int, float]]] = {}
   history_path = os.path.join(workdir, "train_history.json")
@@ -185,7 +208,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       values["steps_per_second"], _ = throughput.update(done)
       pending = []
       writer.write(done, values)
-      for k in ("loss", "accuracy", "learning_rate"):
+      for k in ("loss", "accuracy", "nll", "learning_rate"):
         if k in values:
           curves.setdefault(f"train_{k}", []).append((done, values[k]))
     if manager.should_save(done, last=done == f_cfg.num_steps):
@@ -202,18 +225,35 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   writer.close()
   results.update(task=task, init=config.init, init_source=loaded.source, steps=f_cfg.num_steps,
                  mode=f_cfg.mode)
+  if task == "ast":  # training utterances left out for want of a single English target
+    from xlsr_jax.downstream.translation import task as translation
+    results["train_without_target"] = sum(t is None for t in translation.targets(train_index))
+    results["train_utterances"] = len(train_index)
   export_dir = os.path.join(workdir, "model")
   params = jax.tree.map(np.asarray, unbox(jax.device_get(state.params)))
   metadata = {"task": task, "init": config.init}
-  if task != "asr":
+  if task in ("lid", "sid"):
     metadata["class_names"] = list(label_info)
-  model_files.save_model(export_dir, params, model.config, metadata)
+  if task == "ast":
+    from xlsr_jax.downstream.translation import task as translation
+    translation.save_model(export_dir, params, model.config, label_info, metadata)
+  else:
+    model_files.save_model(export_dir, params, model.config, metadata)
   if task == "asr":
     label_info.save(export_dir)
   try:
     from xlsr_jax.downstream import reports
-    report = reports.write_report(os.path.join(workdir, "report"), task, results,
+    report = reports.write_report(os.path.join(workdir, "report"), task,
+                                  {k: v for k, v in results.items() if k != "examples"},
                                   curves=curves or None, **report_kwargs)
+    if task == "ast":
+      from xlsr_jax.downstream.translation import task as translation
+      with open(report, "a", encoding="utf-8") as fh:
+        fh.write(f"\n## Scoring\n\nsacrebleu corpus BLEU `{results['bleu_signature']}`, chrF "
+                 f"`{results['chrf_signature']}`; decoding: beam {config.translation.beam_width} "
+                 f"(0 = greedy), length penalty {config.translation.length_penalty}.\n"
+                 f"\n## Example translations\n\n"
+                 f"{translation.examples_markdown(results['examples'])}\n")
   except ImportError as e:  # pragma: no cover
     logging.warning("no report written: %s", e)
     report = None
@@ -239,15 +279,21 @@ def evaluate_split(tuner, state, builder, names, index, labeler, label_info, con
                                   max_samples=max_samples, normalize=d.normalize)
   outputs = []
   start, seen = time.perf_counter(), 0
+  fields = {"asr": ("labels", "label_valid"), "ast": ("labels", "label")}.get(config.task, ("label",))
   for batch in batches:
     keep = batch["example_valid"]
     out = jax.device_get(tuner.evaluate(state, {k: batch[k] for k in (
-        "waveform", "padding_mask", "example_valid", *(("labels", "label_valid")
-                                                      if config.task == "asr" else ("label",)))}))
+        "waveform", "padding_mask", "example_valid", *fields)}))
     outputs.append(({k: np.asarray(v)[keep] for k, v in out.items()},
                     {k: v[keep] for k, v in batch.items()}))
     seen += int(keep.sum())
     print(f"[eval] {seen}/{len(index)} utterances ({time.perf_counter() - start:.0f} s)", flush=True)
+  if config.task == "ast":
+    from xlsr_jax.downstream.translation import task as translation
+    tokens = np.concatenate([o["tokens"] for o, _ in outputs])
+    results = translation.score(tokens, index, label_info, config.translation.num_examples)
+    results["decode_seconds"] = time.perf_counter() - start
+    return results, {}
   if config.task == "asr":
     vocab = label_info
     decoder = None

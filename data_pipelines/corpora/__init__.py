@@ -8,11 +8,12 @@ from data_pipelines.corpora.audio_manifest import AudioManifest
 from data_pipelines.corpora.babel import Babel
 from data_pipelines.corpora.base import CorpusBuilder, CorpusConfig, read_build_report
 from data_pipelines.corpora.common_voice import CommonVoice, CommonVoiceConfig
+from data_pipelines.corpora.covost2 import Covost2
 from data_pipelines.corpora.multilingual_librispeech import MultilingualLibrispeech
 from data_pipelines.corpora.voxlingua107 import Voxlingua107
 from data_pipelines.corpora.voxpopuli import Voxpopuli
 
 BUILDERS: dict[str, type[CorpusBuilder]] = {
     cls.name: cls for cls in (CommonVoice, Voxpopuli, MultilingualLibrispeech, Voxlingua107,
-                              Babel, AudioManifest)
+                              Babel, AudioManifest, Covost2)
 }

@@ -255,3 +255,97 @@ def unique_sentence(language: str, rng: np.random.Generator, num_tokens: int, se
       return text
   raise RuntimeError(f"{language}: no new sentence of {num_tokens} tokens in {max_retries} tries "
                      f"after {len(seen)} sentences; use longer sentences")
+
+
+# English renderings (the synthetic translation task): every lexicon token has the English token
+# of the same category and index; a date reads "<month> <day>" in English.
+
+_SENTENCE_PUNCTUATION = ".,;:!?¿¡。、，．！？"
+
+
+class UnparsableTranscript(ValueError):
+  """A transcript that is not a sequence of its language's lexicon tokens, or that has several
+  readings with different English renderings (possible only where the grammar is ambiguous)."""
+
+
+def _normalise_for_parse(text: str, separator: str) -> str:
+  text = unicodedata.normalize("NFC", text)
+  text = "".join(" " if c in _SENTENCE_PUNCTUATION else c for c in text)
+  text = " ".join(text.split())
+  return text.replace(" ", "") if separator == "" else text
+
+
+def english_rendering(language: str, text: str) -> str:
+  """The English rendering of a synthetic transcript in `language`, token by token.
+
+  Sentences joined into one utterance (with the separator, spaces or sentence punctuation) parse
+  the same way. Raises UnparsableTranscript when the text is not lexicon tokens of the language,
+  or when two readings give different English (e.g. "十一月" is November, or ten + January in a
+  date); callers leave such utterances out of the translation task.
+  """
+  if language not in LEXICONS:
+    raise KeyError(f"no lexicon for language {language!r}; texts.LEXICONS has {sorted(LEXICONS)}")
+  lex, en = LEXICONS[language], LEXICONS["en"]
+  nfc = lambda s: unicodedata.normalize("NFC", s)
+  sep = lex.separator
+  text = _normalise_for_parse(text, sep)
+  single = [(nfc(t), e) for cat, en_cat in ((lex.numbers, en.numbers), (lex.weekdays, en.weekdays),
+                                            (lex.words, en.words)) for t, e in zip(cat, en_cat)]
+  numbers = [(nfc(t), e) for t, e in zip(lex.numbers, en.numbers)]
+  months = [(nfc(t), e) for t, e in zip(lex.months, en.months)]
+  n = len(text)
+
+  def after(i: int, surface: str) -> int | None:
+    """Position after `surface` at i (and its separator), or None if it does not end a token."""
+    if not text.startswith(surface, i):
+      return None
+    j = i + len(surface)
+    if j == n:
+      return j
+    if sep == "":
+      return j
+    return j + len(sep) if text.startswith(sep, j) else None
+
+  memo: dict[int, set[tuple[str, ...]]] = {}
+
+  def readings(i: int) -> set[tuple[str, ...]]:
+    """Up to 2 distinct English renderings of text[i:]."""
+    if i == n:
+      return {()}
+    if i in memo:
+      return memo[i]
+    out: set[tuple[str, ...]] = set()
+    options = [((e,), j) for t, e in single if (j := after(i, t)) is not None]
+    first, second = (months, numbers) if lex.month_first else (numbers, months)
+    for t1, e1 in first:
+      j = after(i, t1)
+      if j is None or j == n:
+        continue
+      for t2, e2 in second:
+        k = after(j, t2)
+        if k is not None:
+          month, day = (e1, e2) if lex.month_first else (e2, e1)
+          options.append(((month, day), k))
+    for english, j in options:
+      for rest in readings(j):
+        out.add(english + rest)
+        if len(out) > 1:
+          break
+      if len(out) > 1:
+        break
+    memo[i] = out
+    return out
+
+  import sys
+  limit = sys.getrecursionlimit()
+  sys.setrecursionlimit(max(limit, 4 * n + 100))
+  try:
+    found = readings(0)
+  finally:
+    sys.setrecursionlimit(limit)
+  if not found:
+    raise UnparsableTranscript(f"{language}: {text!r} is not a sequence of lexicon tokens")
+  if len(found) > 1:
+    raise UnparsableTranscript(f"{language}: {text!r} has several readings, e.g. "
+                               f"{' | '.join(' '.join(r) for r in sorted(found))}")
+  return " ".join(found.pop())

@@ -37,6 +37,7 @@ class SplitIndex:
   speakers: list[str]
   transcripts: list[str]
   num_samples: list[int]
+  translations: list[str] = dataclasses.field(default_factory=list)  # corpora with a translation
 
   def __len__(self) -> int:
     return len(self.ids)
@@ -69,7 +70,11 @@ def read_split(builder: tfds.core.DatasetBuilder, names: Sequence[str], *,
 def index_split(builder: tfds.core.DatasetBuilder, names: Sequence[str]) -> SplitIndex:
   """One pass over the text fields (audio bytes skipped; lengths from the duration)."""
   fields = {k: [] for k in ("ids", "languages", "speakers", "transcripts", "num_samples")}
+  if "translation" in builder.info.features:
+    fields["translations"] = []
   for ex in tfds.as_numpy(read_split(builder, names, audio=False)):
+    if "translations" in fields:
+      fields["translations"].append(ex["translation"].decode())
     fields["ids"].append(ex["id"].decode())
     fields["languages"].append(ex["language"].decode())
     fields["speakers"].append(ex["speaker"].decode())
@@ -116,8 +121,9 @@ def train_iterator(builder: tfds.core.DatasetBuilder, names: Sequence[str], labe
   Utterances longer than `max_samples` are randomly cropped, or dropped with `drop_longer` (ASR:
   a transcript cannot be cropped with its audio). Unknown classes (label -1) are dropped.
   """
-  ds = read_split(builder, names).map(lambda ex: {k: ex[k] for k in (
-      "audio", "language", "speaker", "transcript")})
+  keys = ("audio", "language", "speaker", "transcript") + (
+      ("translation",) if "translation" in builder.info.features else ())
+  ds = read_split(builder, names).map(lambda ex: {k: ex[k] for k in keys})
   if drop_longer:
     ds = ds.filter(lambda ex: tf.shape(ex["audio"])[0] <= max_samples)
   ds = ds.cache()

@@ -11,12 +11,12 @@ import ml_collections
 
 from xlsr_jax.sharding.mesh import DEFAULT_RULES
 
-TASKS = ("asr", "lid", "sid")
+TASKS = ("asr", "lid", "sid", "ast")
 
 
 def get_default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.task = "asr"  # asr (CTC, WER/CER), lid (language id), sid (speaker id)
+  c.task = "asr"  # asr (CTC, WER/CER), lid (language id), sid (speaker id), ast (X -> En, BLEU)
   # The encoder: an export dir, a Hugging Face wav2vec2 dir, a fairseq .pt, or "random" (the
   # architecture of `model` at random initialisation: the baseline pretraining must beat).
   c.init = "random"
@@ -55,6 +55,24 @@ def get_default_config() -> ml_collections.ConfigDict:
       beam_width=0,  # 0 = greedy decoding; > 0 = beam search (pyctcdecode if installed)
       kenlm_path="",  # ARPA / binary KenLM model for beam search ("" = none)
       lm_alpha=0.5, lm_beta=1.0,
+  ))
+  # Speech translation (task=ast): adapter, decoder, tokenizer, loss and decoding.
+  c.translation = ml_collections.ConfigDict(dict(
+      decoder_preset="tiny",  # models.text_decoder.DECODER_PRESETS: tiny, mbart_large
+      decoder_dropout=-1.0,  # < 0: the preset's
+      decoder_init="",  # a decoder dir from `python -m xlsr_jax.convert --from=mbart` ("" = random)
+      tokenizer="",  # a sentencepiece model ("" = the init's, else trained on the training targets)
+      vocab_size=256,  # upper bound for a sentencepiece model trained here
+      add_adapter=True, num_adapter_layers=3, adapter_kernel_size=3, adapter_stride=2,
+      output_hidden_size=0,  # adapter width (0 = the encoder's)
+      label_smoothing=0.1,
+      max_target_length=96,  # target pieces + </s>; longer training targets are dropped
+      beam_width=5,  # 0 = greedy
+      length_penalty=1.0,
+      max_decode_length=96,
+      forced_bos_token_id=-1,  # mBART-50: the id of en_XX (the target language code); -1 = none
+      include_english=False,  # X -> En: English utterances are left out unless set
+      num_examples=25,  # example translations in the report
   ))
   c.data = ml_collections.ConfigDict(dict(
       data_dir="data/tensorflow_datasets",

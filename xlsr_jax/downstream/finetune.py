@@ -104,10 +104,18 @@ def sample_masks(rng: jax.Array, padding_mask: jax.Array, model_config, num_fram
   return out
 
 
-def task_loss(task: str, out: dict, batch: dict) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Mean loss over the batch's real examples (CTC: per-utterance sum, sentence-averaged)."""
+def task_loss(task: str, out: dict, batch: dict, label_smoothing: float = 0.0
+              ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Mean loss over the batch's real examples (CTC: per-utterance sum, sentence-averaged;
+  translation: label-smoothed cross-entropy per target token, with its plain NLL)."""
   weight = batch["example_valid"].astype(jnp.float32)
   n = jnp.maximum(jnp.sum(weight), 1.0)
+  if task == "ast":
+    from xlsr_jax.models.speech_translation import label_smoothed_cross_entropy
+    labels = jnp.where(weight[:, None] > 0, batch["labels"], -100)
+    loss, count = label_smoothed_cross_entropy(out["logits"], labels, label_smoothing)
+    plain, _ = label_smoothed_cross_entropy(out["logits"], labels, 0.0)
+    return loss, {"nll": plain, "target_tokens": count.astype(jnp.float32)}
   if task == "asr":
     valid = out["frame_valid"]
     if valid is None:
@@ -123,7 +131,8 @@ def task_loss(task: str, out: dict, batch: dict) -> tuple[jax.Array, dict[str, j
 class Finetuner:
   """Jitted, sharded init / train / eval for one downstream model on one mesh.
 
-  `model` is heads.Wav2Vec2ForCTC or heads.Wav2Vec2ForUtteranceClassification; `create_state`
+  `model` is heads.Wav2Vec2ForCTC, heads.Wav2Vec2ForUtteranceClassification or (task "ast")
+  models.speech_translation.SpeechToText, whose eval step decodes (greedy or beam); `create_state`
   takes a partial unboxed params tree whose subtrees replace the fresh initialisation (the
   pretrained encoder, and a head when one is reused).
   """
@@ -134,7 +143,8 @@ class Finetuner:
     self.model, self.task, self.config, self.mesh = model, task, config, mesh
     self.rules = mesh_lib.rules_from_config(config.sharding.logical_axis_rules)
     self.num_samples, self.batch_size = num_samples, batch_size
-    self.num_frames = num_frames_static(num_samples, model.config)
+    self.encoder_config = getattr(model.config, "encoder", model.config)
+    self.num_frames = num_frames_static(num_samples, self.encoder_config)
     f = config.finetune
     probe = f.mode == "probe"
     self.freeze_transformer_steps = 0 if probe else f.freeze_transformer_steps
@@ -180,9 +190,14 @@ class Finetuner:
       rngs = {}
       if not deterministic:
         mask_key, dropout_key, layerdrop_key = jax.random.split(rng, 3)
-        kwargs = sample_masks(mask_key, batch["padding_mask"], self.model.config, self.num_frames,
-                              self.config.finetune)
+        kwargs = sample_masks(mask_key, batch["padding_mask"], self.encoder_config,
+                              self.num_frames, self.config.finetune)
         rngs = {"dropout": dropout_key, "layerdrop": layerdrop_key}
+      if self.task == "ast":
+        from xlsr_jax.models.speech_translation import shift_tokens_right
+        dec = self.model.config.decoder
+        kwargs["decoder_input_ids"] = shift_tokens_right(batch["labels"], dec.pad_token_id,
+                                                         dec.decoder_start_token_id)
       return self.model.apply({"params": params}, batch["waveform"], batch["padding_mask"],
                               deterministic=deterministic, rngs=rngs, **kwargs)
 
@@ -191,7 +206,7 @@ class Finetuner:
 
     def loss_fn(params):
       out = self._forward(params, batch, rng, deterministic=False)
-      return task_loss(self.task, out, batch)
+      return task_loss(self.task, out, batch, self._label_smoothing)
 
     (loss, extra), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, new_opt = self.optimizer.update(grads, state.opt_state, state.params)
@@ -213,7 +228,13 @@ class Finetuner:
                "transformer_frozen": frozen.astype(jnp.float32), **extra}
     return state.replace(step=state.step + 1, params=new_params, opt_state=new_opt), metrics
 
+  @property
+  def _label_smoothing(self) -> float:
+    return self.config.translation.label_smoothing if self.task == "ast" else 0.0
+
   def _eval_step(self, state: FinetuneState, batch: dict) -> dict:
+    if self.task == "ast":
+      return self._translate(state, batch)
     out = self._forward(state.params, batch, None, deterministic=True)
     valid = out["frame_valid"]
     result = {"logits": out["logits"]}
@@ -222,6 +243,24 @@ class Finetuner:
     else:
       result["embedding"] = out["pooled"][-1]
     return result
+
+  def _translate(self, state: FinetuneState, batch: dict) -> dict:
+    """{"tokens": int32 [batch, max_decode_length]}: beam search (greedy at beam_width 0)."""
+    from xlsr_jax.downstream.translation import decoding
+    from xlsr_jax.models.speech_translation import SpeechToText
+    t, cfg = self.config.translation, self.model.config
+    params = unbox(state.params)
+    with nn.logical_axis_rules(self.rules):
+      states, valid = self.model.apply({"params": params}, batch["waveform"], batch["padding_mask"],
+                                       method=SpeechToText.encode)
+      if t.beam_width > 0:
+        tokens, _ = decoding.beam_search(cfg, params, states, valid, max_length=t.max_decode_length,
+                                         beam_width=t.beam_width, length_penalty=t.length_penalty,
+                                         forced_bos_token_id=t.forced_bos_token_id)
+      else:
+        tokens = decoding.greedy_search(cfg, params, states, valid, max_length=t.max_decode_length,
+                                        forced_bos_token_id=t.forced_bos_token_id)
+    return {"tokens": tokens}
 
   def step(self, state: FinetuneState, batch: dict) -> tuple[FinetuneState, dict]:
     with jax.set_mesh(self.mesh):

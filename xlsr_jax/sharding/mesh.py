@@ -41,6 +41,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("codevector", None),
     ("final_dim", None),
     ("vocab", None),
+    ("positions", None),  # learned position table of the text decoder
     ("classes", None),
 )
 
