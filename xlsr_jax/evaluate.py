@@ -41,7 +41,33 @@ def parse_config(argv: list[str]) -> tuple[ml_collections.ConfigDict, list[str]]
     raise ConfigError(f"finetune.mode={config.finetune.mode!r} is not 'finetune' or 'probe'")
   if config.task == "asr" and config.finetune.mode == "probe":
     raise ConfigError("task=asr trains a CTC head with the encoder: finetune.mode must be 'finetune'")
+  check_probe_config(config)
   return config, rest
+
+
+def check_probe_config(config: ml_collections.ConfigDict) -> None:
+  """ConfigError naming the probe.* key whose value is not one we know."""
+  from xlsr_jax.downstream import probes
+  p = config.probe
+  for key, allowed in (("solver", ("lbfgs", "sgd")), ("layers", probes.LAYER_MODES),
+                       ("class_weight", probes.CLASS_WEIGHTS),
+                       ("select_metric", probes.SELECT_METRICS)):
+    if p[key] not in allowed:
+      raise ConfigError(f"probe.{key}={p[key]!r} is not one of {tuple(allowed)}")
+  if not p.l2_grid or min(p.l2_grid) <= 0:
+    raise ConfigError(f"probe.l2_grid={list(p.l2_grid)} must be a non-empty list of positive "
+                      f"strengths")
+  if not 0 < p.holdout_fraction < 1:
+    raise ConfigError(f"probe.holdout_fraction={p.holdout_fraction} must be in (0, 1)")
+  if uses_lbfgs_probe(config) and config.head.projection_dim:
+    raise ConfigError("head.projection_dim must be 0 with probe.solver=lbfgs (a linear probe); "
+                      "use --config.probe.solver=sgd for a projection")
+
+
+def uses_lbfgs_probe(config: ml_collections.ConfigDict) -> bool:
+  """LID / SID with a frozen encoder and the converged probe (downstream.linear_probe)."""
+  return (config.task != "asr" and config.finetune.mode == "probe"
+          and config.probe.solver == "lbfgs")
 
 
 def model_config(config: ml_collections.ConfigDict, loaded_config=None):
@@ -112,9 +138,15 @@ def build_task(config, loaded, train_index):
                       f"{config.task} on {config.data.corpus} has {len(names)}; "
                       f"start from an encoder without this head")
     loaded_parts["head"] = loaded.classifier_head
-  model = heads.Wav2Vec2ForUtteranceClassification(
-      cfg, len(names), config.head.pooling, config.head.layer_weighting,
-      config.head.projection_dim, freeze_encoder=config.finetune.mode == "probe")
+  if uses_lbfgs_probe(config):  # the head that holds the fitted probe (probes.head_params)
+    layers = config.probe.layers
+    model = heads.Wav2Vec2ForUtteranceClassification(
+        cfg, len(names), config.head.pooling, layers == "weighted", 0, freeze_encoder=True,
+        concat_layers=layers == "concat", standardize=True)
+  else:
+    model = heads.Wav2Vec2ForUtteranceClassification(
+        cfg, len(names), config.head.pooling, config.head.layer_weighting,
+        config.head.projection_dim, freeze_encoder=config.finetune.mode == "probe")
   return model, loaded_parts, data_lib.Labeler(config.task, class_names=names), names
 
 
@@ -148,7 +180,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   if task != "asr":
     data_lib.warn_unseen(label_info, test_index, task)
   print(f"{task}: init={config.init} ({loaded.source}), {len(train_index)} train / "
-        f"{len(test_index)} test utterances, mode={f_cfg.mode}", flush=True)
+        f"{len(test_index)} test utterances, mode={f_cfg.mode}"
+        f"{', solver=' + config.probe.solver if task != 'asr' and f_cfg.mode == 'probe' else ''}",
+        flush=True)
+  if uses_lbfgs_probe(config):
+    from xlsr_jax.downstream import linear_probe
+    params = loaded.params or encoders.random_encoder(model.config, config.init_seed)
+    results = linear_probe.run_probe(config, workdir, builder, params, model.config, model,
+                                     labeler, label_info, test_index)
+    results["init_source"] = loaded.source
+    return results
 
   m = config.mesh
   mesh = mesh_lib.make_mesh(m.data, m.fsdp, m.tensor, dcn_data=m.dcn_data)
@@ -197,6 +238,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
   results, report_kwargs = evaluate_split(tuner, state, builder, test_names, test_index, labeler,
                                           label_info, config)
+  if task != "asr":  # the prior-only classifiers beside the probe (majority class, chance)
+    from xlsr_jax.downstream import metrics as metrics_lib
+    ids = {name: i for i, name in enumerate(label_info)}
+    train_ids = np.asarray([ids[x] for x in train_index.labels(task)])
+    test_ids = np.asarray([ids[x] for x in test_index.labels(task) if x in ids])
+    results["baselines"] = metrics_lib.baselines(train_ids, test_ids, len(label_info))
   writer.write(f_cfg.num_steps, {k: v for k, v in results.items() if isinstance(v, float)},
                prefix="test")
   writer.close()

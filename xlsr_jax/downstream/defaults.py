@@ -46,6 +46,25 @@ def get_default_config() -> ml_collections.ConfigDict:
       layer_weighting=True,  # SUPERB learned softmax-weighted sum over the layers
       projection_dim=0,  # a projection before the classifier (HF classifier_proj_size); 0 = none
   ))
+  # LID / SID with finetune.mode=probe: how the linear probe on the frozen encoder is trained.
+  c.probe = ml_collections.ConfigDict(dict(
+      # "lbfgs": pooled per-layer features of whole utterances computed once (cached in
+      # W/features), standardised with the training statistics, and a full-batch L2 logistic
+      # regression (downstream.probes) trained to convergence, its strength chosen on the
+      # validation split. "sgd": the head trained by Adam on random crops for finetune.num_steps
+      # (head.* settings; the encoder runs every step).
+      solver="lbfgs",
+      layers="concat",  # "concat" (every layer side by side), "weighted" (SUPERB learned softmax
+                        # layer weights, fitted jointly), "last" (the encoder output only)
+      l2_grid=[1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0],  # strengths (per mean loss;
+                                # scikit-learn C = 1 / (l2 * n)) tried on validation
+      select_metric="accuracy",  # accuracy | balanced_accuracy | macro_f1 | log_loss
+      class_weight="none",  # "balanced": weights n / (classes * n_class), scikit-learn's
+      validation_split="validation",  # "" = hold out holdout_fraction of train (per class)
+      holdout_fraction=0.1,
+      max_iter=1000, tol=1e-5,  # L-BFGS iterations, and the largest gradient entry to stop at
+      cache_features=True,
+  ))
   # CTC ASR.
   c.asr = ml_collections.ConfigDict(dict(
       vocabulary="",  # a vocab.json to use ("" = the init's vocab.json if it has a CTC head,
