@@ -41,6 +41,15 @@ def parse_config(argv: list[str]) -> tuple[ml_collections.ConfigDict, list[str]]
     raise ConfigError(f"finetune.mode={config.finetune.mode!r} is not 'finetune' or 'probe'")
   if config.task == "asr" and config.finetune.mode == "probe":
     raise ConfigError("task=asr trains a CTC head with the encoder: finetune.mode must be 'finetune'")
+  if config.task == "ml_superb" and config.finetune.mode != "probe":
+    raise ConfigError("task=ml_superb trains a downstream model on the frozen encoder: "
+                      "finetune.mode must be 'probe'")
+  from xlsr_jax.downstream.ml_superb import SUBSAMPLINGS
+  if config.ml_superb.subsampling not in SUBSAMPLINGS:
+    raise ConfigError(f"ml_superb.subsampling={config.ml_superb.subsampling!r} is not one of "
+                      f"{SUBSAMPLINGS}")
+  if config.ml_superb.budget_minutes <= 0:
+    raise ConfigError(f"ml_superb.budget_minutes={config.ml_superb.budget_minutes} must be > 0")
   check_probe_config(config)
   return config, rest
 
@@ -66,7 +75,7 @@ def check_probe_config(config: ml_collections.ConfigDict) -> None:
 
 def uses_lbfgs_probe(config: ml_collections.ConfigDict) -> bool:
   """LID / SID with a frozen encoder and the converged probe (downstream.linear_probe)."""
-  return (config.task != "asr" and config.finetune.mode == "probe"
+  return (config.task in ("lid", "sid") and config.finetune.mode == "probe"
           and config.probe.solver == "lbfgs")
 
 
@@ -117,6 +126,23 @@ def build_task(config, loaded, train_index):
   from xlsr_jax.downstream.vocabulary import Vocabulary, build_vocabulary
   cfg = model_config(config, None if loaded.source == "random" else loaded.config)
   loaded_parts: dict[str, Any] = {"wav2vec2": loaded.params} if loaded.params else {}
+  if config.task == "ml_superb":
+    from xlsr_jax.downstream import ml_superb
+    m = config.ml_superb
+    keep_ids, seconds = ml_superb.budget_subset(train_index, 60.0 * m.budget_minutes,
+                                                seed=config.train.seed,
+                                                max_seconds=m.max_utterance_seconds)
+    chosen = set(keep_ids)
+    tokens = ml_superb.language_tokens(sorted(set(train_index.languages))) if m.lid else {}
+    vocab = ml_superb.build_lid_vocabulary(
+        [t for i, t in zip(train_index.ids, train_index.transcripts) if i in chosen], tokens)
+    model = ml_superb.Wav2Vec2ForMLSuperb(
+        cfg, vocab.size, m.projection_dim, m.hidden_size, m.num_heads, m.ffn_size, m.num_layers,
+        m.dropout, m.subsampling)
+    labeler = ml_superb.MLSuperbLabeler("asr", vocabulary=vocab,
+                                        max_label_length=config.asr.max_label_length,
+                                        lid_tokens=tuple(tokens.items()))
+    return model, loaded_parts, labeler, ml_superb.TaskInfo(vocab, tokens, keep_ids, seconds)
   if config.task == "asr":
     if config.asr.vocabulary:
       vocab = Vocabulary.load(config.asr.vocabulary)
@@ -177,11 +203,19 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   else:
     loaded = encoders.load_encoder(config.init)
   model, loaded_parts, labeler, label_info = build_task(config, loaded, train_index)
-  if task != "asr":
+  if task in ("lid", "sid"):
     data_lib.warn_unseen(label_info, test_index, task)
+  if task == "ml_superb":
+    budget = 60.0 * config.ml_superb.budget_minutes
+    short = {l: s for l, s in label_info.seconds.items() if s < 0.9 * budget}
+    print(f"ml_superb: {len(label_info.keep_ids)} training utterances, budget "
+          f"{config.ml_superb.budget_minutes:g} min per language "
+          f"({sum(label_info.seconds.values()) / 60:.1f} min in all); "
+          f"{len(short)} language(s) have under 90% of it: "
+          f"{', '.join(f'{l} {s / 60:.1f} min' for l, s in sorted(short.items())[:10])}", flush=True)
   print(f"{task}: init={config.init} ({loaded.source}), {len(train_index)} train / "
         f"{len(test_index)} test utterances, mode={f_cfg.mode}"
-        f"{', solver=' + config.probe.solver if task != 'asr' and f_cfg.mode == 'probe' else ''}",
+        f"{', solver=' + config.probe.solver if task in ('lid', 'sid') and f_cfg.mode == 'probe' else ''}",
         flush=True)
   if uses_lbfgs_probe(config):
     from xlsr_jax.downstream import linear_probe
@@ -193,7 +227,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
   m = config.mesh
   mesh = mesh_lib.make_mesh(m.data, m.fsdp, m.tensor, dcn_data=m.dcn_data)
-  tuner = finetune.Finetuner(model, task, config, mesh, d.max_sample_size, d.batch_size)
+  tuner = finetune.Finetuner(model, "asr" if task == "ml_superb" else task, config, mesh,
+                             d.max_sample_size, d.batch_size)
   manager = CheckpointManager(os.path.join(workdir, "checkpoints"),
                               save_every=config.train.checkpoint_every,
                               keep=config.train.keep_checkpoints)
@@ -207,7 +242,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   start = int(state.step)
   train_iter = data_lib.train_iterator(
       builder, train_names, labeler, batch_size=d.batch_size, max_samples=d.max_sample_size,
-      seed=config.train.seed, start_step=start, normalize=d.normalize, drop_longer=task == "asr")
+      seed=config.train.seed, start_step=start, normalize=d.normalize,
+      drop_longer=task in ("asr", "ml_superb"),
+      keep_ids=label_info.keep_ids if task == "ml_superb" else None)
   writer = metrics_lib.MetricWriter(workdir, f_cfg.num_steps)
   curves: dict[str, list[tuple[int, float]]] = {}
   history_path = os.path.join(workdir, "train_history.json")
@@ -238,7 +275,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
   results, report_kwargs = evaluate_split(tuner, state, builder, test_names, test_index, labeler,
                                           label_info, config)
-  if task != "asr":  # the prior-only classifiers beside the probe (majority class, chance)
+  if task in ("lid", "sid"):  # the prior-only classifiers beside the probe (majority class, chance)
     from xlsr_jax.downstream import metrics as metrics_lib
     ids = {name: i for i, name in enumerate(label_info)}
     train_ids = np.asarray([ids[x] for x in train_index.labels(task)])
@@ -252,11 +289,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   export_dir = os.path.join(workdir, "model")
   params = jax.tree.map(np.asarray, unbox(jax.device_get(state.params)))
   metadata = {"task": task, "init": config.init}
-  if task != "asr":
+  if task in ("lid", "sid"):
     metadata["class_names"] = list(label_info)
+  if task == "ml_superb":
+    metadata["lid_tokens"] = label_info.lid_tokens
   model_files.save_model(export_dir, params, model.config, metadata)
   if task == "asr":
     label_info.save(export_dir)
+  if task == "ml_superb":
+    label_info.vocab.save(export_dir)
   try:
     from xlsr_jax.downstream import reports
     report = reports.write_report(os.path.join(workdir, "report"), task, results,
@@ -286,17 +327,18 @@ def evaluate_split(tuner, state, builder, names, index, labeler, label_info, con
                                   max_samples=max_samples, normalize=d.normalize)
   outputs = []
   start, seen = time.perf_counter(), 0
+  ctc_task = config.task in ("asr", "ml_superb")
   for batch in batches:
     keep = batch["example_valid"]
     out = jax.device_get(tuner.evaluate(state, {k: batch[k] for k in (
         "waveform", "padding_mask", "example_valid", *(("labels", "label_valid")
-                                                      if config.task == "asr" else ("label",)))}))
+                                                      if ctc_task else ("label",)))}))
     outputs.append(({k: np.asarray(v)[keep] for k, v in out.items()},
                     {k: v[keep] for k, v in batch.items()}))
     seen += int(keep.sum())
     print(f"[eval] {seen}/{len(index)} utterances ({time.perf_counter() - start:.0f} s)", flush=True)
-  if config.task == "asr":
-    vocab = label_info
+  if ctc_task:
+    vocab = label_info.vocab if config.task == "ml_superb" else label_info
     decoder = None
     if config.asr.beam_width > 0:
       decoder = ctc.BeamSearchDecoder(vocab, beam_width=config.asr.beam_width,
@@ -309,6 +351,12 @@ def evaluate_split(tuner, state, builder, names, index, labeler, label_info, con
       else:
         log_probs = jax.nn.log_softmax(out["logits"], -1)
         hyps += [decoder.decode(np.asarray(lp)[v]) for lp, v in zip(log_probs, out["frame_valid"])]
+    if config.task == "ml_superb":
+      from xlsr_jax.downstream import ml_superb
+      results = ml_superb.score(hyps, index.transcripts, index.languages, vocab,
+                                label_info.lid_tokens)
+      results["budget_seconds"] = label_info.seconds
+      return results, {}
     from xlsr_jax.downstream.vocabulary import normalize_text
     refs = [normalize_text(t, vocab.lowercase) for t in index.transcripts]
     results = metrics.asr_metrics(refs, hyps, index.languages)

@@ -11,12 +11,13 @@ import ml_collections
 
 from xlsr_jax.sharding.mesh import DEFAULT_RULES
 
-TASKS = ("asr", "lid", "sid")
+TASKS = ("asr", "lid", "sid", "ml_superb")
 
 
 def get_default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.task = "asr"  # asr (CTC, WER/CER), lid (language id), sid (speaker id)
+  c.task = "asr"  # asr (CTC, WER/CER), lid (language id), sid (speaker id),
+                  # ml_superb (frozen encoder, CTC ASR + LID on a labelled budget per language)
   # The encoder: an export dir, a Hugging Face wav2vec2 dir, a fairseq .pt, or "random" (the
   # architecture of `model` at random initialisation: the baseline pretraining must beat).
   c.init = "random"
@@ -64,6 +65,14 @@ def get_default_config() -> ml_collections.ConfigDict:
       holdout_fraction=0.1,
       max_iter=1000, tol=1e-5,  # L-BFGS iterations, and the largest gradient entry to stop at
       cache_features=True,
+  ))
+  # ML-SUPERB (task=ml_superb; values and their sources in experiments/downstream/ml_superb.py).
+  c.ml_superb = ml_collections.ConfigDict(dict(
+      budget_minutes=10.0,  # labelled training audio per language: 10 (10 min) or 60 (1 h)
+      max_utterance_seconds=20.0,  # longer training utterances are skipped
+      lid=True,  # joint ASR + LID: a language token before every transcript
+      projection_dim=80, hidden_size=256, num_heads=8, ffn_size=1024, num_layers=2,
+      dropout=0.1, subsampling="conv2d2",  # "conv2d2" (recipe) or "none"
   ))
   # CTC ASR.
   c.asr = ml_collections.ConfigDict(dict(
