@@ -79,6 +79,13 @@ def test_lid_lbfgs_probe_default_reports_baselines_and_caches_features(tiny_corp
   assert "has 3 classes but task sid" in capsys.readouterr().err
 
 
+def test_missing_validation_split_is_named(tiny_corpus, tmp_path, capsys):
+  args = _args("lid", tiny_corpus, tmp_path / "lid", "random", "--config.probe.validation_split=dev")
+  assert evaluate.main(args) == 2
+  err = capsys.readouterr().err
+  assert "probe validation split" in err and "--config.probe.validation_split=''" in err
+
+
 def test_probe_config_errors_are_named(capsys):
   assert evaluate.main(["--config=experiments/downstream/lid.py", "--config.probe.layers=all"]) == 2
   assert "probe.layers='all' is not one of ('concat', 'weighted', 'last')" in capsys.readouterr().err

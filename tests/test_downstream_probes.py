@@ -108,6 +108,15 @@ def test_class_fair_metrics_equal_sklearn_and_baselines():
   assert b["chance"]["accuracy"] == b["chance"]["balanced_accuracy"] == 0.25
 
 
+def test_holdout_takes_a_share_of_every_class_once():
+  from xlsr_jax.downstream.linear_probe import holdout
+  y = np.array([0] * 50 + [1] * 10 + [2] * 2 + [3])
+  fit, val = holdout(y, 0.1, seed=0)
+  assert np.bincount(y[val], minlength=4).tolist() == [5, 1, 1, 0]  # a lone class stays in train
+  assert sorted(np.concatenate([fit, val]).tolist()) == list(range(len(y)))
+  assert holdout(y, 0.1, seed=0)[1].tolist() == val.tolist()
+
+
 @pytest.fixture(scope="module")
 def tiny_features(tmp_path_factory):
   """Pooled per-layer features of a random tiny encoder on synthetic_speech/tiny (LID labels)."""

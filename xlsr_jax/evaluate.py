@@ -396,10 +396,11 @@ def main(argv: list[str] | None = None) -> int:
   for noisy in ("absl", "tensorflow", "jax._src", "orbax"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
   from xlsr_jax.downstream.encoders import InitError
+  from xlsr_jax.downstream.linear_probe import ProbeError
   from xlsr_jax.downstream.vocabulary import VocabularyError
   try:
     run(config, workdir)
-  except (InitError, VocabularyError, TaskError) as e:
+  except (InitError, VocabularyError, TaskError, ProbeError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   return 0

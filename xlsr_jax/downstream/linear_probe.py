@@ -23,6 +23,10 @@ from xlsr_jax.downstream import metrics as metrics_lib
 from xlsr_jax.downstream import probes
 
 
+class ProbeError(ValueError):
+  """Data the probe cannot be fitted on (no validation split, no known class in it)."""
+
+
 def holdout(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
   """(train positions, validation positions): `fraction` of each class (at least one utterance
   of every class with two or more) held out, chosen by a seeded permutation."""
@@ -48,7 +52,12 @@ def run_probe(config: ml_collections.ConfigDict, workdir: str, builder, params: 
   cache_dir = os.path.join(workdir, "features")
 
   def split_features(split: str, what: str):
-    names = data_lib.split_names(builder, split, d.languages)
+    try:
+      names = data_lib.split_names(builder, split, d.languages)
+    except ValueError as e:
+      hint = (" (set --config.probe.validation_split='' to hold out probe.holdout_fraction of the "
+              "training split instead)" if what == "validation" else "")
+      raise ProbeError(f"probe {what} split: {e}{hint}") from None
     index = data_lib.index_split(builder, names)
     max_samples = features_lib.split_max_samples(index.num_samples, d.eval_max_sample_size)
     compute = lambda: features_lib.pooled_features(
@@ -75,7 +84,7 @@ def run_probe(config: ml_collections.ConfigDict, workdir: str, builder, params: 
   known = y_val >= 0  # validation classes absent from training cannot be chosen for
   x_val, y_val = x_val[:, known], y_val[known]
   if not len(y_val):
-    raise ValueError(f"probe: the validation data ({p.validation_split or 'hold-out'}) has no "
+    raise ProbeError(f"probe: the validation data ({p.validation_split or 'hold-out'}) has no "
                      f"utterance of a training class; set --config.probe.validation_split")
   feature_seconds = time.perf_counter() - start
 
