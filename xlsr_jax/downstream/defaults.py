@@ -63,7 +63,7 @@ def get_default_config() -> ml_collections.ConfigDict:
       class_weight="none",  # "balanced": weights n / (classes * n_class), scikit-learn's
       validation_split="validation",  # "" = hold out holdout_fraction of train (per class)
       holdout_fraction=0.1,
-      max_iter=1000, tol=1e-5,  # L-BFGS iterations, and the largest gradient entry to stop at
+      max_iter=2000, tol=1e-6,  # L-BFGS iterations, and the largest gradient entry to stop at
       cache_features=True,
   ))
   # ML-SUPERB (task=ml_superb; values and their sources in experiments/downstream/ml_superb.py).

@@ -148,7 +148,7 @@ class ProbeFit:
 
 def fit_logistic_regression(x_std_lnp: np.ndarray, labels: np.ndarray, num_classes: int, *,
                             l2: float, layers: str = "concat", weights: np.ndarray | None = None,
-                            init: dict | None = None, max_iter: int = 1000, tol: float = 1e-5
+                            init: dict | None = None, max_iter: int = 2000, tol: float = 1e-6
                             ) -> ProbeFit:
   """L2 logistic regression on standardised x [layers + 1, n, P], labels int [n] in [0, C).
 
@@ -180,7 +180,7 @@ def score(metric: str, logits: np.ndarray, labels: np.ndarray, num_classes: int)
 def fit_with_l2_search(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
                        y_val: np.ndarray, num_classes: int, *, l2_grid: Sequence[float],
                        layers: str = "concat", class_weight: str = "none",
-                       select_metric: str = "accuracy", max_iter: int = 1000, tol: float = 1e-5,
+                       select_metric: str = "accuracy", max_iter: int = 2000, tol: float = 1e-6,
                        log=print) -> tuple[ProbeFit, list[dict]]:
   """Fits every strength of `l2_grid` on the (standardised) training features and keeps the one
   with the best `select_metric` on the validation features (ties: the stronger penalty).
