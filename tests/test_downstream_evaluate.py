@@ -77,6 +77,9 @@ def test_lid_lbfgs_probe_default_reports_baselines_and_caches_features(tiny_corp
   # Its exported model (encoder + standardised concat head) is a 3-class classifier too.
   assert evaluate.main(_args("sid", tiny_corpus, tmp_path / "sid", str(workdir / "model"))) == 2
   assert "has 3 classes but task sid" in capsys.readouterr().err
+  sgd = "--config.probe.solver=sgd"
+  assert evaluate.main(_args("lid", tiny_corpus, tmp_path / "l2", str(workdir / "model"), sgd)) == 2
+  assert "holds an L-BFGS probe head" in capsys.readouterr().err
 
 
 def test_missing_validation_split_is_named(tiny_corpus, tmp_path, capsys):

@@ -163,7 +163,14 @@ def build_task(config, loaded, train_index):
       raise TaskError(f"the classifier of {loaded.path} has {stored} classes but task "
                       f"{config.task} on {config.data.corpus} has {len(names)}; "
                       f"start from an encoder without this head")
-    loaded_parts["head"] = loaded.classifier_head
+    if uses_lbfgs_probe(config):
+      pass  # the L-BFGS probe is fitted afresh on the features; a stored head is not reused
+    elif "feature_mean" in loaded.classifier_head:
+      raise TaskError(f"{loaded.path} holds an L-BFGS probe head (standardised features), which "
+                      f"the SGD head cannot continue from; use probe.solver=lbfgs or start from "
+                      f"an encoder without this head")
+    else:
+      loaded_parts["head"] = loaded.classifier_head
   if uses_lbfgs_probe(config):  # the head that holds the fitted probe (probes.head_params)
     layers = config.probe.layers
     model = heads.Wav2Vec2ForUtteranceClassification(

@@ -131,7 +131,7 @@ def run_probe(config: ml_collections.ConfigDict, workdir: str, builder, params: 
                                 confusion=confusion, labels=list(class_names),
                                 embeddings=x_test[-1], embedding_labels=list(test_index.languages))
   with open(os.path.join(workdir, "metrics.json"), "w") as fh:
-    json.dump(reports._to_json(results), fh, indent=1)
+    json.dump(results, fh, indent=1, default=float)
   b = results["baselines"]
   print(f"{config.task} test: accuracy={results['accuracy']:.4f}, balanced_accuracy="
         f"{results['balanced_accuracy']:.4f}, macro_f1={results['macro_f1']:.4f} (majority class "
