@@ -215,15 +215,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   if task == "ml_superb":
     budget = 60.0 * config.ml_superb.budget_minutes
     short = {l: s for l, s in label_info.seconds.items() if s < 0.9 * budget}
+    listing = ", ".join(f"{l} {s / 60:.1f} min" for l, s in sorted(short.items())[:10])
     print(f"ml_superb: {len(label_info.keep_ids)} training utterances, budget "
           f"{config.ml_superb.budget_minutes:g} min per language "
           f"({sum(label_info.seconds.values()) / 60:.1f} min in all); "
-          f"{len(short)} language(s) have under 90% of it: "
-          f"{', '.join(f'{l} {s / 60:.1f} min' for l, s in sorted(short.items())[:10])}", flush=True)
+          f"{len(short)} language(s) have under 90% of it: {listing}", flush=True)
   print(f"{task}: init={config.init} ({loaded.source}), {len(train_index)} train / "
         f"{len(test_index)} test utterances, mode={f_cfg.mode}"
-        f"{', solver=' + config.probe.solver if task in ('lid', 'sid') and f_cfg.mode == 'probe' else ''}",
-        flush=True)
+        + (f", solver={config.probe.solver}" if task in ("lid", "sid") and f_cfg.mode == "probe"
+           else ""), flush=True)
   if uses_lbfgs_probe(config):
     from xlsr_jax.downstream import linear_probe
     params = loaded.params or encoders.random_encoder(model.config, config.init_seed)

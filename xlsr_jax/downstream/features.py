@@ -45,7 +45,8 @@ def split_max_samples(num_samples: Sequence[int], eval_max_sample_size: int) -> 
 
 def pooled_features(params: dict, config: Wav2Vec2Config, builder, names: Sequence[str],
                     labeler: data_lib.Labeler, *, pooling: str, batch_size: int, max_samples: int,
-                    normalize: bool = True, log=print, what: str = "") -> tuple[np.ndarray, np.ndarray]:
+                    normalize: bool = True, log=print, what: str = ""
+                    ) -> tuple[np.ndarray, np.ndarray]:
   """(pooled float32 [layers + 1, n, P], labels int32 [n]) for every utterance of the splits, in
   reading order; labels are -1 for classes the labeler does not know."""
   pooled, labels = [], []

@@ -105,7 +105,8 @@ def run_probe(config: ml_collections.ConfigDict, workdir: str, builder, params: 
   results["accuracy"] = float(np.mean(preds == y_test))  # unseen test classes count as errors
   results["error_rate"] = 1.0 - results["accuracy"]
   results["baselines"] = metrics_lib.baselines(y_train, y_test[seen], num_classes)
-  results["train_accuracy"] = float(np.mean(fit.logits(standardizer(x_train)).argmax(-1) == y_train))
+  train_preds = fit.logits(standardizer(x_train)).argmax(-1)
+  results["train_accuracy"] = float(np.mean(train_preds == y_train))
   results["probe"] = {"solver": "lbfgs", "layers": fit.layers, "pooling": config.head.pooling,
                       "l2": fit.l2, "sklearn_C": 1.0 / (fit.l2 * len(y_train)),
                       "class_weight": p.class_weight, "select_metric": p.select_metric,
@@ -115,7 +116,8 @@ def run_probe(config: ml_collections.ConfigDict, workdir: str, builder, params: 
                                          if fit.layers == "concat" else x_train.shape[2]),
                       "l2_search": search}
   if fit.layers == "weighted":
-    results["probe"]["layer_weights"] = [float(v) for v in jax.nn.softmax(fit.params["layer_logits"])]
+    weights = jax.nn.softmax(fit.params["layer_logits"])
+    results["probe"]["layer_weights"] = [float(v) for v in weights]
   confusion = np.asarray(results.pop("confusion"))
   results.update(task=config.task, init=config.init, mode="probe", solver="lbfgs")
 

@@ -106,7 +106,8 @@ def _max_abs(tree: Any) -> jax.Array:
 
 @partial(jax.jit, static_argnames=("layers", "max_iter"))
 def _lbfgs(params: dict, x_lnp: jax.Array, labels: jax.Array, weights: jax.Array, l2: jax.Array,
-           tol: jax.Array, *, layers: str, max_iter: int) -> tuple[dict, jax.Array, jax.Array, jax.Array]:
+           tol: jax.Array, *, layers: str, max_iter: int
+           ) -> tuple[dict, jax.Array, jax.Array, jax.Array]:
   """(params, objective, largest |gradient| entry, iterations) after L-BFGS from `params`."""
   fun = lambda p: objective(p, x_lnp, labels, weights, l2, layers)
   solver = optax.lbfgs()
