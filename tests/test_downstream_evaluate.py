@@ -27,9 +27,10 @@ def _args(task, data_dir, workdir, init="random", *extra):
           "--config.data.max_sample_size=16000", *extra]
 
 
-def test_lid_probe_end_to_end_then_resume_and_wrong_classifier(tiny_corpus, tmp_path, capsys):
+def test_lid_sgd_probe_end_to_end_then_resume_and_wrong_classifier(tiny_corpus, tmp_path, capsys):
   workdir = tmp_path / "lid"
-  assert evaluate.main(_args("lid", tiny_corpus, workdir)) == 0
+  sgd = "--config.probe.solver=sgd"
+  assert evaluate.main(_args("lid", tiny_corpus, workdir, "random", sgd)) == 0
   out = capsys.readouterr().out
   assert "step 4/4" in out and "lid test: accuracy=" in out
   result = json.loads((workdir / "metrics.json").read_text())
@@ -37,17 +38,60 @@ def test_lid_probe_end_to_end_then_resume_and_wrong_classifier(tiny_corpus, tmp_
   num_test = sum(splits[name].num_examples for name in splits if name.startswith("test_"))
   assert result["num_utterances"] == num_test and 0.0 <= result["accuracy"] <= 1.0
   assert result["error_rate"] == pytest.approx(1 - result["accuracy"])
+  assert {"balanced_accuracy", "macro_f1", "per_class", "baselines"} <= set(result)
   report = workdir / "report"
   assert (report / "report.md").exists() and (report / "confusion_matrix.png").exists()
   assert any(p.name.startswith("embeddings") for p in report.iterdir())
   assert os.listdir(workdir / "tensorboard")
   # The same command again resumes from the last checkpoint (nothing left to train) and re-scores.
-  assert evaluate.main(_args("lid", tiny_corpus, workdir)) == 0
+  assert evaluate.main(_args("lid", tiny_corpus, workdir, "random", sgd)) == 0
   assert "resumed from step 4" in capsys.readouterr().out
   # The exported LID model has a 3-language classifier: as init for SID (6 speakers) it stops.
   assert evaluate.main(_args("sid", tiny_corpus, tmp_path / "sid", str(workdir / "model"))) == 2
   err = capsys.readouterr().err
   assert "has 3 classes but task sid" in err and "has 6" in err
+
+
+def test_lid_lbfgs_probe_default_reports_baselines_and_caches_features(tiny_corpus, tmp_path,
+                                                                       capsys):
+  workdir = tmp_path / "lid"
+  grid = "--config.probe.l2_grid=[1e-3,1e-1]"
+  assert evaluate.main(_args("lid", tiny_corpus, workdir, "random", grid)) == 0
+  out = capsys.readouterr().out
+  assert "solver=lbfgs" in out and "[probe] chose l2=" in out and "majority class" in out
+  result = json.loads((workdir / "metrics.json").read_text())
+  assert result["num_utterances"] == 15 and result["solver"] == "lbfgs"
+  assert result["probe"]["converged"] and result["probe"]["l2"] in (1e-3, 1e-1)
+  assert [r["l2"] for r in result["probe"]["l2_search"]] == [1e-1, 1e-3]
+  for key in ("accuracy", "balanced_accuracy", "macro_f1"):
+    assert 0.0 <= result[key] <= 1.0
+    assert key in result["baselines"]["majority_class"] and key in result["baselines"]["chance"]
+  assert result["baselines"]["chance"]["accuracy"] == pytest.approx(1 / 3)
+  report = (workdir / "report" / "report.md").read_text()
+  assert "| metric | this model | majority class | chance |" in report and "## Per class" in report
+  # Again: the cached features are read, the fit is the same.
+  assert evaluate.main(_args("lid", tiny_corpus, workdir, "random", grid)) == 0
+  assert "[features] read from" in capsys.readouterr().out
+  again = json.loads((workdir / "metrics.json").read_text())
+  assert again["accuracy"] == result["accuracy"] and again["probe"]["l2"] == result["probe"]["l2"]
+  # Its exported model (encoder + standardised concat head) is a 3-class classifier too.
+  assert evaluate.main(_args("sid", tiny_corpus, tmp_path / "sid", str(workdir / "model"))) == 2
+  assert "has 3 classes but task sid" in capsys.readouterr().err
+  sgd = "--config.probe.solver=sgd"
+  assert evaluate.main(_args("lid", tiny_corpus, tmp_path / "l2", str(workdir / "model"), sgd)) == 2
+  assert "holds an L-BFGS probe head" in capsys.readouterr().err
+
+
+def test_missing_validation_split_is_named(tiny_corpus, tmp_path, capsys):
+  args = _args("lid", tiny_corpus, tmp_path / "lid", "random", "--config.probe.validation_split=dev")
+  assert evaluate.main(args) == 2
+  err = capsys.readouterr().err
+  assert "probe validation split" in err and "--config.probe.validation_split=''" in err
+
+
+def test_probe_config_errors_are_named(capsys):
+  assert evaluate.main(["--config=experiments/downstream/lid.py", "--config.probe.layers=all"]) == 2
+  assert "probe.layers='all' is not one of ('concat', 'weighted', 'last')" in capsys.readouterr().err
 
 
 def test_missing_export_dir_is_named(tiny_corpus, tmp_path, capsys):

@@ -42,7 +42,42 @@ def parse_config(argv: list[str]) -> tuple[ml_collections.ConfigDict, list[str]]
   if config.task in ("asr", "ast") and config.finetune.mode == "probe":
     raise ConfigError(f"task={config.task} trains its head with the encoder: finetune.mode must "
                       f"be 'finetune'")
+  if config.task == "ml_superb" and config.finetune.mode != "probe":
+    raise ConfigError("task=ml_superb trains a downstream model on the frozen encoder: "
+                      "finetune.mode must be 'probe'")
+  from xlsr_jax.downstream.ml_superb import SUBSAMPLINGS
+  if config.ml_superb.subsampling not in SUBSAMPLINGS:
+    raise ConfigError(f"ml_superb.subsampling={config.ml_superb.subsampling!r} is not one of "
+                      f"{SUBSAMPLINGS}")
+  if config.ml_superb.budget_minutes <= 0:
+    raise ConfigError(f"ml_superb.budget_minutes={config.ml_superb.budget_minutes} must be > 0")
+  check_probe_config(config)
   return config, rest
+
+
+def check_probe_config(config: ml_collections.ConfigDict) -> None:
+  """ConfigError naming the probe.* key whose value is not one we know."""
+  from xlsr_jax.downstream import probes
+  p = config.probe
+  for key, allowed in (("solver", ("lbfgs", "sgd")), ("layers", probes.LAYER_MODES),
+                       ("class_weight", probes.CLASS_WEIGHTS),
+                       ("select_metric", probes.SELECT_METRICS)):
+    if p[key] not in allowed:
+      raise ConfigError(f"probe.{key}={p[key]!r} is not one of {tuple(allowed)}")
+  if not p.l2_grid or min(p.l2_grid) <= 0:
+    raise ConfigError(f"probe.l2_grid={list(p.l2_grid)} must be a non-empty list of positive "
+                      f"strengths")
+  if not 0 < p.holdout_fraction < 1:
+    raise ConfigError(f"probe.holdout_fraction={p.holdout_fraction} must be in (0, 1)")
+  if uses_lbfgs_probe(config) and config.head.projection_dim:
+    raise ConfigError("head.projection_dim must be 0 with probe.solver=lbfgs (a linear probe); "
+                      "use --config.probe.solver=sgd for a projection")
+
+
+def uses_lbfgs_probe(config: ml_collections.ConfigDict) -> bool:
+  """LID / SID with a frozen encoder and the converged probe (downstream.linear_probe)."""
+  return (config.task in ("lid", "sid") and config.finetune.mode == "probe"
+          and config.probe.solver == "lbfgs")
 
 
 def model_config(config: ml_collections.ConfigDict, loaded_config=None):
@@ -99,6 +134,23 @@ def build_task(config, loaded, train_index):
       raise TaskError(str(e)) from e
     return model, loaded_parts, labeler, tokenizer
   loaded_parts: dict[str, Any] = {"wav2vec2": loaded.params} if loaded.params else {}
+  if config.task == "ml_superb":
+    from xlsr_jax.downstream import ml_superb
+    m = config.ml_superb
+    keep_ids, seconds = ml_superb.budget_subset(train_index, 60.0 * m.budget_minutes,
+                                                seed=config.train.seed,
+                                                max_seconds=m.max_utterance_seconds)
+    chosen = set(keep_ids)
+    tokens = ml_superb.language_tokens(sorted(set(train_index.languages))) if m.lid else {}
+    vocab = ml_superb.build_lid_vocabulary(
+        [t for i, t in zip(train_index.ids, train_index.transcripts) if i in chosen], tokens)
+    model = ml_superb.Wav2Vec2ForMLSuperb(
+        cfg, vocab.size, m.projection_dim, m.hidden_size, m.num_heads, m.ffn_size, m.num_layers,
+        m.dropout, m.subsampling)
+    labeler = ml_superb.MLSuperbLabeler("asr", vocabulary=vocab,
+                                        max_label_length=config.asr.max_label_length,
+                                        lid_tokens=tuple(tokens.items()))
+    return model, loaded_parts, labeler, ml_superb.TaskInfo(vocab, tokens, keep_ids, seconds)
   if config.task == "asr":
     if config.asr.vocabulary:
       vocab = Vocabulary.load(config.asr.vocabulary)
@@ -119,10 +171,23 @@ def build_task(config, loaded, train_index):
       raise TaskError(f"the classifier of {loaded.path} has {stored} classes but task "
                       f"{config.task} on {config.data.corpus} has {len(names)}; "
                       f"start from an encoder without this head")
-    loaded_parts["head"] = loaded.classifier_head
-  model = heads.Wav2Vec2ForUtteranceClassification(
-      cfg, len(names), config.head.pooling, config.head.layer_weighting,
-      config.head.projection_dim, freeze_encoder=config.finetune.mode == "probe")
+    if uses_lbfgs_probe(config):
+      pass  # the L-BFGS probe is fitted afresh on the features; a stored head is not reused
+    elif "feature_mean" in loaded.classifier_head:
+      raise TaskError(f"{loaded.path} holds an L-BFGS probe head (standardised features), which "
+                      f"the SGD head cannot continue from; use probe.solver=lbfgs or start from "
+                      f"an encoder without this head")
+    else:
+      loaded_parts["head"] = loaded.classifier_head
+  if uses_lbfgs_probe(config):  # the head that holds the fitted probe (probes.head_params)
+    layers = config.probe.layers
+    model = heads.Wav2Vec2ForUtteranceClassification(
+        cfg, len(names), config.head.pooling, layers == "weighted", 0, freeze_encoder=True,
+        concat_layers=layers == "concat", standardize=True)
+  else:
+    model = heads.Wav2Vec2ForUtteranceClassification(
+        cfg, len(names), config.head.pooling, config.head.layer_weighting,
+        config.head.projection_dim, freeze_encoder=config.finetune.mode == "probe")
   return model, loaded_parts, data_lib.Labeler(config.task, class_names=names), names
 
 
@@ -169,12 +234,30 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                     f"{task} drops longer ones: raise data.max_sample_size")
   if task in ("lid", "sid"):
     data_lib.warn_unseen(label_info, test_index, task)
+  if task == "ml_superb":
+    budget = 60.0 * config.ml_superb.budget_minutes
+    short = {l: s for l, s in label_info.seconds.items() if s < 0.9 * budget}
+    listing = ", ".join(f"{l} {s / 60:.1f} min" for l, s in sorted(short.items())[:10])
+    print(f"ml_superb: {len(label_info.keep_ids)} training utterances, budget "
+          f"{config.ml_superb.budget_minutes:g} min per language "
+          f"({sum(label_info.seconds.values()) / 60:.1f} min in all); "
+          f"{len(short)} language(s) have under 90% of it: {listing}", flush=True)
   print(f"{task}: init={config.init} ({loaded.source}), {len(train_index)} train / "
-        f"{len(test_index)} test utterances, mode={f_cfg.mode}", flush=True)
+        f"{len(test_index)} test utterances, mode={f_cfg.mode}"
+        + (f", solver={config.probe.solver}" if task in ("lid", "sid") and f_cfg.mode == "probe"
+           else ""), flush=True)
+  if uses_lbfgs_probe(config):
+    from xlsr_jax.downstream import linear_probe
+    params = loaded.params or encoders.random_encoder(model.config, config.init_seed)
+    results = linear_probe.run_probe(config, workdir, builder, params, model.config, model,
+                                     labeler, label_info, test_index)
+    results["init_source"] = loaded.source
+    return results
 
   m = config.mesh
   mesh = mesh_lib.make_mesh(m.data, m.fsdp, m.tensor, dcn_data=m.dcn_data)
-  tuner = finetune.Finetuner(model, task, config, mesh, d.max_sample_size, d.batch_size)
+  tuner = finetune.Finetuner(model, "asr" if task == "ml_superb" else task, config, mesh,
+                             d.max_sample_size, d.batch_size)
   manager = CheckpointManager(os.path.join(workdir, "checkpoints"),
                               save_every=config.train.checkpoint_every,
                               keep=config.train.keep_checkpoints)
@@ -189,7 +272,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   train_iter = data_lib.train_iterator(
       builder, train_names, labeler, batch_size=d.batch_size, max_samples=d.max_sample_size,
       seed=config.train.seed, start_step=start, normalize=d.normalize,
-      drop_longer=task in ("asr", "ast"))
+      drop_longer=task in ("asr", "ast", "ml_superb"),
+      keep_ids=label_info.keep_ids if task == "ml_superb" else None)
   writer = metrics_lib.MetricWriter(workdir, f_cfg.num_steps)
   curves: dict[str, list[tuple[int, float]]] = {}
   history_path = os.path.join(workdir, "train_history.json")
@@ -220,6 +304,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
   results, report_kwargs = evaluate_split(tuner, state, builder, test_names, test_index, labeler,
                                           label_info, config)
+  if task in ("lid", "sid"):  # the prior-only classifiers beside the probe (majority class, chance)
+    from xlsr_jax.downstream import metrics as metrics_lib
+    ids = {name: i for i, name in enumerate(label_info)}
+    train_ids = np.asarray([ids[x] for x in train_index.labels(task)])
+    test_ids = np.asarray([ids[x] for x in test_index.labels(task) if x in ids])
+    results["baselines"] = metrics_lib.baselines(train_ids, test_ids, len(label_info))
   writer.write(f_cfg.num_steps, {k: v for k, v in results.items() if isinstance(v, float)},
                prefix="test")
   writer.close()
@@ -234,6 +324,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   metadata = {"task": task, "init": config.init}
   if task in ("lid", "sid"):
     metadata["class_names"] = list(label_info)
+  if task == "ml_superb":
+    metadata["lid_tokens"] = label_info.lid_tokens
   if task == "ast":
     from xlsr_jax.downstream.translation import task as translation
     translation.save_model(export_dir, params, model.config, label_info, metadata)
@@ -241,6 +333,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     model_files.save_model(export_dir, params, model.config, metadata)
   if task == "asr":
     label_info.save(export_dir)
+  if task == "ml_superb":
+    label_info.vocab.save(export_dir)
   try:
     from xlsr_jax.downstream import reports
     report = reports.write_report(os.path.join(workdir, "report"), task,
@@ -279,7 +373,9 @@ def evaluate_split(tuner, state, builder, names, index, labeler, label_info, con
                                   max_samples=max_samples, normalize=d.normalize)
   outputs = []
   start, seen = time.perf_counter(), 0
-  fields = {"asr": ("labels", "label_valid"), "ast": ("labels", "label")}.get(config.task, ("label",))
+  ctc_task = config.task in ("asr", "ml_superb")
+  fields = {"ast": ("labels", "label")}.get(
+      config.task, ("labels", "label_valid") if ctc_task else ("label",))
   for batch in batches:
     keep = batch["example_valid"]
     out = jax.device_get(tuner.evaluate(state, {k: batch[k] for k in (
@@ -294,8 +390,8 @@ def evaluate_split(tuner, state, builder, names, index, labeler, label_info, con
     results = translation.score(tokens, index, label_info, config.translation.num_examples)
     results["decode_seconds"] = time.perf_counter() - start
     return results, {}
-  if config.task == "asr":
-    vocab = label_info
+  if ctc_task:
+    vocab = label_info.vocab if config.task == "ml_superb" else label_info
     decoder = None
     if config.asr.beam_width > 0:
       decoder = ctc.BeamSearchDecoder(vocab, beam_width=config.asr.beam_width,
@@ -308,6 +404,12 @@ def evaluate_split(tuner, state, builder, names, index, labeler, label_info, con
       else:
         log_probs = jax.nn.log_softmax(out["logits"], -1)
         hyps += [decoder.decode(np.asarray(lp)[v]) for lp, v in zip(log_probs, out["frame_valid"])]
+    if config.task == "ml_superb":
+      from xlsr_jax.downstream import ml_superb
+      results = ml_superb.score(hyps, index.transcripts, index.languages, vocab,
+                                label_info.lid_tokens)
+      results["budget_seconds"] = label_info.seconds
+      return results, {}
     from xlsr_jax.downstream.vocabulary import normalize_text
     refs = [normalize_text(t, vocab.lowercase) for t in index.transcripts]
     results = metrics.asr_metrics(refs, hyps, index.languages)
@@ -347,10 +449,11 @@ def main(argv: list[str] | None = None) -> int:
   for noisy in ("absl", "tensorflow", "jax._src", "orbax"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
   from xlsr_jax.downstream.encoders import InitError
+  from xlsr_jax.downstream.linear_probe import ProbeError
   from xlsr_jax.downstream.vocabulary import VocabularyError
   try:
     run(config, workdir)
-  except (InitError, VocabularyError, TaskError) as e:
+  except (InitError, VocabularyError, TaskError, ProbeError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   return 0

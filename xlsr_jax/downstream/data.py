@@ -114,16 +114,21 @@ def _prepare(ex: dict, labeler: Labeler, key: tf.Tensor, max_samples: int, norma
 
 def train_iterator(builder: tfds.core.DatasetBuilder, names: Sequence[str], labeler: Labeler, *,
                    batch_size: int, max_samples: int, seed: int, start_step: int = 0,
-                   normalize: bool = True, drop_longer: bool = False
-                   ) -> Iterator[dict[str, np.ndarray]]:
+                   normalize: bool = True, drop_longer: bool = False,
+                   keep_ids: Sequence[str] | None = None) -> Iterator[dict[str, np.ndarray]]:
   """Endless shuffled batches from step `start_step` on (same batches as an uninterrupted run).
 
   Utterances longer than `max_samples` are randomly cropped, or dropped with `drop_longer` (ASR:
-  a transcript cannot be cropped with its audio). Unknown classes (label -1) are dropped.
+  a transcript cannot be cropped with its audio). Unknown classes (label -1) are dropped. With
+  `keep_ids` only those utterances are read (a labelled budget, ML-SUPERB).
   """
-  keys = ("audio", "language", "speaker", "transcript") + (
+  keys = ("audio", "language", "speaker", "transcript", "id") + (
       ("translation",) if "translation" in builder.info.features else ())
   ds = read_split(builder, names).map(lambda ex: {k: ex[k] for k in keys})
+  if keep_ids is not None:
+    table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+        tf.constant(list(keep_ids) or [""]), tf.ones([max(len(keep_ids), 1)], tf.int32)), 0)
+    ds = ds.filter(lambda ex: table.lookup(ex["id"]) > 0)
   if drop_longer:
     ds = ds.filter(lambda ex: tf.shape(ex["audio"])[0] <= max_samples)
   ds = ds.cache()

@@ -11,12 +11,13 @@ import ml_collections
 
 from xlsr_jax.sharding.mesh import DEFAULT_RULES
 
-TASKS = ("asr", "lid", "sid", "ast")
+TASKS = ("asr", "lid", "sid", "ast", "ml_superb")
 
 
 def get_default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.task = "asr"  # asr (CTC, WER/CER), lid (language id), sid (speaker id), ast (X -> En, BLEU)
+  c.task = "asr"  # asr (CTC, WER/CER), lid (language id), sid (speaker id), ast (X -> En, BLEU),
+                  # ml_superb (frozen encoder, CTC ASR + LID on a labelled budget per language)
   # The encoder: an export dir, a Hugging Face wav2vec2 dir, a fairseq .pt, or "random" (the
   # architecture of `model` at random initialisation: the baseline pretraining must beat).
   c.init = "random"
@@ -45,6 +46,33 @@ def get_default_config() -> ml_collections.ConfigDict:
       pooling="mean",  # "mean" or "mean_std" over non-padded frames
       layer_weighting=True,  # SUPERB learned softmax-weighted sum over the layers
       projection_dim=0,  # a projection before the classifier (HF classifier_proj_size); 0 = none
+  ))
+  # LID / SID with finetune.mode=probe: how the linear probe on the frozen encoder is trained.
+  c.probe = ml_collections.ConfigDict(dict(
+      # "lbfgs": pooled per-layer features of whole utterances computed once (cached in
+      # W/features), standardised with the training statistics, and a full-batch L2 logistic
+      # regression (downstream.probes) trained to convergence, its strength chosen on the
+      # validation split. "sgd": the head trained by Adam on random crops for finetune.num_steps
+      # (head.* settings; the encoder runs every step).
+      solver="lbfgs",
+      layers="concat",  # "concat" (every layer side by side), "weighted" (SUPERB learned softmax
+                        # layer weights, fitted jointly), "last" (the encoder output only)
+      l2_grid=[1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0],  # strengths (per mean loss;
+                                # scikit-learn C = 1 / (l2 * n)) tried on validation
+      select_metric="accuracy",  # accuracy | balanced_accuracy | macro_f1 | log_loss
+      class_weight="none",  # "balanced": weights n / (classes * n_class), scikit-learn's
+      validation_split="validation",  # "" = hold out holdout_fraction of train (per class)
+      holdout_fraction=0.1,
+      max_iter=2000, tol=1e-6,  # L-BFGS iterations, and the largest gradient entry to stop at
+      cache_features=True,
+  ))
+  # ML-SUPERB (task=ml_superb; values and their sources in experiments/downstream/ml_superb.py).
+  c.ml_superb = ml_collections.ConfigDict(dict(
+      budget_minutes=10.0,  # labelled training audio per language: 10 (10 min) or 60 (1 h)
+      max_utterance_seconds=20.0,  # longer training utterances are skipped
+      lid=True,  # joint ASR + LID: a language token before every transcript
+      projection_dim=80, hidden_size=256, num_heads=8, ffn_size=1024, num_layers=2,
+      dropout=0.1, subsampling="conv2d2",  # "conv2d2" (recipe) or "none"
   ))
   # CTC ASR.
   c.asr = ml_collections.ConfigDict(dict(

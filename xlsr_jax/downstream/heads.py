@@ -62,24 +62,41 @@ class LayerWeightedSum(nn.Module):
 class UtteranceClassifier(nn.Module):
   """Per-layer pooled statistics [layers + 1, batch, P] -> logits [batch, num_classes].
 
-  With `layer_weighting` the layers are mixed by `LayerWeightedSum` (SUPERB); without it only the
-  last entry (the encoder output) is used. Then an optional projection (HF
-  classifier_proj_size; 0 = none) and a linear layer. Pooling before weighting makes the head a
+  With `standardize` each layer's statistics are first standardised by fixed per-feature
+  `feature_mean` / `feature_scale` [layers + 1, P] (set by the L-BFGS probe from the training
+  features; initialised to 0 and 1). Then the layers are combined: concatenated ([batch,
+  (layers + 1) * P], `concat_layers`), mixed by `LayerWeightedSum` (SUPERB, `layer_weighting`),
+  or only the last entry (the encoder output) is used. Then an optional projection (HF
+  classifier_proj_size; 0 = none) and a linear layer. Pooling before combining makes the head a
   function of per-utterance statistics, so a frozen-encoder probe can cache them (for mean
-  pooling it equals pooling the weighted sum exactly).
+  pooling weighting equals pooling the weighted sum exactly).
   """
   num_classes: int
   layer_weighting: bool = True
   projection_dim: int = 0
+  concat_layers: bool = False
+  standardize: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, pooled_lbp: jax.Array) -> jax.Array:
-    if self.layer_weighting:
-      x = LayerWeightedSum(self.param_dtype, name="layer_weights")(pooled_lbp)
+    if self.concat_layers and self.layer_weighting:
+      raise ValueError("UtteranceClassifier: concat_layers and layer_weighting exclude each other")
+    x = pooled_lbp.astype(jnp.float32)
+    if self.standardize:
+      shape = (x.shape[0], x.shape[-1])
+      mean = self.param("feature_mean", partitioned(nn.initializers.zeros, ("layers", "embed")),
+                        shape, self.param_dtype)
+      scale = self.param("feature_scale", partitioned(nn.initializers.ones, ("layers", "embed")),
+                         shape, self.param_dtype)
+      x = (x - mean[:, None].astype(jnp.float32)) / scale[:, None].astype(jnp.float32)
+    if self.concat_layers:
+      x = jnp.transpose(x, (1, 0, 2)).reshape(x.shape[1], -1)
+    elif self.layer_weighting:
+      x = LayerWeightedSum(self.param_dtype, name="layer_weights")(x)
     else:
-      x = pooled_lbp[-1].astype(jnp.float32)
+      x = x[-1]
     if self.projection_dim:
       x = Dense(self.projection_dim, ("embed", "mlp"), dtype=self.dtype,
                 param_dtype=self.param_dtype, name="projector")(x)
@@ -112,6 +129,8 @@ class Wav2Vec2ForUtteranceClassification(nn.Module):
   layer_weighting: bool = True
   projection_dim: int = 0
   freeze_encoder: bool = False
+  concat_layers: bool = False
+  standardize: bool = False
 
   @nn.compact
   def __call__(self, waveform: jax.Array, padding_mask: jax.Array | None = None, *,
@@ -125,7 +144,8 @@ class Wav2Vec2ForUtteranceClassification(nn.Module):
       hidden = jax.lax.stop_gradient(hidden)
     pooled = pool(hidden, out["frame_valid"], self.pooling)
     logits = UtteranceClassifier(self.num_classes, self.layer_weighting, self.projection_dim,
-                                 dtype=self.config.dtype, param_dtype=self.config.param_dtype,
+                                 self.concat_layers, self.standardize, dtype=self.config.dtype,
+                                 param_dtype=self.config.param_dtype,
                                  name="head")(pooled)
     return dict(logits=logits, pooled=pooled, frame_valid=out["frame_valid"])
 

@@ -116,11 +116,16 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
   return "\n".join(lines)
 
 
+_OWN_SECTIONS = ("per_language", "per_class", "baselines", "l2_search", "per_class_accuracy")
+_BASELINE_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
+
+
 def _flatten(metrics: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-  """`{"a": {"b": 1}, "c": 2}` -> `[("a.b", 1), ("c", 2)]`, leaving out "per_language"."""
+  """`{"a": {"b": 1}, "c": 2}` -> `[("a.b", 1), ("c", 2)]`, leaving out the keys that get their
+  own section (per_language, per_class, baselines, l2_search, per_class_accuracy)."""
   rows = []
   for key, value in metrics.items():
-    if not prefix and key == "per_language":
+    if key in _OWN_SECTIONS:
       continue
     if isinstance(value, Mapping):
       rows += _flatten(value, f"{prefix}{key}.")
@@ -142,6 +147,14 @@ def per_language_table(per_language: Mapping[str, Any]) -> str:
     value = value if isinstance(value, Mapping) else {"value": value}
     rows.append([lang] + [value.get(c, "") for c in columns])
   return markdown_table(["language"] + columns, rows)
+
+
+def baselines_table(metrics: Mapping[str, Any]) -> str:
+  """metric | this model | majority class | chance, for accuracy, balanced accuracy, macro-F1."""
+  b = metrics["baselines"]
+  rows = [[m, metrics.get(m, ""), b.get("majority_class", {}).get(m, ""),
+           b.get("chance", {}).get(m, "")] for m in _BASELINE_METRICS if m in metrics]
+  return markdown_table(["metric", "this model", "majority class", "chance"], rows)
 
 
 def _to_json(value: Any) -> Any:
@@ -289,8 +302,21 @@ def write_report(out_dir: str | os.PathLike, task: str, metrics: dict, *,
     f.write("\n")
   parts = [f"# {title}", "", f"Task: `{task}`. Every number is also in `metrics.json`.", "",
            "## Metrics", "", markdown_table(["metric", "value"], _flatten(metrics))]
+  if isinstance(metrics.get("baselines"), Mapping) and metrics["baselines"]:
+    parts += ["", "## Against prior-only classifiers", "", baselines_table(metrics), "",
+              "Majority class: always the most frequent training class; chance: a uniform "
+              "random guess. A probe that only learned the class prior scores near them."]
   if isinstance(metrics.get("per_language"), Mapping) and metrics["per_language"]:
     parts += ["", "## Per language", "", per_language_table(metrics["per_language"])]
+  if isinstance(metrics.get("per_class"), Mapping) and metrics["per_class"]:
+    parts += ["", "## Per class", "", per_language_table(metrics["per_class"]).replace(
+        "| language |", "| class |", 1)]
+  search = (metrics.get("probe") or {}).get("l2_search") if isinstance(
+      metrics.get("probe"), Mapping) else None
+  if search:
+    columns = list(search[0])
+    parts += ["", "## L2 strength (chosen on validation)", "",
+              markdown_table(columns, [[row.get(c, "") for c in columns] for row in search])]
   if confusion is not None:
     names = list(labels) if labels is not None else [str(i) for i in range(confusion.shape[0])]
     plot_confusion(os.path.join(out_dir, CONFUSION_PNG), confusion, names,
