@@ -13,7 +13,7 @@ import sys
 import jax
 import numpy as np
 
-from xlsr_jax.checkpoints import fairseq_import, model_files
+from xlsr_jax.checkpoints import fairseq_import, model_files, safe_pickle
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,6 +24,15 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--num_attention_heads", type=int, default=None,
                       help="fairseq only, when the checkpoint's settings cannot be read")
   args = parser.parse_args(argv)
+  try:
+    return convert(args)
+  except (ValueError, TypeError, FileNotFoundError, safe_pickle.UnsafeCheckpointError) as e:
+    # ConversionError and CheckpointFileError are ValueErrors: every message names the file or key
+    print(f"convert error: {e}", file=sys.stderr)
+    return 1
+
+
+def convert(args: argparse.Namespace) -> int:
   if args.source == "ours":
     params, config, _ = model_files.load_model(args.input)
     model_files.save_hf(args.output, params, config)

@@ -286,25 +286,34 @@ def evaluate_split(tuner, state, builder, names, index, labeler, label_info, con
 def main(argv: list[str] | None = None) -> int:
   from xlsr_jax.main import default_platforms
   argv = sys.argv[1:] if argv is None else argv
+  parser = argparse.ArgumentParser(prog="python -m xlsr_jax.evaluate", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--config", metavar="FILE", help="task config file (required), e.g. "
+                      "experiments/downstream/lid.py; then --config.<section>.<key>=VALUE overrides "
+                      "any key of xlsr_jax/downstream/defaults.py (--config.init=INIT: the encoder)")
+  parser.add_argument("--workdir", default="", help="run directory (default workdir/downstream/<task>)")
+  if "-h" in argv or "--help" in argv:
+    parser.print_help()
+    return 0
   default_platforms()
   try:
     config, rest = parse_config(argv)
   except ConfigError as e:
     print(f"config error: {e}", file=sys.stderr)
     return 2
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--workdir", default="")
   args = parser.parse_args(rest)
   workdir = args.workdir or os.path.join("workdir", "downstream", config.task)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
   for noisy in ("absl", "tensorflow", "jax._src", "orbax"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
+  from xlsr_jax.checkpoints.hf_layout import ConversionError
+  from xlsr_jax.checkpoints.safe_pickle import CheckpointFileError, UnsafeCheckpointError
   from xlsr_jax.downstream.encoders import InitError
   from xlsr_jax.downstream.vocabulary import VocabularyError
   try:
     run(config, workdir)
-  except (InitError, VocabularyError, TaskError) as e:
+  except (InitError, VocabularyError, TaskError, ConversionError, CheckpointFileError,
+          UnsafeCheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   return 0
