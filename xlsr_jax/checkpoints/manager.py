@@ -360,12 +360,18 @@ class CheckpointManager:
     return restored[PARAMS], step
 
   def _verify(self, step: int, items: tuple[str, ...]) -> None:
-    """Re-hashes the step's files on process 0 (CheckpointCorruptError names a damaged one)."""
-    if jax.process_index() != 0:
-      return
-    if not integrity.verify(self.directory / str(step), items):
-      logger.warning("%s has no %s (saved by an older version): its files are not verified",
-                     self.directory / str(step), integrity.CHECKSUM_FILE)
+    """Re-hashes the step's files on process 0 and tells every process the outcome (a collective,
+    so that all skip the step together); CheckpointCorruptError names the damaged file."""
+    problem = None
+    if jax.process_index() == 0:
+      try:
+        if not integrity.verify(self.directory / str(step), items):
+          logger.warning("%s has no %s (saved by an older version): its files are not verified",
+                         self.directory / str(step), integrity.CHECKSUM_FILE)
+      except CheckpointCorruptError as e:
+        problem = str(e)
+    if _failed_processes(problem is not None):
+      raise CheckpointCorruptError(problem or f"{self.directory / str(step)}: damaged (see process 0)")
 
   def _check_params(self, step: int, params: Any) -> None:
     """Raises CheckpointMismatchError naming every parameter whose stored shape differs from `params`."""
