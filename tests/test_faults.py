@@ -126,6 +126,7 @@ BAD_VALUES = [  # (overrides, text the one-line error must contain)
     ({"model.layerdrop": 1.0}, "model.layerdrop=1.0"),
     ({"objective.gumbel_end": 3.0}, "gumbel_end <= objective.gumbel_start"),
     ({"mesh.data": 3}, "mesh"),  # 3 does not divide the 8 devices: a device row
+    ({"sharding.logical_axis_rules": "[['embed', 'fsdpp']]"}, "sharding.logical_axis_rules"),
 ]
 
 
@@ -137,6 +138,22 @@ def test_bad_config_value_is_one_named_line_exit_2_nothing_written(overrides, me
   assert code == 2, (out, err)
   assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
   assert not workdir.exists()
+
+
+def test_every_non_boolean_default_key_has_a_validation_row():
+  from xlsr_jax.training import validation
+  from xlsr_jax.training.defaults import get_default_config
+  covered = {k for rule in validation.RULES + validation.DEVICE_RULES for k in rule.keys}
+
+  def leaves(c, prefix=""):
+    for key, value in c.items():
+      if hasattr(value, "items") and key != "model":
+        yield from leaves(value, f"{prefix}{key}.")
+      elif not hasattr(value, "items"):
+        yield f"{prefix}{key}", value
+  missing = [k for k, v in leaves(get_default_config())
+             if not isinstance(v, bool) and k not in covered and k not in validation.UNCHECKED]
+  assert not missing
 
 
 @pytest.mark.parametrize("module", ["main", "evaluate", "export", "convert", "plan"])

@@ -115,6 +115,16 @@ def _is_sources(v) -> bool:
       and (s[1] is None or (isinstance(s[1], (list, tuple)) and len(s[1]) > 0)) for s in v)
 
 
+def _is_axis_rules(v) -> bool:
+  from xlsr_jax.sharding.mesh import rules_from_config
+  rules_from_config(v)  # ValueError names the bad rule
+  return True
+
+
+# Keys with no row here: booleans (their type is checked against the defaults), model.preset
+# (checked by model_config_from), and free-form strings (paths, addresses).
+UNCHECKED = ("model.preset", "train.compilation_cache_dir", "distributed.coordinator_address")
+
 RULES: list[Rule] = [
     # Model (fields of the preset plus overrides; the dataclass checks divisibility itself).
     *[in_range(f"model.{name}", 0.0, 1.0, high_open=True) for name in _DROPOUTS],
@@ -150,7 +160,11 @@ RULES: list[Rule] = [
     integer_at_least("train.keep_checkpoints", 1),
     integer_at_least("train.max_nonfinite_steps", 1),
     at_least("train.peak_tflops_per_device", 0.0),
+    Rule(("sharding.logical_axis_rules",), _is_axis_rules,
+         "a list of [logical axis name, mesh axis / list of mesh axes / None]"),
     # Data.
+    Rule(("data.split",), lambda v: isinstance(v, str) and v != "", "a split name"),
+    Rule(("data.eval_split",), lambda v: isinstance(v, str) and v != "", "a split name"),
     Rule(("data.sources",), _is_sources,
          "a non-empty list of [corpus name/config, None or a non-empty list of languages]"),
     Rule(("data.data_dir",), lambda v: isinstance(v, str) and v != "", "a directory path"),
@@ -167,6 +181,7 @@ RULES: list[Rule] = [
     relation(("mesh.data", "mesh.fsdp", "mesh.tensor"), lambda *s: list(s).count(-1) <= 1,
              "at most one mesh axis = -1"),
     integer_at_least("distributed.num_processes", 0),
+    integer_at_least("distributed.process_id", -1),
 
     # Relations between values.
     relation(("objective.gumbel_end", "objective.gumbel_start"), lambda end, start: end <= start,
