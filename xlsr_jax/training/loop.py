@@ -115,7 +115,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   manager = CheckpointManager(os.path.join(workdir, "checkpoints"),
                               save_every=config.train.checkpoint_every,
                               keep=config.train.keep_checkpoints)
-  restored = manager.restore_latest(restore_target(trainer.abstract_state, trainer.state_sharding))
+  try:
+    restored = manager.restore_latest(restore_target(trainer.abstract_state, trainer.state_sharding))
+  except BaseException:  # a refused resume: release Orbax's threads and the signal handlers
+    manager.close()
+    raise
   if restored is None:
     state = trainer.create_state()
     logging.info("initialised a new state")
