@@ -3,8 +3,12 @@
   python -m xlsr_jax.main --config=experiments/demo.py --workdir=/tmp/xlsr_demo [--config.a.b=v ...]
 
 Loads the config, applies overrides, validates every key against the defaults (a misspelled key
-stops here, naming the nearest valid ones), initialises jax.distributed when asked, then trains.
-The demo also exports the final encoder (Orbax and Hugging Face layouts) into <workdir>/export.
+stops here, naming the nearest valid ones) and every value against the ranges and relations of
+xlsr_jax/training/validation.py (one line, exit 2), initialises jax.distributed when asked, takes
+the workdir's lock (one run per workdir), then trains. The demo also exports the final encoder
+(Orbax and Hugging Face layouts) into <workdir>/export. Exit codes: 0 done (or stopped by SIGTERM /
+a first Ctrl-C after saving), 1 a failed save or too many non-finite steps, 2 a refused config,
+workdir or resume, 130 a second Ctrl-C.
 """
 from __future__ import annotations
 
