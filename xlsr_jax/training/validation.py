@@ -12,7 +12,8 @@ the preset plus overrides) or derived values named in `DERIVED` ("crop_frames").
 declare it in defaults.py, then add its row here, e.g.
   positive("data.new_key"),
   relation(("data.a", "data.b"), lambda a, b: a <= b, "data.a <= data.b"),
-and for a list-valued key, `each(positive("data.bucket_seconds"))`.
+for a list-valued key `each(positive("data.bucket_seconds"))`, for a choice
+`one_of("data.bucket_mode", ("crop", "pad"))`.
 """
 from __future__ import annotations
 
@@ -32,7 +33,6 @@ class Rule:
   keys: tuple[str, ...]
   test: Callable[..., bool]
   expected: str
-  needs_devices: bool = False
 
 
 # Row constructors (ranges of one key).
@@ -68,9 +68,8 @@ def each(rule: Rule) -> Rule:
               and all(rule.test(x) for x in v), f"a non-empty list, each {rule.expected}")
 
 
-def relation(keys: Sequence[str], test: Callable[..., bool], expected: str,
-             needs_devices: bool = False) -> Rule:
-  return Rule(tuple(keys), test, expected, needs_devices)
+def relation(keys: Sequence[str], test: Callable[..., bool], expected: str) -> Rule:
+  return Rule(tuple(keys), test, expected)
 
 
 def _frames(num_samples: int, model) -> int:
@@ -210,16 +209,15 @@ RULES: list[Rule] = [
 # Rows that need the number of devices and processes (after jax.distributed is initialised).
 DEVICE_RULES: list[Rule] = [
     relation(("mesh.dcn_data", "devices"), lambda dcn, have: have % dcn == 0,
-             "mesh.dcn_data to divide the number of devices", needs_devices=True),
+             "mesh.dcn_data to divide the number of devices"),
     relation(("mesh.data", "mesh.fsdp", "mesh.tensor", "devices", "mesh_fits"),
-             lambda *_: True, "a mesh (data x fsdp x tensor) that uses every device",
-             needs_devices=True),
+             lambda *_: True, "a mesh (data x fsdp x tensor) that uses every device"),
     relation(("global_batch", "train.grad_accum_steps", "data_parallel"),
              lambda batch, k, dp: (batch // k) % dp == 0,
              "each micro-batch (global batch / train.grad_accum_steps) to divide over the data x "
-             "fsdp devices", needs_devices=True),
+             "fsdp devices"),
     relation(("global_batch", "processes"), lambda batch, p: batch % p == 0,
-             "the global batch to divide over the processes", needs_devices=True),
+             "the global batch to divide over the processes"),
 ]
 
 
