@@ -41,6 +41,8 @@ def parse_config(argv: list[str]) -> tuple[ml_collections.ConfigDict, list[str]]
     raise ConfigError(f"finetune.mode={config.finetune.mode!r} is not 'finetune' or 'probe'")
   if config.task == "asr" and config.finetune.mode == "probe":
     raise ConfigError("task=asr trains a CTC head with the encoder: finetune.mode must be 'finetune'")
+  from xlsr_jax.downstream import validation
+  validation.validate(config)
   return config, rest
 
 
