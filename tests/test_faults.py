@@ -139,6 +139,15 @@ def test_bad_config_value_is_one_named_line_exit_2_nothing_written(overrides, me
   assert not workdir.exists()
 
 
+def test_bad_downstream_value_is_one_named_line_exit_2(tmp_path, capsys):
+  from xlsr_jax import evaluate
+  code = evaluate.main(["--config=experiments/downstream/lid.py", "--config.train.log_every=0",
+                        f"--workdir={tmp_path / 'never'}"])
+  err = capsys.readouterr().err
+  assert code == 2 and "train.log_every=0" in err and len(err.strip().splitlines()) == 1, err
+  assert not (tmp_path / "never").exists()
+
+
 def test_every_non_boolean_default_key_has_a_validation_row():
   from xlsr_jax.training import validation
   from xlsr_jax.training.defaults import get_default_config
