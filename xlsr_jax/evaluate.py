@@ -131,9 +131,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   from xlsr_jax.training import metrics as metrics_lib
 
   workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json(indent=2))
   task, d, f_cfg = config.task, config.data, config.finetune
 
   builder = open_corpus(config)
@@ -164,6 +161,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   else:
     state = restored[0]
     print(f"resumed from step {int(state.step)} in {manager.directory}", flush=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:  # only once the resume checks passed
+    f.write(config.to_json(indent=2))
 
   start = int(state.step)
   train_iter = data_lib.train_iterator(
