@@ -146,7 +146,8 @@ class CorpusBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """TFDS's, but an existing build whose utterance list no longer matches manual_dir is an error
     (`manifest_check.ManifestChanged` naming the difference) instead of being reused silently."""
     manual_dir = getattr(download_config, "manual_dir", None)
-    overwrite = getattr(download_config, "download_mode", None) == tfds.download.GenerateMode.FORCE_REDOWNLOAD
+    mode = getattr(download_config, "download_mode", None)
+    overwrite = mode == tfds.download.GenerateMode.FORCE_REDOWNLOAD
     if manual_dir and not overwrite and self.is_prepared():
       self._check_manifest(epath.Path(manual_dir))
     return super().download_and_prepare(*args, download_config=download_config, **kwargs)
