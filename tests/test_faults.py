@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import resource
 import shutil
 import signal
@@ -328,7 +329,8 @@ def _limit_file_size():
 def test_failed_save_stops_the_run_naming_the_step_and_cause(data_dir, tmp_path):
   # Every file is limited to 64 KiB: the first checkpoint's array file cannot be written (a full
   # disk in miniature). The compilation cache is off: its entries would hit the limit too.
-  args = run_args(data_dir, tmp_path / "w") + ["--config.train.compilation_cache_dir="]
+  args = run_args(data_dir, tmp_path / "w", **{"train.num_steps": 400, "train.checkpoint_every": 50,
+                                               "train.log_every": 5})
   env_cache = os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
   try:
     proc = launch(args, preexec_fn=_limit_file_size)
@@ -337,8 +339,10 @@ def test_failed_save_stops_the_run_naming_the_step_and_cause(data_dir, tmp_path)
       os.environ["JAX_COMPILATION_CACHE_DIR"] = env_cache
   code, out = finish(proc)
   assert code == 1, out[-3000:]
-  assert "saving checkpoint step 4" in out and "failed" in out, out[-3000:]
-  assert "step 8/8" not in out  # stopped, not continuing unprotected
+  error = [line for line in out.splitlines() if line.startswith("error:")]
+  assert error and "saving checkpoint step 50" in error[0] and "File too large" in error[0], out[-3000:]
+  # Stopped within a few steps of the failure, not at the next save (step 100) or later.
+  assert max(int(s) for s in re.findall(r"step (\d+)/400", out)) < 100, out[-3000:]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -268,6 +268,9 @@ class CheckpointManager:
     """Raises CheckpointSaveError if the last asynchronous save failed; returns at once otherwise."""
     with self._save_errors():
       self._manager.check_for_errors()
+      if self._async and self._saving_step is not None and not self._manager.is_saving_in_progress():
+        # The save (and Orbax's finalize thread) is over: this returns at once, raising its failure.
+        self._manager.wait_until_finished()
 
   def wait_until_finished(self) -> None:
     with self._save_errors():
