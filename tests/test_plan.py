@@ -17,7 +17,8 @@ needs_libtpu = pytest.mark.skipif(not HAVE_LIBTPU, reason="libtpu is not install
 TINY = ["--config=experiments/demo.py", "--config.model.num_hidden_layers=2",
         "--config.model.conv_dim=(32,32)", "--config.model.conv_kernel=(10,8)",
         "--config.model.conv_stride=(5,4)", "--config.objective.mask_length=3",
-        "--config.data.max_sample_size=6400", "--config.data.bucket_seconds=[]",
+        "--config.data.max_sample_size=6400", "--config.data.min_sample_size=6400",
+        "--config.data.bucket_seconds=[]",
         "--config.mesh.data=2", "--config.mesh.fsdp=2"]
 
 

@@ -21,7 +21,7 @@ import sys
 import jax
 import numpy as np
 
-from xlsr_jax.checkpoints import fairseq_import, model_files
+from xlsr_jax.checkpoints import fairseq_import, model_files, safe_pickle
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +32,15 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--num_attention_heads", type=int, default=None,
                       help="fairseq only, when the checkpoint's settings cannot be read")
   args = parser.parse_args(argv)
+  try:
+    return convert(args)
+  except (ValueError, TypeError, FileNotFoundError, safe_pickle.UnsafeCheckpointError) as e:
+    # ConversionError and CheckpointFileError are ValueErrors: every message names the file or key
+    print(f"convert error: {e}", file=sys.stderr)
+    return 1
+
+
+def convert(args: argparse.Namespace) -> int:
   from xlsr_jax.downstream.translation import task as translation
   if args.source == "mbart":
     return _import_mbart(args.input, args.output)

@@ -52,6 +52,8 @@ def parse_config(argv: list[str]) -> tuple[ml_collections.ConfigDict, list[str]]
   if config.ml_superb.budget_minutes <= 0:
     raise ConfigError(f"ml_superb.budget_minutes={config.ml_superb.budget_minutes} must be > 0")
   check_probe_config(config)
+  from xlsr_jax.downstream import validation
+  validation.validate(config)
   return config, rest
 
 
@@ -202,9 +204,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   from xlsr_jax.training import metrics as metrics_lib
 
   workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json(indent=2))
   task, d, f_cfg = config.task, config.data, config.finetune
 
   builder = open_corpus(config)
@@ -267,6 +266,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   else:
     state = restored[0]
     print(f"resumed from step {int(state.step)} in {manager.directory}", flush=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:  # only once the resume checks passed
+    f.write(config.to_json(indent=2))
 
   start = int(state.step)
   train_iter = data_lib.train_iterator(
@@ -434,26 +435,35 @@ def evaluate_split(tuner, state, builder, names, index, labeler, label_info, con
 def main(argv: list[str] | None = None) -> int:
   from xlsr_jax.main import default_platforms
   argv = sys.argv[1:] if argv is None else argv
+  parser = argparse.ArgumentParser(prog="python -m xlsr_jax.evaluate", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--config", metavar="FILE", help="task config file (required), e.g. "
+                      "experiments/downstream/lid.py; then --config.<section>.<key>=VALUE overrides "
+                      "any key of xlsr_jax/downstream/defaults.py (--config.init=INIT: the encoder)")
+  parser.add_argument("--workdir", default="", help="run directory (default workdir/downstream/<task>)")
+  if "-h" in argv or "--help" in argv:
+    parser.print_help()
+    return 0
   default_platforms()
   try:
     config, rest = parse_config(argv)
   except ConfigError as e:
     print(f"config error: {e}", file=sys.stderr)
     return 2
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--workdir", default="")
   args = parser.parse_args(rest)
   workdir = args.workdir or os.path.join("workdir", "downstream", config.task)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
   for noisy in ("absl", "tensorflow", "jax._src", "orbax"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
+  from xlsr_jax.checkpoints.hf_layout import ConversionError
+  from xlsr_jax.checkpoints.safe_pickle import CheckpointFileError, UnsafeCheckpointError
   from xlsr_jax.downstream.encoders import InitError
   from xlsr_jax.downstream.linear_probe import ProbeError
   from xlsr_jax.downstream.vocabulary import VocabularyError
   try:
     run(config, workdir)
-  except (InitError, VocabularyError, TaskError, ProbeError) as e:
+  except (InitError, VocabularyError, TaskError, ProbeError, ConversionError, CheckpointFileError,
+          UnsafeCheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   return 0

@@ -508,6 +508,8 @@ def parse_args(argv: list[str]) -> tuple[ml_collections.ConfigDict, Topology, ar
   topology = parse_topology(args.topology)
   if args.batch_per_chip is not None:
     set_batch_per_chip(config, args.batch_per_chip, topology.chips * config.mesh.dcn_data)
+  from xlsr_jax.training import validation
+  validation.validate(config)  # ranges and relations; the mesh against the topology is checked in plan()
   return config, topology, args
 
 

@@ -17,6 +17,7 @@ import tensorflow_datasets as tfds
 
 from data_pipelines import corpora
 from data_pipelines.corpora import read_build_report
+from data_pipelines.corpora.manifest_check import ManifestChanged
 from data_pipelines.voxceleb import Voxceleb
 
 # The corpora, and VoxCeleb (its own package: it subclasses TFDS's builder; registering it in
@@ -39,6 +40,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   parser.add_argument("--validation_fraction", type=float)
   parser.add_argument("--num_workers", type=int)
   parser.add_argument("--train_tsv", choices=("train", "validated"), help="common_voice only")
+  parser.add_argument("--overwrite", action="store_true",
+                      help="delete an existing build of this config and build it again (needed when "
+                      "the manifest or the files under manual_dir changed)")
   parser.add_argument("--compute_stats", action="store_true",
                       help="let TFDS compute statistics (one more pass over the data)")
   return parser.parse_args(argv)
@@ -68,8 +72,13 @@ def main(argv: list[str]) -> str:
   builder = BUILDERS[args.corpus](config=make_config(args), data_dir=args.data_dir)
   modes = tfds.download.ComputeStatsMode
   stats = modes.AUTO if args.compute_stats else modes.SKIP
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      manual_dir=args.manual_dir, compute_stats=stats))
+  mode = (tfds.download.GenerateMode.FORCE_REDOWNLOAD if args.overwrite
+          else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
+  try:
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=args.manual_dir, compute_stats=stats, download_mode=mode))
+  except ManifestChanged as e:
+    raise SystemExit(f"error: {e}") from None
   report = read_build_report(builder.data_dir)
   print(f"{builder.data_dir}: kept {report['kept']} utterances, skipped {report['skipped_count']} "
         f"(details in build_report.json); hours per split: {report['hours']}")

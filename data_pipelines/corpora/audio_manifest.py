@@ -4,8 +4,9 @@ Header (tab-separated, columns by name, any order): `path` and `language` are re
 `transcript`, `speaker` and `split` (train / validation / test; dev is read as validation;
 default train) are optional. Paths are relative to the TSV (absolute paths work too); any format
 and sample rate soundfile reads (WAV, FLAC, MP3, OGG/Opus, SPHERE, ...), mono or multichannel.
-A row that cannot be used (wrong number of fields, empty path or language, unknown split, a file
-already listed) is skipped and counted in the build report like an unreadable file.
+A row that cannot be used (wrong number of fields, empty path or language, a language code with no
+letters or digits, unknown split, a file already listed) is skipped and counted in the build report
+like an unreadable file.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from etils import epath
 
 from data_pipelines.corpora import base
+from data_pipelines.features import language_split_name
 
 REQUIRED_COLUMNS = ("path", "language")
 OPTIONAL_COLUMNS = ("transcript", "speaker", "split")
@@ -72,6 +74,11 @@ class AudioManifest(base.CorpusBuilder, skip_registration=True):
       if not row["path"] or not row["language"] or split is None:
         self._skip(f"{where}: needs a path, a language and a split among "
                    f"{sorted(_SPLIT_NAMES)}; found {row}")
+        continue
+      try:
+        language_split_name(split, row["language"])
+      except ValueError as e:
+        self._skip(f"{where}: {e}")
         continue
       path = epath.Path(row["path"]) if row["path"].startswith("/") else manifest.parent / row["path"]
       try:

@@ -30,6 +30,7 @@ from etils import epath
 import tensorflow_datasets as tfds
 
 from data_pipelines import audio_io
+from data_pipelines.corpora import manifest_check
 from data_pipelines.features import SAMPLE_RATE, language_split_name, speech_features
 
 _LOG = logging.getLogger(__name__)
@@ -142,8 +143,38 @@ class CorpusBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _skip(self, message: str) -> None:
     """Logs a skipped file (the message names it and the reason) and counts it in the report."""
-    _LOG.warning("%s: skipping %s", self.name, message)
+    if not getattr(self, "_checking_manifest", False):
+      _LOG.warning("%s: skipping %s", self.name, message)
     self._report.skip(message)
+
+  def download_and_prepare(self, *args, download_config=None, **kwargs):
+    """TFDS's, but an existing build whose utterance list no longer matches manual_dir is an error
+    (`manifest_check.ManifestChanged` naming the difference) instead of being reused silently."""
+    manual_dir = getattr(download_config, "manual_dir", None)
+    mode = getattr(download_config, "download_mode", None)
+    overwrite = mode == tfds.download.GenerateMode.FORCE_REDOWNLOAD
+    if manual_dir and not overwrite and self.is_prepared():
+      self._check_manifest(epath.Path(manual_dir))
+    return super().download_and_prepare(*args, download_config=download_config, **kwargs)
+
+  def _check_manifest(self, manual_dir: epath.Path) -> None:
+    path = epath.Path(self.data_dir) / REPORT_FILENAME
+    built = json.loads(path.read_text()).get("manifest") if path.exists() else None
+    if built is None:
+      _LOG.warning("%s: %s records no manifest fingerprint (an older build): not checked against %s",
+                   self.name, path, manual_dir)
+      return
+    self._report, self._checking_manifest = audio_io.BuildReport(), True
+    try:
+      now = manifest_check.fingerprint(self._selected_utterances(manual_dir))
+    finally:
+      self._checking_manifest = False
+    changed = manifest_check.difference(built, now)
+    if changed:
+      raise manifest_check.ManifestChanged(
+          f"{self.name}: the utterances under {manual_dir} changed since {self.data_dir} was built "
+          f"({changed}); rebuild it (python -m data_pipelines.corpora ... --overwrite deletes the old "
+          f"build) or build under another --config_name")
 
   def _selected_utterances(self, manual_dir: epath.Path) -> list[Utterance]:
     available = self._discover(manual_dir)
@@ -167,8 +198,14 @@ class CorpusBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     self._report = audio_io.BuildReport()
     by_split: dict[str, list[Utterance]] = {}
     languages_of: dict[str, set[str]] = {}
-    for utt in self._selected_utterances(manual_dir):
-      name = language_split_name(utt.split, utt.language)
+    selected = self._selected_utterances(manual_dir)
+    self._manifest = manifest_check.fingerprint(selected)
+    for utt in selected:
+      try:
+        name = language_split_name(utt.split, utt.language)
+      except ValueError as e:  # a row's unusable language code: skipped and counted like a bad file
+        self._skip(f"{utt.path}: {e}")
+        continue
       by_split.setdefault(name, []).append(utt)
       languages_of.setdefault(name, set()).add(utt.language)
     clashes = {name: sorted(langs) for name, langs in languages_of.items() if len(langs) > 1}
@@ -249,7 +286,8 @@ class CorpusBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     self.info.metadata["build_report"] = {
         "kept": report.kept, "skipped": len(report.skipped), "empty_splits": report.empty_splits}
     path = epath.Path(self.data_dir) / REPORT_FILENAME
-    path.write_text(json.dumps(report.to_dict(), indent=1, ensure_ascii=False))
+    path.write_text(json.dumps(dict(report.to_dict(), manifest=getattr(self, "_manifest", None)),
+                               indent=1, ensure_ascii=False))
     _LOG.info("%s build report (%s):\n%s", self.name, path.name, report.summary())
 
 

@@ -152,7 +152,12 @@ def import_fairseq(path: str, num_attention_heads: int | None = None) -> tuple[d
   unknown = sorted(k for k in leftovers if not k.startswith(allowed_leftovers))
   if unknown:
     raise hf_layout.ConversionError(f"{path}: unexpected fairseq key(s) {unknown[:20]}")
-  config = config_from_fairseq(model_settings(ckpt), hf_state, num_attention_heads)
+  settings = model_settings(ckpt)
+  kind = settings.get("_name") or settings.get("arch")
+  if kind is not None and not str(kind).startswith(("wav2vec2", "wav2vec_ctc")):
+    raise hf_layout.ConversionError(f"{path}: a fairseq {kind!r} model; expected wav2vec 2.0 / XLS-R "
+                                    f"('wav2vec2', or 'wav2vec_ctc' fine-tuned)")
+  config = config_from_fairseq(settings, hf_state, num_attention_heads)
   pretraining = "quantizer.codevectors" in hf_state
   if not pretraining:
     hf_state = {k[len("wav2vec2."):]: v for k, v in hf_state.items()}

@@ -41,6 +41,10 @@ def config_from_hf(hf: dict[str, Any], **overrides) -> Wav2Vec2Config:
     raise ConversionError(f"only GELU activations are supported, config has "
                           f"feat_extract_activation={hf.get('feat_extract_activation')!r}, "
                           f"hidden_act={hf.get('hidden_act')!r}")
+  if hf.get("model_type", "wav2vec2") != "wav2vec2":
+    raise ConversionError(f"config.json has model_type={hf.get('model_type')!r}: expected a wav2vec2 "
+                          f"checkpoint (model_type 'wav2vec2'; wav2vec2-conformer, HuBERT, data2vec "
+                          f"and others are different networks)")
   if hf.get("add_adapter"):
     raise ConversionError("HF configs with add_adapter=True are not supported")
   values = {k: (tuple(hf[k]) if isinstance(hf[k], list) else hf[k]) for k in _SHARED_FIELDS if k in hf}
@@ -177,13 +181,37 @@ def is_pretraining_state_dict(state_dict: dict[str, Any]) -> bool:
   return any(k.startswith("quantizer.") for k in state_dict)
 
 
+def expected_shapes(config: Wav2Vec2Config, pretraining: bool) -> dict[tuple[str, ...], tuple[int, ...]]:
+  """Shape of every parameter of our model for `config` (no arrays allocated: jax.eval_shape)."""
+  import jax
+  import jax.numpy as jnp
+  from xlsr_jax.checkpoints.manager import unbox
+  from xlsr_jax.models import Wav2Vec2ForPreTraining, Wav2Vec2Model
+  from xlsr_jax.models.feature_encoder import num_frames_static
+  samples = max(16_000, config.conv_receptive_field)
+  wave = jnp.zeros((1, samples), jnp.float32)
+  if pretraining:
+    frames = max(num_frames_static(samples, config), 1)
+    init = lambda: Wav2Vec2ForPreTraining(config).init(
+        jax.random.key(0), wave, None, jnp.zeros((1, frames), bool), jnp.zeros((1, 1), jnp.int32))
+  else:
+    init = lambda: Wav2Vec2Model(config).init(jax.random.key(0), wave)
+  params = unbox(jax.eval_shape(init)["params"])
+  return {k: tuple(v.shape) for k, v in _flatten(params).items()}
+
+
+def _hf_shape(rule: _Rule, ours_shape: tuple[int, ...]) -> tuple[int, ...]:
+  return tuple(rule.to_hf(np.empty(ours_shape, np.float32)).shape)  # np.empty touches no memory
+
+
 def hf_to_ours(state_dict: dict[str, Any], config: Wav2Vec2Config, *, pretraining: bool | None = None,
                ignore_extra: tuple[str, ...] = ()) -> Tree:
   """HF flat state dict (numpy or torch tensors) -> our nested params (numpy, float32 as stored).
 
   `pretraining=None` detects it from the keys (a quantizer present). Keys starting with one of
   `ignore_extra` (e.g. "lm_head.") may be present and are skipped; any other unused key or any
-  missing key raises ConversionError listing them.
+  missing key raises ConversionError listing them, and so does every tensor whose shape is not the
+  one the configuration implies (its key, its shape and the expected one).
   """
   sd = {k: _to_numpy(v) for k, v in state_dict.items()}
   if pretraining is None:
@@ -192,28 +220,44 @@ def hf_to_ours(state_dict: dict[str, Any], config: Wav2Vec2Config, *, pretrainin
     sd = {k[len("wav2vec2."):]: v for k, v in sd.items() if k.startswith("wav2vec2.")} | {
         k: v for k, v in sd.items() if not k.startswith("wav2vec2.")}
   rules, layer_rules = _all_rules(config, pretraining, detect_weight_norm(sd))
-  used, missing, params = set(), [], {}
+  want = expected_shapes(config, pretraining)
+  used, missing, wrong, params = set(), [], [], {}
+
+  def convert(rule: _Rule, key: str, ours_shape: tuple[int, ...] | None):
+    value = sd[key]
+    if ours_shape is not None:
+      hf_shape = _hf_shape(rule, ours_shape)
+      if tuple(np.shape(value)) != hf_shape:
+        wrong.append(f"{key}: checkpoint {tuple(np.shape(value))}, model {hf_shape}")
+        return None
+    return rule.to_ours(value)
+
   for r in rules:
     if r.hf not in sd:
       missing.append(r.hf)
       continue
-    _set(params, r.ours, r.to_ours(sd[r.hf]))
     used.add(r.hf)
+    value = convert(r, r.hf, want.get(r.ours))
+    if value is not None:
+      _set(params, r.ours, value)
   for r in layer_rules:
     per_layer = []
+    stacked = want.get(r.ours)
     for i in range(config.num_hidden_layers):
       key = r.hf.format(i)
       if key not in sd:
         missing.append(key)
         continue
-      per_layer.append(r.to_ours(sd[key]))
       used.add(key)
+      value = convert(r, key, None if stacked is None else stacked[1:])
+      if value is not None:
+        per_layer.append(value)
     if len(per_layer) == config.num_hidden_layers:
       _set(params, r.ours, np.stack(per_layer))
   extra = sorted(k for k in sd if k not in used and not k.startswith(tuple(ignore_extra))
                  and not k.endswith("num_batches_tracked"))
-  if missing or extra:
-    raise ConversionError(_key_report(missing, extra, config))
+  if missing or extra or wrong:
+    raise ConversionError(_key_report(missing, extra, config, wrong))
   return params
 
 
@@ -243,7 +287,7 @@ def ours_to_hf(params: Tree, config: Wav2Vec2Config, *, weight_norm: str = "para
   return out
 
 
-def _key_report(missing, extra, config) -> str:
+def _key_report(missing, extra, config, wrong=()) -> str:
   lines = [f"checkpoint does not match the model configuration "
            f"(layers={config.num_hidden_layers}, hidden={config.hidden_size}, "
            f"feat_extract_norm={config.feat_extract_norm}, conv_bias={config.conv_bias}):"]
@@ -251,6 +295,9 @@ def _key_report(missing, extra, config) -> str:
     lines.append(f"  missing {len(missing)} key(s): {missing[:20]}{' ...' if len(missing) > 20 else ''}")
   if extra:
     lines.append(f"  unexpected {len(extra)} key(s): {extra[:20]}{' ...' if len(extra) > 20 else ''}")
+  if wrong:
+    lines.append(f"  {len(wrong)} tensor(s) of the wrong shape: {'; '.join(wrong[:20])}"
+                 f"{' ...' if len(wrong) > 20 else ''}")
   return "\n".join(lines)
 
 

@@ -11,9 +11,17 @@ half-written step is never listed or restored:
 Restoring goes through abstract targets (`jax.ShapeDtypeStruct` with the current mesh's shardings),
 so a checkpoint saved on one mesh shape restores onto any other. A step that fails to restore
 (files deleted or truncated) is skipped with a WARNING and the previous one is tried.
+
+Integrity (`integrity.py`): `<step>/checksums.json` holds the sha256 of every item file, written into
+the temporary step directory after Orbax finalised the items and before the rename that commits the
+step. Restoring re-hashes them first (process 0) and refuses a step with a damaged file, or whose
+restored values are not finite, the same way as an unreadable one: a WARNING naming the file, then
+the previous step. A save that fails (disk full, permissions) raises `CheckpointSaveError` naming the
+step and the cause at the next step of the loop (`reached_preemption`), not one save later.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -29,6 +37,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import checkpoint_managers
+
+from xlsr_jax.checkpoints import integrity
+from xlsr_jax.checkpoints.integrity import CheckpointCorruptError
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +155,10 @@ class CheckpointMismatchError(ValueError):
   """A checkpoint whose parameters do not have the shapes the current model expects (not corruption)."""
 
 
+class CheckpointSaveError(RuntimeError):
+  """Saving a step failed (disk full, permissions, ...): the run must stop rather than go on unprotected."""
+
+
 def _failed_processes(failed_here: bool) -> list[int]:
   """Indices of the processes that report a failure (a collective when there are several)."""
   if jax.process_count() == 1:
@@ -174,15 +189,21 @@ class CheckpointManager:
       raise ValueError(f"save_every and keep must be >= 1, got save_every={save_every}, keep={keep}")
     self.directory = epath.Path(os.path.abspath(os.fspath(directory)))
     self.save_every, self.keep = save_every, keep
+    self._async = async_save and not read_only
+    self._saving_step: int | None = None
+    self._damaged: set[int] = set()  # steps restore_latest skipped: a new save replaces them
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=1, preservation_policy=checkpoint_managers.LatestN(keep),
         enable_async_checkpointing=async_save, create=not read_only, read_only=read_only,
-        cleanup_tmp_directories=not read_only)
+        cleanup_tmp_directories=not read_only,
+        async_options=ocp.AsyncOptions(post_finalization_callback=self._record_checksums)
+        if self._async else None)
     handlers = {PARAMS: ocp.StandardCheckpointHandler(), TRAIN_STATE: ocp.StandardCheckpointHandler(),
                 DATA_STATE: ProcessBytesHandler()}
     self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
     self._sigterm = threading.Event()
     self._previous_handler = None
+    self._previous_sigint = None
     if not read_only and not jax.distributed.is_initialized():
       self._install_sigterm_handler()
 
@@ -194,22 +215,69 @@ class CheckpointManager:
   def should_save(self, step: int, last: bool = False) -> bool:
     """Every `save_every` steps (not step 0) or at the last step, unless `step` is already saved."""
     due = last or (step > 0 and step % self.save_every == 0)
-    return due and step not in self._manager.all_steps()
+    return due and (step not in self._manager.all_steps() or step in self._damaged)
 
   def save(self, step: int, state: Any, data_state: bytes | None = None, force: bool = False) -> bool:
     """Starts saving `state` (boxed or not) and this process's input position; False if skipped."""
-    if step in self._manager.all_steps() or not (force or self.should_save(step)):
+    exists = step in self._manager.all_steps() and step not in self._damaged
+    if exists or not (force or self.should_save(step)):
       return False
     params, rest = _split(unbox(state))
     items = {PARAMS: ocp.args.StandardSave(params), TRAIN_STATE: ocp.args.StandardSave(rest)}
     if data_state is not None:
       items[DATA_STATE] = ProcessBytesSave(data_state)
-    self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+    self.wait_until_finished()  # a failure of the previous asynchronous save is reported as its own
+    with self._save_errors(step):
+      if step in self._damaged and step in self._manager.all_steps():
+        _log(logging.WARNING, "replacing the damaged checkpoint %s", self.directory / str(step))
+        self._manager.delete(step)
+      self._damaged.discard(step)
+      self._saving_step = step
+      self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+      if not self._async and jax.process_index() == 0:
+        integrity.record(self.directory / str(step), (PARAMS, TRAIN_STATE, DATA_STATE))
     _log(logging.INFO, "saving checkpoint %s", self.directory / str(step))
     return True
 
+  def _record_checksums(self) -> None:
+    """Orbax's post-finalisation callback (every process, background thread): process 0 hashes the
+    items of the step being committed, in its temporary directory (renamed right after)."""
+    if jax.process_index() != 0 or self._saving_step is None:
+      return
+    step = self._saving_step
+    candidates = sorted(self.directory.glob(f"{step}.orbax-checkpoint-tmp*")) or [self.directory / str(step)]
+    integrity.record(candidates[-1], (PARAMS, TRAIN_STATE, DATA_STATE))
+
+  @contextlib.contextmanager
+  def _save_errors(self, step: int | None = None):
+    """Turns any exception of a save (this one, or the pending asynchronous one) into
+    CheckpointSaveError naming the step and the cause."""
+    try:
+      yield
+    except (CheckpointSaveError, KeyboardInterrupt):
+      raise
+    except Exception as error:  # pylint: disable=broad-except  # any cause stops the run the same way
+      step = self._saving_step if step is None else step
+      done = self.all_steps()
+      cause = " ".join(str(error).split())
+      if len(cause) > 400:  # keep the start (what) and the end (the OS error: why)
+        cause = f"{cause[:150]} ... {cause[-230:]}"
+      raise CheckpointSaveError(
+          f"saving checkpoint step {step} to {self.directory} failed: {type(error).__name__}: "
+          f"{cause}; the newest complete checkpoint is "
+          f"{'step ' + str(done[-1]) if done else 'none'}") from error
+
+  def check_for_errors(self) -> None:
+    """Raises CheckpointSaveError if the last asynchronous save failed; returns at once otherwise."""
+    with self._save_errors():
+      self._manager.check_for_errors()
+      if self._async and self._saving_step is not None and not self._manager.is_saving_in_progress():
+        # The save (and Orbax's finalize thread) is over: this returns at once, raising its failure.
+        self._manager.wait_until_finished()
+
   def wait_until_finished(self) -> None:
-    self._manager.wait_until_finished()
+    with self._save_errors():
+      self._manager.wait_until_finished()
 
   # Restoring.
 
@@ -231,6 +299,8 @@ class CheckpointManager:
         result, error = self.restore(step, target), None
       except CheckpointMismatchError:
         raise
+      except CheckpointCorruptError as e:
+        result, error = None, str(e)
       except Exception as e:  # pylint: disable=broad-except  # corrupt or truncated: try the previous
         result, error = None, f"{type(e).__name__}: {e}"
         if jax.process_index() != 0:  # process 0 reports below; others report their own failure
@@ -240,6 +310,7 @@ class CheckpointManager:
         _log(logging.INFO, "restored checkpoint %s", step_dir)
         return result
       failures.append(f"{step_dir}: {error or 'failed on process(es) ' + str(failed)}")
+      self._damaged.add(step)
       _log(logging.WARNING, "checkpoint %s could not be restored on process(es) %s (%s); trying the "
            "previous one", step_dir, failed, (error or "see their logs")[:500])
     if failures:
@@ -252,12 +323,18 @@ class CheckpointManager:
     params, rest = _split(abstract)
     step_dir = self.directory / str(step)
     self._check_params(step, params)
+    self._verify(step, (PARAMS, TRAIN_STATE, DATA_STATE))
     items = {PARAMS: ocp.args.StandardRestore(params), TRAIN_STATE: ocp.args.StandardRestore(rest)}
     has_data = (step_dir / DATA_STATE).exists()
     if has_data:
       items[DATA_STATE] = ProcessBytesRestore()
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-    state = rebox(target, abstract.replace(params=restored[PARAMS], **restored[TRAIN_STATE]))
+    values = abstract.replace(params=restored[PARAMS], **restored[TRAIN_STATE])
+    bad = integrity.nonfinite_leaves(values)
+    if bad:
+      raise CheckpointCorruptError(f"{step_dir}: restored values are not finite (NaN/Inf) in "
+                                   f"{len(bad)} array(s): {', '.join(bad[:5])}")
+    state = rebox(target, values)
     data_state = None
     if has_data:
       data = restored[DATA_STATE]
@@ -279,9 +356,28 @@ class CheckpointManager:
       raise FileNotFoundError(f"no checkpoint for step {step} under {self.directory}; "
                               f"available steps: {steps}")
     self._check_params(step, unbox(target))
+    self._verify(step, (PARAMS,))
     restored = self._manager.restore(step, args=ocp.args.Composite(
         **{PARAMS: ocp.args.StandardRestore(unbox(target))}))
+    bad = integrity.nonfinite_leaves(restored[PARAMS])
+    if bad:
+      raise CheckpointCorruptError(f"{self.directory / str(step) / PARAMS}: parameters are not "
+                                   f"finite (NaN/Inf) in {len(bad)} array(s): {', '.join(bad[:5])}")
     return restored[PARAMS], step
+
+  def _verify(self, step: int, items: tuple[str, ...]) -> None:
+    """Re-hashes the step's files on process 0 and tells every process the outcome (a collective,
+    so that all skip the step together); CheckpointCorruptError names the damaged file."""
+    problem = None
+    if jax.process_index() == 0:
+      try:
+        if not integrity.verify(self.directory / str(step), items):
+          logger.warning("%s has no %s (saved by an older version): its files are not verified",
+                         self.directory / str(step), integrity.CHECKSUM_FILE)
+      except CheckpointCorruptError as e:
+        problem = str(e)
+    if _failed_processes(problem is not None):
+      raise CheckpointCorruptError(problem or f"{self.directory / str(step)}: damaged (see process 0)")
 
   def _check_params(self, step: int, params: Any) -> None:
     """Raises CheckpointMismatchError naming every parameter whose stored shape differs from `params`."""
@@ -310,10 +406,22 @@ class CheckpointManager:
       del signum, frame
       self._sigterm.set()
 
+    def on_sigint(signum, frame):  # first Ctrl-C: save and stop like SIGTERM; a second one aborts
+      del signum, frame
+      if self._sigterm.is_set():
+        raise KeyboardInterrupt
+      print("interrupted: saving a checkpoint at the end of this step, then exiting "
+            "(Ctrl-C again to abort without saving)", flush=True)
+      self._sigterm.set()
+
     self._previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
+    self._previous_sigint = signal.signal(signal.SIGINT, on_sigint)
 
   def reached_preemption(self, step: int) -> bool:
-    """True when the run should save and stop: jax's preemption sync point, or a SIGTERM received."""
+    """True when the run should save and stop: jax's preemption sync point, or a SIGTERM / first
+    SIGINT received. Called once per step, it also raises CheckpointSaveError as soon as an
+    asynchronous save has failed."""
+    self.check_for_errors()
     if jax.distributed.is_initialized():
       from jax.experimental import multihost_utils
       return multihost_utils.reached_preemption_sync_point(step)
@@ -321,10 +429,16 @@ class CheckpointManager:
 
   def close(self) -> None:
     """Waits for a pending save, then releases Orbax's threads and the SIGTERM handler."""
-    self._manager.close()
-    if self._previous_handler is not None:
-      signal.signal(signal.SIGTERM, self._previous_handler)
-      self._previous_handler = None
+    try:
+      with self._save_errors():
+        self._manager.close()
+    finally:
+      if self._previous_handler is not None:
+        signal.signal(signal.SIGTERM, self._previous_handler)
+        self._previous_handler = None
+      if self._previous_sigint is not None:
+        signal.signal(signal.SIGINT, self._previous_sigint)
+        self._previous_sigint = None
 
   def __enter__(self) -> "CheckpointManager":
     return self

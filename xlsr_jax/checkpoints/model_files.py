@@ -48,6 +48,12 @@ def config_from_dict(values: dict[str, Any]) -> Wav2Vec2Config:
   return Wav2Vec2Config(**kwargs)
 
 
+def is_training_workdir(directory: str) -> bool:
+  """A pretraining or evaluation workdir: config.json of the run beside checkpoints/."""
+  return (os.path.isdir(os.path.join(directory, "checkpoints"))
+          and os.path.exists(os.path.join(directory, "config.json")))
+
+
 def save_model(directory: str, params: dict, config: Wav2Vec2Config,
                metadata: dict[str, Any] | None = None) -> None:
   """Writes params (Orbax, any pytree of arrays) and the model config (JSON) under `directory`."""
@@ -66,6 +72,9 @@ def load_model(directory: str) -> tuple[dict, Wav2Vec2Config, dict[str, Any]]:
   directory = os.path.abspath(directory)
   config_path = os.path.join(directory, CONFIG_FILE)
   if not os.path.exists(config_path):
+    if is_training_workdir(directory):
+      raise FileNotFoundError(f"{directory} is a training workdir, not an exported model; export it "
+                              f"first: python -m xlsr_jax.export --workdir={directory} --out=OUT")
     raise FileNotFoundError(f"{directory}: no {CONFIG_FILE}; not a model written by "
                             f"xlsr_jax.export or xlsr_jax.convert")
   with open(config_path) as f:
@@ -94,19 +103,35 @@ def read_hf_state_dict(path: str) -> dict[str, np.ndarray]:
       if os.path.exists(os.path.join(path, name)):
         return read_hf_state_dict(os.path.join(path, name))
     raise FileNotFoundError(f"{path}: no model.safetensors or pytorch_model.bin")
-  if path.endswith(".safetensors"):
-    from safetensors.numpy import load_file
-    return load_file(path)
-  import torch
-  state = torch.load(path, map_location="cpu", weights_only=True)
-  return {k: hf_layout._to_numpy(v) for k, v in state.items()}
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path}: no such file (expected model.safetensors or pytorch_model.bin)")
+  try:
+    if path.endswith(".safetensors"):
+      from safetensors.numpy import load_file
+      return load_file(path)
+    import torch
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return {k: hf_layout._to_numpy(v) for k, v in state.items()}
+  except Exception as e:  # pylint: disable=broad-except  # safetensors, torch and pickle raise many kinds
+    first = str(e).splitlines()[0][:200] if str(e) else ""
+    raise hf_layout.ConversionError(
+        f"{path} ({os.path.getsize(path):,} bytes): not a readable Hugging Face weights file; "
+        f"expected {'safetensors' if path.endswith('.safetensors') else 'a PyTorch state dict'} "
+        f"(truncated or another format? {type(e).__name__}: {first})") from e
 
 
 def load_hf(path: str, config: Wav2Vec2Config | None = None, *, ignore_extra: tuple[str, ...] = ()):
   """A HF wav2vec2 directory (or weights file + `config`) -> (our params, config)."""
   if config is None:
     config_path = os.path.join(path if os.path.isdir(path) else os.path.dirname(path), "config.json")
-    with open(config_path) as f:
-      config = hf_layout.config_from_hf(json.load(f))
+    if not os.path.exists(config_path):
+      raise FileNotFoundError(f"{config_path} not found: expected a Hugging Face wav2vec2 directory "
+                              f"(config.json + model.safetensors or pytorch_model.bin)")
+    try:
+      with open(config_path) as f:
+        hf_config = json.load(f)
+    except ValueError as e:
+      raise hf_layout.ConversionError(f"{config_path}: not valid JSON ({e})") from e
+    config = hf_layout.config_from_hf(hf_config)
   state = read_hf_state_dict(path)
   return hf_layout.hf_to_ours(state, config, ignore_extra=ignore_extra), config

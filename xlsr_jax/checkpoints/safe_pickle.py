@@ -67,9 +67,20 @@ safe_pickle_module = types.SimpleNamespace(
     __name__="xlsr_jax_safe_pickle")
 
 
+class CheckpointFileError(ValueError):
+  """A file that cannot be read as the checkpoint it should be (truncated, another format)."""
+
+
 def load_fairseq_checkpoint(path: str) -> dict[str, Any]:
-  """torch.load of a fairseq .pt with the safe unpickler: {'model': state_dict, 'cfg'|'args': stubs}."""
+  """torch.load of a fairseq .pt with the safe unpickler: {'model': state_dict, 'cfg'|'args': stubs}.
+
+  A missing file raises FileNotFoundError, a truncated or non-PyTorch file CheckpointFileError,
+  both naming the path; a pickle that asks for other code UnsafeCheckpointError.
+  """
+  import os
   import torch  # optional dependency, only needed to read .pt files
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path}: no such file (expected a fairseq .pt checkpoint)")
   try:
     return torch.load(path, map_location="cpu", pickle_module=safe_pickle_module, weights_only=False)
   except UnsafeCheckpointError:
@@ -77,7 +88,17 @@ def load_fairseq_checkpoint(path: str) -> dict[str, Any]:
   except pickle.UnpicklingError as e:
     if isinstance(e.__cause__, UnsafeCheckpointError) or "refusing to load" in str(e):
       raise UnsafeCheckpointError(str(e)) from e
-    raise
+    raise CheckpointFileError(_unreadable(path, e)) from e
+  except (RuntimeError, EOFError, ValueError, OSError, KeyError, AttributeError) as e:
+    raise CheckpointFileError(_unreadable(path, e)) from e
+
+
+def _unreadable(path: str, error: Exception) -> str:
+  import os
+  size = os.path.getsize(path)
+  return (f"{path} ({size:,} bytes): not a readable fairseq checkpoint; expected a PyTorch .pt "
+          f"(zip or legacy pickle) holding 'model' and 'cfg' or 'args' (truncated or another "
+          f"format? {type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''})")
 
 
 def to_plain(obj: Any) -> Any:

@@ -65,6 +65,11 @@ def detect_source(init: str) -> str:
   if os.path.isdir(init):
     if os.path.exists(os.path.join(init, model_files.CONFIG_FILE)):
       return "export"
+    if model_files.is_training_workdir(init):
+      raise InitError(f"init {init} is a training workdir (config.json + checkpoints/), not a model; "
+                      f"export it first: python -m xlsr_jax.export --workdir={init} "
+                      f"--out={os.path.join(init, 'export', 'orbax')}, then "
+                      f"--config.init={os.path.join(init, 'export', 'orbax')}")
     if os.path.exists(os.path.join(init, "config.json")):
       return "hf"
     raise InitError(f"init directory {init} has neither {model_files.CONFIG_FILE} (an xlsr_jax "

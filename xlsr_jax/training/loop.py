@@ -1,7 +1,6 @@
 """The pretraining loop, top to bottom: mesh, data, trainer, restore or init, train, eval, save, export."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -16,6 +15,7 @@ from data_pipelines import device_feed, input_pipeline
 from xlsr_jax.config_loading import ConfigError, model_config_from
 from xlsr_jax.sharding import mesh as mesh_lib
 from xlsr_jax.training import metrics as metrics_lib
+from xlsr_jax.training import metrics_file
 from xlsr_jax.training.state import build_trainer
 from xlsr_jax.training.step_accounting import StepAccounting
 from data_pipelines.features import SAMPLE_RATE
@@ -113,11 +113,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """Runs pretraining to config.train.num_steps, resuming from workdir's latest checkpoint."""
   from xlsr_jax.checkpoints.manager import CheckpointManager, restore_target
   workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
   model_cfg = model_config_from(config)  # validates model fields before anything expensive
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json(indent=2))
 
   mesh = make_mesh_from_config(config)
   data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -138,7 +134,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   manager = CheckpointManager(os.path.join(workdir, "checkpoints"),
                               save_every=config.train.checkpoint_every,
                               keep=config.train.keep_checkpoints)
-  restored = manager.restore_latest(restore_target(trainer.abstract_state, trainer.state_sharding))
+  try:
+    restored = manager.restore_latest(restore_target(trainer.abstract_state, trainer.state_sharding))
+  except BaseException:  # a refused resume: release Orbax's threads and the signal handlers
+    manager.close()
+    raise
   if restored is None:
     state = trainer.create_state()
     logging.info("initialised a new state")
@@ -147,6 +147,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if data_state is not None:
       train_iter.set_state(data_state)
     print(f"resumed from step {int(state.step)} in {manager.directory}", flush=True)
+  if jax.process_index() == 0:  # only now: a refused resume leaves the workdir as it was
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json(indent=2))
 
   writer = metrics_lib.MetricWriter(workdir, config.train.num_steps)
   accounting = StepAccounting(trainer.model.config, config.objective, device_peak_flops(config),
@@ -191,6 +194,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     preempted = manager.reached_preemption(done)  # a sync point under jax.distributed: once per step
     if manager.should_save(done, last=is_last) or preempted:
       manager.save(done, state, train_iter.get_state(), force=is_last or preempted)
+      if jax.process_index() == 0:
+        metrics_file.write(workdir, start_step, history)
     if preempted:
       manager.wait_until_finished()
       print(f"preempted: saved step {done}; exiting", flush=True)
@@ -199,8 +204,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   manager.close()
   writer.close()
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "metrics.json"), "w") as f:
-      json.dump(history, f, indent=1)
+    metrics_file.write(workdir, start_step, history)
   return {"state": state, "history": history, "last": last_metrics, "workdir": workdir,
           "tensorboard": writer.log_dir}
 

@@ -1,0 +1,446 @@
+"""Fault injection, table-driven (issue 16): each case names a fault and the behaviour it must get.
+
+One tiny pretraining run (two segments: steps 1-4, then a resume to step 8, checkpoints at 4 and
+8) is shared by every case that needs a workdir; each case works on its own copy. Cases that need
+a training process of their own (Ctrl-C, a failing save) are marked slow.
+"""
+import hashlib
+import json
+import logging
+import os
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from data_pipelines.synthetic_speech.builder import SyntheticSpeech
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("tfds"))
+  tfds.disable_progress_bar()
+  SyntheticSpeech(config="tiny", data_dir=path).download_and_prepare()
+  return path
+
+
+def run_args(data_dir, workdir, **extra):
+  """A tiny run: 1 s crops, 8 per batch (divides over 1 or 8 devices), checkpoints every 4 steps."""
+  values = {
+      "data.data_dir": data_dir, "data.sources": "[['synthetic_speech/tiny', None]]",
+      "data.max_sample_size": 16000, "data.min_sample_size": 16000, "data.batch_seconds": 8.0,
+      "data.build_if_missing": "false", "objective.mask_length": 5, "objective.num_negatives": 10,
+      "train.eval_every": 0, "train.log_every": 2, "train.checkpoint_every": 4, "train.num_steps": 8,
+  }
+  values.update(extra)
+  return ["--config=experiments/demo.py", f"--workdir={workdir}", "--no_export",
+          *[f"--config.{k}={v}" for k, v in values.items()]]
+
+
+def launch(args, devices=1, **popen):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  return subprocess.Popen([sys.executable, "-m", "xlsr_jax.main", *args], cwd=REPO, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def finish(proc, timeout=600):
+  out = proc.communicate(timeout=timeout)[0]
+  return proc.returncode, out
+
+
+@pytest.fixture(scope="module")
+def run(data_dir, tmp_path_factory):
+  """The shared run's workdir: 4 steps, then resumed to 8 (metrics.json must span both)."""
+  workdir = tmp_path_factory.mktemp("run") / "w"
+  for steps in (4, 8):
+    code, out = finish(launch(run_args(data_dir, workdir, **{"train.num_steps": steps})))
+    assert code == 0, out[-3000:]
+  return workdir
+
+
+def copy_run(run, tmp_path):
+  dst = tmp_path / "w"
+  shutil.copytree(run, dst)
+  return dst
+
+
+def tree_digest(directory) -> dict:
+  out = {}
+  for root, _, files in os.walk(directory):
+    for name in files:
+      path = os.path.join(root, name)
+      with open(path, "rb") as f:
+        out[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
+  return out
+
+
+def largest_array_file(step_dir):
+  files = [os.path.join(r, f) for r, _, fs in os.walk(os.path.join(step_dir, "params")) for f in fs
+           if os.sep + "d" + os.sep in os.path.join(r, f) + os.sep or r.endswith(os.sep + "d")]
+  return max(files, key=os.path.getsize)
+
+
+def damage(path, offset_fraction=0.5, size=4096):
+  """Overwrites `size` bytes in the middle of a file with other bytes (length unchanged)."""
+  length = os.path.getsize(path)
+  offset = int(length * offset_fraction)
+  with open(path, "r+b") as f:
+    f.seek(offset)
+    old = f.read(min(size, length - offset))
+    f.seek(offset)
+    f.write(bytes((b + 1) % 256 for b in old))
+
+
+def main_in_process(argv, capsys):
+  from xlsr_jax import main
+  code = main.main(argv)
+  captured = capsys.readouterr()
+  return code, captured.out, captured.err
+
+
+# ---------------------------------------------------------------------------------------------
+# Config values: each is refused at start-up, before anything is created, with one named line.
+
+BAD_VALUES = [  # (overrides, text the one-line error must contain)
+    ({"data.max_sample_size": 300, "data.min_sample_size": 300}, "receptive field"),
+    ({"optimizer.peak_lr": -1e-3}, "optimizer.peak_lr=-0.001"),
+    ({"data.min_sample_size": 32000}, "data.min_sample_size <= data.max_sample_size"),
+    ({"objective.num_negatives": 60}, "objective.num_negatives=60"),
+    ({"objective.mask_prob": 1.5}, "objective.mask_prob=1.5"),
+    ({"data.alpha": -1}, "data.alpha=-1"),
+    ({"data.batch_seconds": 0}, "data.batch_seconds=0"),
+    ({"train.checkpoint_every": 0}, "train.checkpoint_every=0"),
+    ({"train.grad_accum_steps": 3}, "train.grad_accum_steps=3"),
+    ({"train.log_every": 0}, "train.log_every=0"),
+    ({"objective.mask_length": 60}, "mask span fits"),
+    ({"mesh.data": -1, "mesh.fsdp": -1}, "at most one mesh axis"),
+    ({"model.layerdrop": 1.0}, "model.layerdrop=1.0"),
+    ({"objective.gumbel_end": 3.0}, "gumbel_end <= objective.gumbel_start"),
+    ({"mesh.data": 3}, "mesh"),  # 3 does not divide the 8 devices: a device row
+    ({"sharding.logical_axis_rules": "[['embed', 'fsdpp']]"}, "sharding.logical_axis_rules"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", BAD_VALUES, ids=[m for _, m in BAD_VALUES])
+def test_bad_config_value_is_one_named_line_exit_2_nothing_written(overrides, message, data_dir,
+                                                                    tmp_path, capsys):
+  workdir = tmp_path / "never"
+  code, out, err = main_in_process(run_args(data_dir, workdir, **overrides), capsys)
+  assert code == 2, (out, err)
+  assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+  assert not workdir.exists()
+
+
+def test_bad_downstream_value_is_one_named_line_exit_2(tmp_path, capsys):
+  from xlsr_jax import evaluate
+  code = evaluate.main(["--config=experiments/downstream/lid.py", "--config.train.log_every=0",
+                        f"--workdir={tmp_path / 'never'}"])
+  err = capsys.readouterr().err
+  assert code == 2 and "train.log_every=0" in err and len(err.strip().splitlines()) == 1, err
+  assert not (tmp_path / "never").exists()
+
+
+def test_every_non_boolean_default_key_has_a_validation_row():
+  from xlsr_jax.training import validation
+  from xlsr_jax.training.defaults import get_default_config
+  covered = {k for rule in validation.RULES + validation.DEVICE_RULES for k in rule.keys}
+
+  def leaves(c, prefix=""):
+    for key, value in c.items():
+      if hasattr(value, "items") and key != "model":
+        yield from leaves(value, f"{prefix}{key}.")
+      elif not hasattr(value, "items"):
+        yield f"{prefix}{key}", value
+  missing = [k for k, v in leaves(get_default_config())
+             if not isinstance(v, bool) and k not in covered and k not in validation.UNCHECKED]
+  assert not missing
+
+
+@pytest.mark.parametrize("module", ["main", "evaluate", "export", "convert", "plan"])
+def test_help_prints_the_usage_of_every_command(module, capsys):
+  import importlib
+  entry = importlib.import_module(f"xlsr_jax.{module}").main
+  try:
+    code = entry(["--help"])
+  except SystemExit as e:  # argparse's own --help
+    code = e.code
+  out = capsys.readouterr().out
+  assert code == 0 and out.startswith("usage:"), out[:300]
+  assert "--workdir" in out or "--input" in out or "--topology" in out
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: damaged bytes, non-finite values, export of a damaged step.
+
+def _trainer_target(workdir):
+  from xlsr_jax.checkpoints.manager import restore_target
+  from xlsr_jax.export import read_run_config
+  from xlsr_jax.training import loop
+  from xlsr_jax.training.state import build_trainer
+  config = read_run_config(str(workdir))
+  trainer = build_trainer(config, loop.make_mesh_from_config(config), config.data.max_sample_size)
+  return restore_target(trainer.abstract_state, trainer.state_sharding)
+
+
+def test_shared_run_kept_metrics_across_the_resume_and_checksums_in_every_step(run):
+  with open(run / "metrics.json") as f:
+    assert [m["step"] for m in json.load(f)] == [2, 4, 6, 8]
+  for step in ("4", "8"):
+    record = json.loads((run / "checkpoints" / step / "checksums.json").read_text())
+    assert any(name.startswith("params/") for name in record["files"])
+  assert not (run / "run.lock").exists()  # released at exit
+
+
+def test_damaged_array_bytes_skip_the_step_naming_the_file(run, tmp_path, caplog):
+  from xlsr_jax.checkpoints.manager import CheckpointManager
+  workdir = copy_run(run, tmp_path)
+  bad_file = largest_array_file(workdir / "checkpoints" / "8")
+  damage(bad_file)
+  target = _trainer_target(workdir)
+  with caplog.at_level(logging.WARNING), CheckpointManager(
+      workdir / "checkpoints", save_every=4, keep=3) as manager:
+    state, _ = manager.restore_latest(target)
+  assert int(state.step) == 4
+  assert any(bad_file in r.getMessage() and "sha256" in r.getMessage() for r in caplog.records), \
+      [r.getMessage() for r in caplog.records]
+
+
+def test_nonfinite_parameters_are_refused_like_damage(run, tmp_path, caplog):
+  import jax
+  from xlsr_jax.checkpoints.manager import CheckpointManager
+  workdir = copy_run(run, tmp_path)
+  target = _trainer_target(workdir)
+  with CheckpointManager(workdir / "checkpoints", save_every=4, keep=5, async_save=False) as manager:
+    state, data_state = manager.restore_latest(target)
+    leaves, treedef = jax.tree.flatten(state.params)
+    leaves[0] = leaves[0] * np.nan
+    manager.save(12, state.replace(params=jax.tree.unflatten(treedef, leaves)), data_state, force=True)
+  with caplog.at_level(logging.WARNING), CheckpointManager(
+      workdir / "checkpoints", save_every=4, keep=5) as manager:
+    state, _ = manager.restore_latest(target)
+  assert int(state.step) == 8
+  assert any("not finite" in r.getMessage() for r in caplog.records)
+
+
+def test_export_of_a_damaged_step_fails_naming_the_file(run, tmp_path, capsys):
+  from xlsr_jax import export
+  workdir = copy_run(run, tmp_path)
+  bad_file = largest_array_file(workdir / "checkpoints" / "8")
+  damage(bad_file, 0.1)
+  assert export.main([f"--workdir={workdir}", f"--out={tmp_path / 'out'}"]) == 1
+  assert bad_file in capsys.readouterr().err
+  assert export.main([f"--workdir={workdir}", f"--out={tmp_path / 'out'}", "--step=4"]) == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The workdir: one run at a time, a refused run changes nothing, history kept.
+
+def test_second_run_on_a_locked_workdir_is_refused_naming_the_holder(run, data_dir, tmp_path, capsys):
+  from xlsr_jax.training import workdir_lock
+  workdir = copy_run(run, tmp_path)
+  holder = subprocess.Popen(["sleep", "60"])
+  try:
+    with open(workdir / workdir_lock.LOCK_FILE, "w") as f:
+      json.dump({"host": os.uname().nodename, "pid": holder.pid,
+                 "start_time": workdir_lock._start_time(holder.pid), "since": "2026-01-01T00:00:00"}, f)
+    before = tree_digest(workdir)
+    code, out, err = main_in_process(run_args(data_dir, workdir, **{"train.num_steps": 12}), capsys)
+    assert code == 2 and f"pid {holder.pid}" in err and "since 2026-01-01" in err, err
+    assert tree_digest(workdir) == before
+  finally:
+    holder.kill()
+    holder.wait()
+
+
+def test_stale_lock_of_a_dead_process_is_taken_over_with_a_warning(tmp_path, capsys):
+  from xlsr_jax.training import workdir_lock
+  dead = subprocess.Popen(["true"])
+  dead.wait()
+  (tmp_path / workdir_lock.LOCK_FILE).write_text(json.dumps(
+      {"host": os.uname().nodename, "pid": dead.pid, "start_time": "1", "since": "yesterday"}))
+  with workdir_lock.hold(str(tmp_path)):
+    holder = json.loads((tmp_path / workdir_lock.LOCK_FILE).read_text())
+    assert holder["pid"] == os.getpid()
+  assert f"pid {dead.pid}" in capsys.readouterr().out
+  assert not (tmp_path / workdir_lock.LOCK_FILE).exists()
+
+
+def test_refused_resume_leaves_the_workdir_byte_identical(run, data_dir, tmp_path, capsys):
+  workdir = copy_run(run, tmp_path)
+  before = tree_digest(workdir)
+  code, out, err = main_in_process(run_args(data_dir, workdir, **{"model.hidden_size": 128,
+                                                                  "train.num_steps": 12}), capsys)
+  assert code == 2 and "does not match the model" in err, err[-2000:]
+  assert tree_digest(workdir) == before
+  from xlsr_jax import export  # the intact run still exports
+  assert export.main([f"--workdir={workdir}", f"--out={tmp_path / 'out'}"]) == 0
+
+
+def test_rerunning_a_finished_run_keeps_its_metrics(run, data_dir, tmp_path, capsys):
+  workdir = copy_run(run, tmp_path)
+  code, out, err = main_in_process(run_args(data_dir, workdir), capsys)
+  assert code == 0, err[-2000:]
+  with open(workdir / "metrics.json") as f:
+    assert [m["step"] for m in json.load(f)] == [2, 4, 6, 8]
+
+
+@pytest.mark.slow
+def test_first_ctrl_c_saves_and_exits_a_second_aborts(run, data_dir, tmp_path):
+  for presses, expect_code in ((1, 0), (2, 130)):
+    workdir = copy_run(run, tmp_path / str(presses))
+    proc = launch(run_args(data_dir, workdir, **{"train.num_steps": 400, "train.log_every": 1,
+                                                 "train.checkpoint_every": 100}))
+    seen, sent = "", 0
+    for line in proc.stdout:
+      seen += line
+      if "step 10/400" in line and sent == 0:
+        proc.send_signal(signal.SIGINT)
+        sent = 1
+      elif line.startswith("interrupted:") and sent < presses:  # the first press was handled
+        proc.send_signal(signal.SIGINT)
+        sent += 1
+    code, out = finish(proc)
+    out = seen + out
+    assert code == expect_code, out[-3000:]
+    if presses == 1:
+      steps = sorted(int(p) for p in os.listdir(workdir / "checkpoints") if p.isdigit())
+      assert "preempted: saved step" in out and steps[-1] > 8, (steps, out[-2000:])
+      with open(workdir / "metrics.json") as f:
+        assert [m["step"] for m in json.load(f)][-1] == steps[-1]
+    else:
+      assert "aborted" in out, out[-2000:]
+
+
+def _limit_file_size():
+  signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+  resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+
+@pytest.mark.slow
+def test_failed_save_stops_the_run_naming_the_step_and_cause(data_dir, tmp_path):
+  # Every file is limited to 64 KiB: the first checkpoint's array file cannot be written (a full
+  # disk in miniature). The compilation cache is off: its entries would hit the limit too.
+  args = run_args(data_dir, tmp_path / "w", **{"train.num_steps": 400, "train.checkpoint_every": 50,
+                                               "train.log_every": 5})
+  env_cache = os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
+  try:
+    proc = launch(args, preexec_fn=_limit_file_size)
+  finally:
+    if env_cache is not None:
+      os.environ["JAX_COMPILATION_CACHE_DIR"] = env_cache
+  code, out = finish(proc)
+  assert code == 1, out[-3000:]
+  error = [line for line in out.splitlines() if line.startswith("error:")]
+  assert error and "saving checkpoint step 50" in error[0] and "File too large" in error[0], out[-3000:]
+  # Stopped within a few steps of the failure, not at the next save (step 100) or later.
+  assert max(int(s) for s in re.findall(r"step (\d+)/400", out)) < 100, out[-3000:]
+
+
+# ---------------------------------------------------------------------------------------------
+# Conversion and loading.
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+  """A tiny random encoder in the Hugging Face layout."""
+  from xlsr_jax.checkpoints import model_files
+  from xlsr_jax.downstream.encoders import random_encoder
+  from xlsr_jax.models.config import get_preset
+  config = get_preset("tiny")
+  path = tmp_path_factory.mktemp("hf")
+  model_files.save_hf(str(path), random_encoder(config), config)
+  return path
+
+
+def _edit_hf(hf_dir, tmp_path, key=None, shape=None, config_edit=None):
+  from safetensors.numpy import load_file, save_file
+  dst = tmp_path / "hf"
+  shutil.copytree(hf_dir, dst)
+  if key is not None:
+    state = load_file(str(dst / "model.safetensors"))
+    state[key] = np.zeros(shape, np.float32)
+    save_file(state, str(dst / "model.safetensors"))
+  if config_edit is not None:
+    config = json.loads((dst / "config.json").read_text())
+    config.update(config_edit)
+    (dst / "config.json").write_text(json.dumps(config))
+  return dst
+
+
+CONVERSION_FAULTS = [  # (id, how the input is made, text the error must contain)
+    ("non_layer_tensor_shape", dict(key="feature_projection.projection.weight", shape=(64, 31)),
+     "feature_projection.projection.weight: checkpoint (64, 31), model (64, 32)"),
+    ("layer_tensor_shape", dict(key="encoder.layers.1.feed_forward.intermediate_dense.weight",
+                                shape=(127, 64)),
+     "encoder.layers.1.feed_forward.intermediate_dense.weight: checkpoint (127, 64), model (128, 64)"),
+    ("model_type", dict(config_edit={"model_type": "hubert"}), "model_type='hubert'"),
+]
+
+
+@pytest.mark.parametrize("name,edit,message", CONVERSION_FAULTS, ids=[c[0] for c in CONVERSION_FAULTS])
+def test_conversion_faults_name_the_key_and_shapes(name, edit, message, hf_dir, tmp_path, capsys):
+  from xlsr_jax import convert
+  source = _edit_hf(hf_dir, tmp_path, **edit)
+  assert convert.main(["--from=hf", f"--input={source}", f"--output={tmp_path / 'out'}"]) == 1
+  err = capsys.readouterr().err
+  assert message in err and "Traceback" not in err, err
+  assert not (tmp_path / "out").exists()
+
+
+def test_unreadable_checkpoint_files_get_one_line_naming_the_file(hf_dir, tmp_path, capsys):
+  import torch
+  from xlsr_jax import convert
+  pt = tmp_path / "model.pt"
+  torch.save({"model": {"w": torch.zeros(1000)}}, pt)
+  with open(pt, "r+b") as f:
+    f.truncate(os.path.getsize(pt) // 2)
+  text = tmp_path / "notes.pt"
+  text.write_text("not a checkpoint\n")
+  broken_hf = _edit_hf(hf_dir, tmp_path)
+  with open(broken_hf / "model.safetensors", "r+b") as f:
+    f.truncate(100)
+  for source, path in (("fairseq", pt), ("fairseq", text), ("hf", broken_hf)):
+    assert convert.main([f"--from={source}", f"--input={path}", f"--output={tmp_path / 'out'}"]) == 1
+    err = capsys.readouterr().err
+    assert str(path) in err and "expected" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_training_workdir_as_init_says_how_to_export_it(run, capsys):
+  from xlsr_jax import convert
+  from xlsr_jax.downstream.encoders import InitError, load_encoder
+  with pytest.raises(InitError, match="training workdir.*xlsr_jax.export"):
+    load_encoder(str(run))
+  assert convert.main(["--from=ours", f"--input={run}", "--output=/nonexistent/out"]) == 1
+  assert "python -m xlsr_jax.export" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# Data builds: bad rows of every kind skipped and counted; a changed manifest detected.
+
+def test_manifest_build_skips_bad_language_and_detects_a_changed_manifest(tmp_path):
+  from data_pipelines.corpora import __main__ as corpora_cli
+  from data_pipelines.corpora import read_build_report
+  from tests.fixtures.make_corpus_fixtures import write_audio
+  manual = tmp_path / "manual"
+  write_audio(manual / "a.wav", 1.0, 16000)
+  write_audio(manual / "b.wav", 1.0, 16000, seed=1)
+  (manual / "m.tsv").write_text("path\tlanguage\na.wav\ten\nb.wav\t??\n")
+  argv = ["audio_manifest", f"--manual_dir={manual}", f"--data_dir={tmp_path / 'data'}"]
+  report = read_build_report(corpora_cli.main(argv))
+  assert report["kept"] == 1 and report["skipped_count"] == 1
+  assert "m.tsv:3" in report["skipped"][0] and "'??'" in report["skipped"][0]
+
+  (manual / "m.tsv").write_text("path\tlanguage\na.wav\ten\nb.wav\ten\n")  # the row fixed
+  with pytest.raises(SystemExit, match=r"changed.*'en': 1 -> 2 rows.*--overwrite"):
+    corpora_cli.main(argv)
+  report = read_build_report(corpora_cli.main(argv + ["--overwrite"]))
+  assert report["kept"] == 2 and report["skipped_count"] == 0
+  assert read_build_report(corpora_cli.main(argv))["kept"] == 2  # unchanged: reused
