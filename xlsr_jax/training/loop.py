@@ -117,7 +117,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   mesh = make_mesh_from_config(config)
   data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
-  multiple = buckets_lib.lcm(data_parallel, jax.process_count())
+  multiple = buckets_lib.lcm(data_parallel * config.train.grad_accum_steps, jax.process_count())
   if not config.data.bucket_seconds:
     batch_size = global_batch_size(config)
     if batch_size % multiple:
@@ -236,7 +236,8 @@ def evaluate(trainer, state, config: ml_collections.ConfigDict, mesh,
   """
   cache = [] if cache is None else cache
   if not cache:
-    multiple = buckets_lib.lcm(mesh.shape["data"] * mesh.shape["fsdp"], jax.process_count())
+    multiple = buckets_lib.lcm(mesh.shape["data"] * mesh.shape["fsdp"] * config.train.grad_accum_steps,
+                               jax.process_count())
     eval_iter = input_pipeline.make_pretraining_iterator(
         pipeline_config(config, config.data.eval_split, seed_offset=1, multiple=multiple),
         process_index=jax.process_index(), process_count=jax.process_count())

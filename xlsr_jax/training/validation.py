@@ -24,7 +24,7 @@ import ml_collections
 
 from xlsr_jax.config_loading import ConfigError
 
-SAMPLE_RATE = 16_000
+from data_pipelines.features import SAMPLE_RATE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,13 +91,37 @@ def _data_parallel(c: ml_collections.ConfigDict, devices: int) -> int:
   return data * c.mesh.dcn_data * fsdp
 
 
+def _shortest_crop(c: ml_collections.ConfigDict) -> int:
+  """Samples of the shortest crop a step computes: the shortest bucket, or max_sample_size."""
+  if c.data.bucket_seconds:
+    return int(round(min(c.data.bucket_seconds) * SAMPLE_RATE))
+  return c.data.max_sample_size
+
+
+def _global_batch(c: ml_collections.ConfigDict, devices: int | None, processes: int) -> int:
+  """Rows of a step: batch_seconds over max_sample_size crops, or with duration buckets the
+  smallest bucket's rows as the loop rounds them (a multiple of the data-parallel devices x
+  grad_accum_steps and of the processes, so every bucket divides as a fixed batch must)."""
+  if not c.data.bucket_seconds:
+    return int(round(c.data.batch_seconds * SAMPLE_RATE / c.data.max_sample_size))
+  from data_pipelines import buckets
+  dp = _data_parallel(c, devices) if devices else 1
+  multiple = buckets.lcm(dp * c.train.grad_accum_steps, processes)
+  return min(buckets.bucket_batch_sizes(c.data.bucket_seconds, c.data.batch_seconds, multiple))
+
+
+def _is_bucket_list(v) -> bool:
+  return (isinstance(v, (list, tuple)) and all(isinstance(x, (int, float)) and not isinstance(
+      x, bool) and x > 0 for x in v) and len(set(v)) == len(v))
+
+
 # Derived values rows may read: name -> f(config, model config, devices, processes).
 DERIVED: dict[str, Callable[..., Any]] = {
     "receptive_field": lambda c, m, d, p: m.conv_receptive_field,
-    "crop_frames": lambda c, m, d, p: _frames(c.data.max_sample_size, m),
+    "crop_frames": lambda c, m, d, p: _frames(_shortest_crop(c), m),
     "min_crop_frames": lambda c, m, d, p: _frames(c.data.min_sample_size, m),
-    "global_batch": lambda c, m, d, p: int(round(c.data.batch_seconds * SAMPLE_RATE
-                                                 / c.data.max_sample_size)),
+    "shortest_crop": lambda c, m, d, p: _shortest_crop(c),
+    "global_batch": lambda c, m, d, p: _global_batch(c, d, p),
     "devices": lambda c, m, d, p: d,
     "processes": lambda c, m, d, p: p,
     "mesh_fits": lambda c, m, d, p: bool(_ici_sizes(c, d)),
@@ -173,6 +197,9 @@ RULES: list[Rule] = [
     positive("data.batch_seconds", "seconds"),
     integer_at_least("data.interleave_cycle_length", 1),
     integer_at_least("data.prefetch_batches", 0),
+    Rule(("data.bucket_seconds",), _is_bucket_list,
+         "a list of distinct crop lengths in seconds, each > 0 ([] = no buckets)"),
+    one_of("data.bucket_mode", ("crop", "pad")),
     # Mesh and multi-host.
     *[Rule((f"mesh.{axis}",), lambda v: isinstance(v, int) and (v >= 1 or v == -1),
            "an integer >= 1, or -1 (fill from the devices)") for axis in ("data", "fsdp", "tensor")],
@@ -190,12 +217,18 @@ RULES: list[Rule] = [
     relation(("data.max_sample_size", "receptive_field"), lambda crop, field: crop >= field,
              "a crop at least the feature encoder's receptive field (a shorter one gives no frame "
              "and trains to nothing)"),
+    relation(("data.bucket_seconds", "data.max_sample_size"),
+             lambda b, crop: not b or max(b) * SAMPLE_RATE <= crop,
+             "every duration bucket within data.max_sample_size (the longest crop)"),
+    relation(("shortest_crop", "receptive_field"), lambda crop, field: crop >= field,
+             "the shortest duration bucket at least the feature encoder's receptive field"),
     relation(("data.min_sample_size", "min_crop_frames", "objective.mask_length"),
              lambda _, frames, length: frames > length,
              "the shortest utterance kept (data.min_sample_size) to have more frames than "
              "objective.mask_length, so that a mask span fits"),
     relation(("objective.num_negatives", "crop_frames"), lambda k, frames: k < frames,
-             "fewer distractors than the frames of a crop (data.max_sample_size)"),
+             "fewer distractors than the frames of a crop (data.max_sample_size, or the shortest "
+             "duration bucket)"),
     relation(("data.batch_seconds", "data.max_sample_size", "global_batch"),
              lambda s, crop, batch: batch >= 1,
              "at least one crop per batch: data.batch_seconds * 16000 >= data.max_sample_size / 2"),
