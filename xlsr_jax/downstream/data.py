@@ -106,8 +106,9 @@ class Labeler:
 
 
 def _prepare(ex: dict, labeler: Labeler, key: tf.Tensor, max_samples: int, normalize: bool) -> dict:
-  wave, padding = crop_and_pad(ex["audio"], key, max_sample_size=max_samples, normalize=normalize)
-  out = {"waveform": wave, "padding_mask": padding, "example_valid": tf.constant(True)}
+  wave, length = crop_and_pad(ex["audio"], key, max_sample_size=max_samples, normalize=normalize)
+  out = {"waveform": wave, "padding_mask": tf.range(max_samples) >= length,
+         "example_valid": tf.constant(True)}
   out.update(labeler(ex))
   return out
 
