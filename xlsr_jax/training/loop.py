@@ -1,6 +1,7 @@
 """The pretraining loop, top to bottom: mesh, data, trainer, restore or init, train, eval, save, export."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
