@@ -78,11 +78,8 @@ def test_model_shapes_frozen_encoder_and_subsampled_lengths(subsampling):
 
 
 @pytest.fixture(scope="module")
-def tiny_corpus(tmp_path_factory):
-  from data_pipelines.synthetic_speech.builder import SyntheticSpeech
-  data_dir = tmp_path_factory.mktemp("tfds")
-  SyntheticSpeech(config="tiny", data_dir=str(data_dir)).download_and_prepare()
-  return str(data_dir)
+def tiny_corpus(synthetic_tiny_dir):
+  return synthetic_tiny_dir
 
 
 @pytest.mark.slow

@@ -118,15 +118,13 @@ def test_holdout_takes_a_share_of_every_class_once():
 
 
 @pytest.fixture(scope="module")
-def tiny_features(tmp_path_factory):
+def tiny_features(synthetic_tiny_dir):
   """Pooled per-layer features of a random tiny encoder on synthetic_speech/tiny (LID labels)."""
   from data_pipelines.synthetic_speech.builder import SyntheticSpeech
   from xlsr_jax.downstream import data as data_lib
   from xlsr_jax.downstream import encoders, features
   from xlsr_jax.models.config import get_preset
-  data_dir = str(tmp_path_factory.mktemp("tfds"))
-  builder = SyntheticSpeech(config="tiny", data_dir=data_dir)
-  builder.download_and_prepare()
+  builder = SyntheticSpeech(config="tiny", data_dir=synthetic_tiny_dir)
   config = get_preset("tiny")
   params = encoders.random_encoder(config, seed=0)
   train_names = data_lib.split_names(builder, "train", None)

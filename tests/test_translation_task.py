@@ -59,11 +59,8 @@ def test_translation_metrics_per_language_and_signature():
 
 
 @pytest.fixture(scope="module")
-def tiny_corpus(tmp_path_factory):
-  from data_pipelines.synthetic_speech.builder import SyntheticSpeech
-  data_dir = tmp_path_factory.mktemp("tfds")
-  SyntheticSpeech(config="tiny", data_dir=str(data_dir)).download_and_prepare()
-  return str(data_dir)
+def tiny_corpus(synthetic_tiny_dir):
+  return synthetic_tiny_dir
 
 
 @pytest.mark.slow
