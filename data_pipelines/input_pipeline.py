@@ -150,13 +150,18 @@ def resolve_sources(config: PipelineConfig,
           for cid, c, l, s, h, n in found]
 
 
-def process_split(split_name: str, num_examples: int, process_index: int,
-                  process_count: int) -> str:
-  """`"train_en[start:end]"`: this process's even slice (the first num_examples % process_count
-  processes get one extra example, as `tfds.even_splits`); error if the slice is empty."""
+def process_range(num_examples: int, process_index: int, process_count: int) -> tuple[int, int]:
+  """(start, end) of this process's even slice of a split's examples (the first
+  num_examples % process_count processes get one extra example, as `tfds.even_splits`)."""
   base, extra = divmod(num_examples, process_count)
   start = process_index * base + min(process_index, extra)
-  end = start + base + (process_index < extra)
+  return start, start + base + (process_index < extra)
+
+
+def process_split(split_name: str, num_examples: int, process_index: int,
+                  process_count: int) -> str:
+  """`"train_en[start:end]"`: this process's `process_range` of the split; error if it is empty."""
+  start, end = process_range(num_examples, process_index, process_count)
   if end == start:
     raise ValueError(
         f"split {split_name!r} has {num_examples} examples, fewer than the {process_count} "
@@ -325,12 +330,16 @@ def mix_sources(datasets: Sequence[tf.data.Dataset], weights: Sequence[float], *
   process and the element index, so the mix is reproducible and its iterator state is a counter.
   `stream` separates independent mixes (one per bucket).
   """
-  logits = tf.math.log(tf.constant([weights], tf.float64))
-  key = stream_key(seed, _CHOICE_STREAM, process_index, stream)
-  choices = tf.data.Dataset.counter().map(
-      lambda i: tf.random.stateless_categorical(logits, 1, seed=_fold_in(key, i))[0, 0])
+  choices = choice_stream(weights, stream_key(seed, _CHOICE_STREAM, process_index, stream))
   return tf.data.Dataset.choose_from_datasets(datasets, choices,
                                               stop_on_empty_dataset=stop_on_empty)
+
+
+def choice_stream(weights: Sequence[float], key: np.ndarray) -> tf.data.Dataset:
+  """Draw i ~ Categorical(weights) with key fold_in(key, i): int64 elements, a counter's state."""
+  logits = tf.math.log(tf.constant([weights], tf.float64))
+  return tf.data.Dataset.counter().map(
+      lambda i: tf.random.stateless_categorical(logits, 1, seed=_fold_in(key, i))[0, 0])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -433,8 +442,7 @@ def make_pretraining_dataset(config: PipelineConfig, *, process_index: int,
     streams, weights = [], []
     for i, s in enumerate(sources):
       key = (s.corpus, s.language)
-      split = process_split(s.split_name, s.num_examples, process_index, process_count)
-      start, end = (int(x) for x in split[split.index("[") + 1:-1].split(":"))
+      start, end = process_range(s.num_examples, process_index, process_count)
       keep = assignments[key] == b
       if plan.shares[key][b] == 0 or not keep[start:end].any():
         continue  # no utterance of this bucket in this process's slice of the source
@@ -445,24 +453,20 @@ def make_pretraining_dataset(config: PipelineConfig, *, process_index: int,
       if plan.step_probabilities[b] > 0:
         raise ValueError(f"process {process_index} of {process_count} has no utterance for bucket "
                          f"{crop / SAMPLE_RATE:g} s that other processes have; use fewer processes")
-      streams, weights = [_failing_dataset(_element_spec(config), f"bucket {b} is empty")], [1.0]
+      streams, weights = [_failing_dataset(_ELEMENT_SPEC, f"bucket {b} is empty")], [1.0]
     mixed = mix_sources(streams, weights, seed=config.seed, process_index=process_index,
                         stop_on_empty=stop_on_empty, stream=1 + b)
     per_bucket.append(mixed.map(_to_batch(sources, crop, b, config)).batch(
         rows // process_count, drop_remainder=True))
   # The step's bucket: the same key on every process (no process index), so shapes agree.
-  logits = tf.math.log(tf.constant([plan.step_probabilities], tf.float64))
-  key = stream_key(config.seed, _BUCKET_STREAM)
-  choices = tf.data.Dataset.counter().map(
-      lambda i: tf.random.stateless_categorical(logits, 1, seed=_fold_in(key, i))[0, 0])
+  choices = choice_stream(plan.step_probabilities, stream_key(config.seed, _BUCKET_STREAM))
   ds = tf.data.Dataset.choose_from_datasets(per_bucket, choices, stop_on_empty_dataset=True)
   return ds.with_options(_sequential_options())
 
 
-def _element_spec(config: PipelineConfig) -> dict[str, tf.TensorSpec]:
-  spec = {"audio": tf.TensorSpec([None], tf.int16), "id": tf.TensorSpec([], tf.string),
-          "source": tf.TensorSpec([], tf.int32), "crop_key": tf.TensorSpec([2], tf.int64)}
-  return spec
+# What `source_dataset` yields (a placeholder stream for a bucket no step ever draws).
+_ELEMENT_SPEC = {"audio": tf.TensorSpec([None], tf.int16), "id": tf.TensorSpec([], tf.string),
+                 "source": tf.TensorSpec([], tf.int32), "crop_key": tf.TensorSpec([2], tf.int64)}
 
 
 def _sequential_options() -> tf.data.Options:
