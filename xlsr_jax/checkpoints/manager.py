@@ -410,9 +410,10 @@ class CheckpointManager:
       del signum, frame
       if self._sigterm.is_set():
         raise KeyboardInterrupt
+      # Set before printing: a second press arriving during the print must abort, not repeat this.
+      self._sigterm.set()
       print("interrupted: saving a checkpoint at the end of this step, then exiting "
             "(Ctrl-C again to abort without saving)", flush=True)
-      self._sigterm.set()
 
     self._previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
     self._previous_sigint = signal.signal(signal.SIGINT, on_sigint)
