@@ -11,7 +11,6 @@ the fine-tuned model in DIR/model (model_files layout, with vocab.json for ASR).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -86,20 +85,7 @@ def model_config(config: ml_collections.ConfigDict, loaded_config=None):
   """The encoder config: the loaded one (or the preset for init=random) + config.model overrides
   + the fine-tuning layerdrop, with the feature encoder's gradient cut when it is frozen."""
   from xlsr_jax.config_loading import model_config_from
-  import jax.numpy as jnp
-  if loaded_config is None:
-    cfg = model_config_from(config)
-  else:
-    fields = {f.name for f in dataclasses.fields(loaded_config)}
-    overrides = {}
-    for key, value in config.model.items():
-      if key == "preset":
-        continue
-      if key not in fields:
-        raise ConfigError(f"model.{key} is not a model field")
-      overrides[key] = jnp.dtype(value) if key in ("dtype", "param_dtype") else (
-          tuple(value) if isinstance(value, list) else value)
-    cfg = loaded_config.replace(**overrides)
+  cfg = model_config_from(config, loaded_config)
   f = config.finetune
   return cfg.replace(layerdrop=f.layerdrop,
                      feature_grad_mult=0.0 if f.freeze_feature_encoder else cfg.feature_grad_mult)

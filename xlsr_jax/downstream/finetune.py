@@ -22,6 +22,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from xlsr_jax.checkpoints.manager import rebox, unbox
 from xlsr_jax.downstream import ctc
 from xlsr_jax.models.feature_encoder import frame_lengths
+from xlsr_jax.models.params import abstract_params, init_params
 from xlsr_jax.objectives import masking
 from xlsr_jax.sharding import mesh as mesh_lib
 from xlsr_jax.training.state import state_shardings
@@ -150,7 +151,8 @@ class Finetuner:
     self.freeze_transformer_steps = 0 if probe else f.freeze_transformer_steps
     self._labels_fn = lambda params: param_labels(
         params, freeze_feature_encoder=f.freeze_feature_encoder, freeze_encoder=probe)
-    self.abstract_params = self._abstract_params()
+    with jax.set_mesh(mesh), nn.logical_axis_rules(self.rules):
+      self.abstract_params = abstract_params(model, num_samples)
     labels = self._labels_fn(self.abstract_params)
     self.optimizer, self.schedule = make_optimizer(config.optimizer, f.num_steps, labels)
     with jax.set_mesh(mesh), nn.logical_axis_rules(self.rules):
@@ -163,16 +165,10 @@ class Finetuner:
     self._eval = jax.jit(self._eval_step, in_shardings=(self.state_sharding, self.batch_sharding),
                          out_shardings=replicated)
 
-  def _abstract_params(self) -> Any:
-    x = jnp.zeros((1, self.num_samples), jnp.float32)
-    with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
-      return jax.eval_shape(lambda: self.model.init(jax.random.key(0), x)["params"])
-
   def _init_state(self, loaded: Any) -> FinetuneState:
     """A fresh initialisation (key config.init_seed) with every subtree of `loaded` (a partial
     unboxed params tree: the pretrained encoder, a reused head) put in its place."""
-    x = jnp.zeros((1, self.num_samples), jnp.float32)
-    fresh = unbox(self.model.init(jax.random.key(self.config.init_seed), x)["params"])
+    fresh = unbox(init_params(self.model, jax.random.key(self.config.init_seed), self.num_samples))
     params = rebox(self.abstract_params, merge_params(fresh, loaded))
     return FinetuneState(step=jnp.zeros((), jnp.int32), params=params,
                          opt_state=self.optimizer.init(params),

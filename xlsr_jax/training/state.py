@@ -11,6 +11,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from xlsr_jax.models import Wav2Vec2ForPreTraining
+from xlsr_jax.models.params import init_params
 from xlsr_jax.sharding import mesh as mesh_lib
 from xlsr_jax.training import train_step as ts
 
@@ -19,10 +20,7 @@ def init_state(model: Wav2Vec2ForPreTraining, optimizer: optax.GradientTransform
                shapes: ts.StepShapes, seed: int) -> ts.TrainState:
   """Fresh parameters (boxed with logical names) and optimizer state; pure, for jit/eval_shape."""
   param_key, rng = jax.random.split(jax.random.key(seed))
-  batch, frames = 1, shapes.num_frames
-  params = model.init({"params": param_key}, jnp.zeros((batch, shapes.num_samples), jnp.float32),
-                      None, jnp.zeros((batch, frames), bool),
-                      jnp.zeros((batch, shapes.max_masked), jnp.int32))["params"]
+  params = init_params(model, param_key, shapes.num_samples)
   zero = jnp.zeros((), jnp.int32)
   return ts.TrainState(step=zero, params=params, opt_state=optimizer.init(params), rng=rng,
                        consecutive_nonfinite=zero, total_nonfinite=zero)
