@@ -14,9 +14,8 @@ import numpy as np
 from data_pipelines import buckets as buckets_lib
 from data_pipelines import device_feed, input_pipeline
 from xlsr_jax.config_loading import ConfigError, model_config_from
-from xlsr_jax.sharding import mesh as mesh_lib
 from xlsr_jax.training import metrics as metrics_lib
-from xlsr_jax.training import metrics_file
+from xlsr_jax.training import metrics_file, run
 from xlsr_jax.training.state import build_trainer
 from xlsr_jax.training.step_accounting import StepAccounting
 from data_pipelines.features import SAMPLE_RATE
@@ -94,9 +93,7 @@ def ensure_synthetic_corpus(config: ml_collections.ConfigDict) -> None:
     multihost_utils.sync_global_devices("synthetic_corpus_built")
 
 
-def make_mesh_from_config(config: ml_collections.ConfigDict):
-  m = config.mesh
-  return mesh_lib.make_mesh(m.data, m.fsdp, m.tensor, dcn_data=m.dcn_data)
+make_mesh_from_config = run.make_mesh
 
 
 def device_peak_flops(config) -> float | None:
@@ -112,19 +109,10 @@ def device_peak_flops(config) -> float | None:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs pretraining to config.train.num_steps, resuming from workdir's latest checkpoint."""
-  from xlsr_jax.checkpoints.manager import CheckpointManager, restore_target
   workdir = os.path.abspath(workdir)
-  model_cfg = model_config_from(config)  # validates model fields before anything expensive
-
-  mesh = make_mesh_from_config(config)
-  data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
-  multiple = buckets_lib.lcm(data_parallel * config.train.grad_accum_steps, jax.process_count())
-  if not config.data.bucket_seconds:
-    batch_size = global_batch_size(config)
-    if batch_size % multiple:
-      raise ConfigError(f"global batch {batch_size} (data.batch_seconds={config.data.batch_seconds})"
-                        f" must divide over data x fsdp = {data_parallel} devices and "
-                        f"{jax.process_count()} processes")
+  model_config_from(config)  # validates model fields before anything expensive
+  mesh = run.make_mesh(config)
+  multiple = data_multiple(config, mesh)
   ensure_synthetic_corpus(config)
   train_config = pipeline_config(config, config.data.split, multiple=multiple)
   train_iter = input_pipeline.make_pretraining_iterator(
@@ -132,53 +120,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if train_config.bucket_lengths:
     report_buckets(train_config, workdir)
   trainer = build_trainer(config, mesh, largest_crop(config))
-  manager = CheckpointManager(os.path.join(workdir, "checkpoints"),
-                              save_every=config.train.checkpoint_every,
-                              keep=config.train.keep_checkpoints)
-  try:
-    restored = manager.restore_latest(restore_target(trainer.abstract_state, trainer.state_sharding))
-  except BaseException:  # a refused resume: release Orbax's threads and the signal handlers
-    manager.close()
-    raise
-  if restored is None:
-    state = trainer.create_state()
-    logging.info("initialised a new state")
-  else:
-    state, data_state = restored
-    if data_state is not None:
-      train_iter.set_state(data_state)
-    print(f"resumed from step {int(state.step)} in {manager.directory}", flush=True)
-  if jax.process_index() == 0:  # only now: a refused resume leaves the workdir as it was
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json(indent=2))
+  manager = run.open_checkpoints(workdir, config.train)
+  state, data_state = run.restore_or_init(manager, trainer.abstract_state, trainer.state_sharding,
+                                          trainer.create_state)
+  if data_state is not None:
+    train_iter.set_state(data_state)
+  run.write_config(workdir, config)
 
-  writer = metrics_lib.MetricWriter(workdir, config.train.num_steps)
+  num_steps = config.train.num_steps
+  writer = metrics_lib.MetricWriter(workdir, num_steps)
   accounting = StepAccounting(trainer.model.config, config.objective, device_peak_flops(config),
                               jax.device_count(), jax.process_count())
   start_step = int(state.step)
-  throughput = metrics_lib.Throughput(start_step)
-  history, pending, last_metrics = [], [], {}
+  log = run.LogCadence(config.train.log_every, num_steps, start_step)
+  history, last_metrics = [], {}
   real_seconds_seen = 0.0  # this segment's real audio (a resumed run counts from its restart)
   eval_cache: list = []  # the validation batches, read once (the same batches at every eval)
-  for step in range(start_step, config.train.num_steps):
+
+  def save_history():
+    if jax.process_index() == 0:
+      metrics_file.write(workdir, start_step, history)
+
+  for step in range(start_step, num_steps):
     local = next(train_iter)
-    batch = device_feed.global_batch(_feed(local), mesh)
-    state, step_metrics = trainer.step(state, batch)
+    state, step_metrics = trainer.step(state, device_feed.global_batch(_feed(local), mesh))
     accounting.add(local["lengths"], local["waveform"].shape[1])
-    pending.append(step_metrics)
     done = step + 1
-    is_last = done == config.train.num_steps
-    if done % config.train.log_every == 0 or is_last:
-      pending = jax.device_get(pending)  # one transfer per log interval
-      values = {k: float(np.mean([m[k] for m in pending])) for k in pending[-1]}
-      values["skipped_nonfinite"] = float(sum(m["skipped_nonfinite"] for m in pending))
-      values["real_frames_per_step"] = values.pop("real_frames")
-      steps_per_s, seconds = throughput.update(done)
-      values.update(accounting.flush(seconds), steps_per_second=steps_per_s)
-      real_seconds_seen += values["real_audio_seconds_per_step"] * len(pending)
+    if (interval := log.add(done, step_metrics)) is not None:
+      values = interval_values(interval, accounting, done, config.data.batch_seconds)
+      real_seconds_seen += values["real_audio_seconds_per_step"] * len(interval.rows)
       values["real_hours_seen_this_run"] = real_seconds_seen / 3600
-      values["hours_seen"] = done * config.data.batch_seconds / 3600  # nominal: steps x batch_seconds
-      pending = []
       writer.write(done, values)
       history.append(dict(step=done, **values))
       last_metrics = values
@@ -188,26 +159,44 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             f"{config.train.max_nonfinite_steps} consecutive steps had a NaN/Inf loss or gradient "
             f"at step {done} (total skipped {int(values['total_nonfinite'])}); the last good "
             f"checkpoint is in {manager.directory}")
-    if config.train.eval_every and (done % config.train.eval_every == 0 or is_last):
+    if config.train.eval_every and (done % config.train.eval_every == 0 or done == num_steps):
       eval_metrics = evaluate(trainer, state, config, mesh, eval_cache)
       writer.write(done, eval_metrics, prefix="eval")
       history.append(dict(step=done, **{f"eval_{k}": v for k, v in eval_metrics.items()}))
-    preempted = manager.reached_preemption(done)  # a sync point under jax.distributed: once per step
-    if manager.should_save(done, last=is_last) or preempted:
-      manager.save(done, state, train_iter.get_state(), force=is_last or preempted)
-      if jax.process_index() == 0:
-        metrics_file.write(workdir, start_step, history)
-    if preempted:
-      manager.wait_until_finished()
-      print(f"preempted: saved step {done}; exiting", flush=True)
+    if run.save_or_stop(manager, done, state, last=done == num_steps,
+                        data_state=train_iter.get_state, on_save=save_history):
       break
-  manager.wait_until_finished()
-  manager.close()
+  run.close(manager)
   writer.close()
-  if jax.process_index() == 0:
-    metrics_file.write(workdir, start_step, history)
+  save_history()
   return {"state": state, "history": history, "last": last_metrics, "workdir": workdir,
           "tensorboard": writer.log_dir}
+
+
+def data_multiple(config: ml_collections.ConfigDict, mesh) -> int:
+  """What the global batch must be a multiple of (data x fsdp devices x grad_accum_steps, and the
+  processes); without buckets the configured batch is checked against it here."""
+  data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
+  multiple = buckets_lib.lcm(data_parallel * config.train.grad_accum_steps, jax.process_count())
+  if not config.data.bucket_seconds:
+    batch_size = global_batch_size(config)
+    if batch_size % multiple:
+      raise ConfigError(f"global batch {batch_size} (data.batch_seconds={config.data.batch_seconds})"
+                        f" must divide over data x fsdp = {data_parallel} devices and "
+                        f"{jax.process_count()} processes")
+  return multiple
+
+
+def interval_values(interval: run.Interval, accounting: StepAccounting, done: int,
+                    batch_seconds: float) -> dict[str, float]:
+  """The logged values of one interval: step metrics averaged (skipped steps summed), with the
+  real-audio accounting, MFU and speed."""
+  values = interval.mean()
+  values["skipped_nonfinite"] = float(sum(m["skipped_nonfinite"] for m in interval.rows))
+  values["real_frames_per_step"] = values.pop("real_frames")
+  values.update(accounting.flush(interval.seconds), steps_per_second=interval.steps_per_second)
+  values["hours_seen"] = done * batch_seconds / 3600  # nominal: steps x batch_seconds
+  return values
 
 
 def report_buckets(pipeline: input_pipeline.PipelineConfig, workdir: str) -> dict[str, Any]:
@@ -237,8 +226,7 @@ def evaluate(trainer, state, config: ml_collections.ConfigDict, mesh,
   """
   cache = [] if cache is None else cache
   if not cache:
-    multiple = buckets_lib.lcm(mesh.shape["data"] * mesh.shape["fsdp"] * config.train.grad_accum_steps,
-                               jax.process_count())
+    multiple = data_multiple(config, mesh)
     eval_iter = input_pipeline.make_pretraining_iterator(
         pipeline_config(config, config.data.eval_split, seed_offset=1, multiple=multiple),
         process_index=jax.process_index(), process_count=jax.process_count())
