@@ -9,7 +9,7 @@ draws what an uninterrupted one would.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any
 
 import flax
 import flax.linen as nn
@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from xlsr_jax.checkpoints.manager import rebox, unbox
 from xlsr_jax.downstream import ctc
@@ -25,7 +25,7 @@ from xlsr_jax.models.feature_encoder import frame_lengths
 from xlsr_jax.models.params import abstract_params, init_params
 from xlsr_jax.objectives import masking
 from xlsr_jax.sharding import mesh as mesh_lib
-from xlsr_jax.training.state import state_shardings
+from xlsr_jax.training import run
 
 FROZEN, ENCODER, HEAD = "frozen", "encoder", "head"
 
@@ -155,15 +155,14 @@ class Finetuner:
       self.abstract_params = abstract_params(model, num_samples)
     labels = self._labels_fn(self.abstract_params)
     self.optimizer, self.schedule = make_optimizer(config.optimizer, f.num_steps, labels)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(self.rules):
-      self.abstract_state = jax.eval_shape(self._init_state, {})
-    self.state_sharding = state_shardings(self.abstract_state, mesh, self.rules)
+    self.abstract_state, self.state_sharding = run.abstract_state(
+        lambda: self._init_state({}), mesh, self.rules)
     self.batch_sharding = mesh_lib.batch_sharding(mesh)
-    replicated = NamedSharding(mesh, PartitionSpec())
-    self._train = jax.jit(self._train_step, in_shardings=(self.state_sharding, self.batch_sharding),
-                          out_shardings=(self.state_sharding, replicated), donate_argnums=0)
-    self._eval = jax.jit(self._eval_step, in_shardings=(self.state_sharding, self.batch_sharding),
-                         out_shardings=replicated)
+    # (state, batch) -> (state, metrics), and (state, batch) -> outputs: jitted, called under mesh.
+    self.step = run.jit_train_step(self._train_step, mesh, self.state_sharding,
+                                   self.batch_sharding)
+    self.evaluate = run.jit_eval_step(self._eval_step, mesh, self.state_sharding,
+                                      self.batch_sharding)
 
   def _init_state(self, loaded: Any) -> FinetuneState:
     """A fresh initialisation (key config.init_seed) with every subtree of `loaded` (a partial
@@ -257,14 +256,6 @@ class Finetuner:
         tokens = decoding.greedy_search(cfg, params, states, valid, max_length=t.max_decode_length,
                                         forced_bos_token_id=t.forced_bos_token_id)
     return {"tokens": tokens}
-
-  def step(self, state: FinetuneState, batch: dict) -> tuple[FinetuneState, dict]:
-    with jax.set_mesh(self.mesh):
-      return self._train(state, batch)
-
-  def evaluate(self, state: FinetuneState, batch: dict) -> dict:
-    with jax.set_mesh(self.mesh):
-      return self._eval(state, batch)
 
 
 def merge_params(fresh: dict, loaded: dict) -> dict:
