@@ -72,10 +72,12 @@ def param_labels(params: Any, *, freeze_feature_encoder: bool, freeze_encoder: b
   return jax.tree_util.tree_map_with_path(label, params)
 
 
-def make_optimizer(opt: ml_collections.ConfigDict, total_steps: int, labels: Any
-                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(opt: ml_collections.ConfigDict, total_steps: int, labels: Any, *,
+                   hold_encoder: bool = False) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """Adam(b1, b2, eps) [+ decoupled weight decay, + clipping] on the tri-stage schedule for the
-  "encoder" and "head" parameters; "frozen" ones never change."""
+  "encoder" and "head" parameters; "frozen" ones never change. With `hold_encoder` the "encoder"
+  parameters and their Adam state stay as they are (the same state layout: the optimizer of the
+  first freeze_transformer_steps updates)."""
   schedule = tri_stage_schedule(opt.peak_lr, total_steps, tuple(opt.phase_ratio),
                                 opt.init_lr_scale, opt.final_lr_scale)
   parts = []
@@ -84,8 +86,32 @@ def make_optimizer(opt: ml_collections.ConfigDict, total_steps: int, labels: Any
   parts.append(optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps,
                            weight_decay=opt.weight_decay))
   trainable = optax.chain(*parts)
-  return optax.multi_transform({ENCODER: trainable, HEAD: trainable, FROZEN: optax.set_to_zero()},
+  encoder = hold(trainable) if hold_encoder else trainable
+  return optax.multi_transform({ENCODER: encoder, HEAD: trainable, FROZEN: optax.set_to_zero()},
                                labels), schedule
+
+
+def hold(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+  """`inner`'s state layout without its update: zero updates, the state (moments, step count)
+  returned unchanged, and no optimizer arithmetic at all."""
+  def update(updates, state, params=None):
+    del params
+    return jax.tree.map(jnp.zeros_like, updates), state
+  return optax.GradientTransformation(inner.init, update)
+
+
+def update(optimizer: optax.GradientTransformation | tuple[optax.GradientTransformation, ...],
+           frozen: jax.Array, grads: Any, opt_state: Any, params: Any) -> tuple[Any, Any]:
+  """(new params, new optimizer state). `optimizer` may be the pair (trainable, encoder held) from
+  `make_optimizer`: then one of them runs, chosen by the bool scalar `frozen` (lax.cond), instead of
+  updating everything and selecting the old values back leaf by leaf."""
+  if isinstance(optimizer, tuple):
+    trainable, held = optimizer
+    updates, opt_state = jax.lax.cond(frozen, held.update, trainable.update, grads, opt_state,
+                                      params)
+  else:
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state
 
 
 def sample_masks(rng: jax.Array, padding_mask: jax.Array, model_config, num_frames: int,
@@ -155,6 +181,8 @@ class Finetuner:
       self.abstract_params = abstract_params(model, num_samples)
     labels = self._labels_fn(self.abstract_params)
     self.optimizer, self.schedule = make_optimizer(config.optimizer, f.num_steps, labels)
+    self.frozen_optimizer, _ = make_optimizer(config.optimizer, f.num_steps, labels,
+                                              hold_encoder=True)
     self.abstract_state, self.state_sharding = run.abstract_state(
         lambda: self._init_state({}), mesh, self.rules)
     self.batch_sharding = mesh_lib.batch_sharding(mesh)
@@ -204,20 +232,12 @@ class Finetuner:
       return task_loss(self.task, out, batch, self._label_smoothing)
 
     (loss, extra), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, new_opt = self.optimizer.update(grads, state.opt_state, state.params)
-    new_params = optax.apply_updates(state.params, updates)
     # fairseq freeze_finetune_updates: the Transformer (and projection) stay fixed, with their
     # optimizer moments, for the first N updates; only the head trains.
     frozen = state.step < self.freeze_transformer_steps
-    labels = self._labels_fn(state.params)
-    keep_old = lambda lab, new, old: jnp.where(frozen, old, new) if lab == ENCODER else new
-    new_params = jax.tree.map(keep_old, unbox(labels), unbox(new_params), unbox(state.params))
-    new_params = rebox(state.params, new_params)
-    inner = dict(new_opt.inner_states)
-    if ENCODER in inner:
-      inner[ENCODER] = jax.tree.map(lambda n, o: jnp.where(frozen, o, n), inner[ENCODER],
-                                    state.opt_state.inner_states[ENCODER])
-    new_opt = new_opt._replace(inner_states=inner)
+    optimizers = (self.optimizer, self.frozen_optimizer) if self.freeze_transformer_steps else None
+    new_params, new_opt = update(optimizers or self.optimizer, frozen, grads, state.opt_state,
+                                 state.params)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
                "learning_rate": self.schedule(state.step),
                "transformer_frozen": frozen.astype(jnp.float32), **extra}
