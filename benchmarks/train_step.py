@@ -106,7 +106,7 @@ def ours_worker() -> None:
   import jax
   import numpy as np
   after_import = common.rss_mib()
-  from xlsr_jax import plan
+  from xlsr_jax.training import capacity
   from xlsr_jax.checkpoints.hf_layout import config_to_hf
   from xlsr_jax.config_loading import apply_override
   from xlsr_jax.sharding.mesh import make_mesh
@@ -147,13 +147,13 @@ def ours_worker() -> None:
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     model_cfg = trainer.model.config
-    # XLA counts a while loop's body once: add the other layers of the scan (as xlsr_jax.plan does).
-    layer_fn, layer_args = plan.layer_program(trainer, batch // config.train.grad_accum_steps)
+    # XLA counts a while loop's body once: add the other layers of the scan (as xlsr_jax.training.capacity does).
+    layer_fn, layer_args = capacity.layer_program(trainer, batch // config.train.grad_accum_steps)
     with jax.set_mesh(trainer.mesh):
       layer_cost = layer_fn.lower(*layer_args).compile().cost_analysis()
     layer_cost = layer_cost[0] if isinstance(layer_cost, (list, tuple)) else layer_cost
-    xla_flops = plan.corrected_cost(cost, layer_cost, model_cfg.num_hidden_layers,
-                                    config.train.grad_accum_steps)["flops"]
+    xla_flops = capacity.corrected_cost(cost, layer_cost, model_cfg.num_hidden_layers,
+                                        config.train.grad_accum_steps)["flops"]
     memory = compiled.memory_analysis()
     size = flops.StepSize(batch=batch, num_samples=samples, num_masked=trainer.shapes.max_masked,
                           num_negatives=config.objective.num_negatives)
