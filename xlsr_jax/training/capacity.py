@@ -37,15 +37,11 @@ from xlsr_jax.config_loading import model_config_from
 from xlsr_jax.sharding.topologies import PlanError, Topology, topology_devices
 from xlsr_jax.training import devices as devices_lib
 from xlsr_jax.training import flops as flops_lib
+from xlsr_jax.training.batch_size import batch_multiple, bucket_spec, global_batch
 
 # libtpu options of the cost compile: no windowed-einsum loops (see the module docstring).
 COST_OPTIONS = {"xla_tpu_enable_windowed_einsum_for_all_gather": False,
                 "xla_tpu_enable_windowed_einsum_for_reduce_scatter": False}
-
-
-def global_batch(config: ml_collections.ConfigDict) -> int:
-  """Utterances per step: config.data.batch_seconds of audio in crops of max_sample_size samples."""
-  return int(round(config.data.batch_seconds * SAMPLE_RATE / config.data.max_sample_size))
 
 
 def set_batch_per_chip(config: ml_collections.ConfigDict, per_chip: float, chips: int) -> None:
@@ -225,12 +221,11 @@ def plan_buckets(config: ml_collections.ConfigDict, topology: Topology, cost: bo
   import copy
   import numpy as np
   from data_pipelines import buckets as buckets_lib
-  from xlsr_jax.training.loop import bucket_spec
   m, accum = config.mesh, config.train.grad_accum_steps
   found = topology_devices(topology, m.dcn_data)
   from xlsr_jax.sharding.mesh import make_mesh
   mesh = make_mesh(m.data, m.fsdp, m.tensor, dcn_data=m.dcn_data, devices=found)
-  spec = bucket_spec(config, multiple=mesh.shape["data"] * mesh.shape["fsdp"] * accum)
+  spec = bucket_spec(config, batch_multiple(mesh.shape["data"] * mesh.shape["fsdp"], accum, 1))
   lengths = profile_lengths(profile, config.data.min_sample_size)
   index = buckets_lib.assign(lengths, spec)
   counts = np.bincount(index[index >= 0], minlength=spec.num_buckets)
