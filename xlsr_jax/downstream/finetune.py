@@ -139,12 +139,11 @@ class Finetuner:
 
   def __init__(self, model: nn.Module, task: str, config: ml_collections.ConfigDict, mesh: Mesh,
                num_samples: int, batch_size: int):
-    from xlsr_jax.models.feature_encoder import num_frames_static
     self.model, self.task, self.config, self.mesh = model, task, config, mesh
     self.rules = mesh_lib.rules_from_config(config.sharding.logical_axis_rules)
     self.num_samples, self.batch_size = num_samples, batch_size
     self.encoder_config = getattr(model.config, "encoder", model.config)
-    self.num_frames = num_frames_static(num_samples, self.encoder_config)
+    self.num_frames = frame_lengths(num_samples, self.encoder_config)
     f = config.finetune
     probe = f.mode == "probe"
     self.freeze_transformer_steps = 0 if probe else f.freeze_transformer_steps

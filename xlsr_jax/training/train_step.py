@@ -19,7 +19,7 @@ import optax
 
 from xlsr_jax.models import Wav2Vec2ForPreTraining
 from xlsr_jax.models.config import Wav2Vec2Config
-from xlsr_jax.models.feature_encoder import frame_lengths, num_frames_static
+from xlsr_jax.models.feature_encoder import frame_lengths
 from xlsr_jax.objectives import losses, masking, negatives
 
 # waveform float32 [batch, samples] (zero after each row's end), lengths int32 [batch] (real samples).
@@ -53,14 +53,9 @@ class StepShapes:
 
   @classmethod
   def create(cls, model: Wav2Vec2Config, objective: ml_collections.ConfigDict, num_samples: int):
-    frames = num_frames_static(num_samples, model)
+    frames = frame_lengths(num_samples, model)
     return cls(num_samples, frames, masking.max_masked_frames(
         frames, objective.mask_prob, objective.mask_length, objective.min_masks))
-
-
-def padding_mask_from(lengths: jax.Array, num_samples: int) -> jax.Array:
-  """lengths int [batch] -> bool [batch, num_samples], True = padded sample."""
-  return jnp.arange(num_samples, dtype=jnp.int32)[None, :] >= lengths[:, None]
 
 
 def sample_masks(rng: jax.Array, sample_lengths: jax.Array, model: Wav2Vec2Config,
@@ -88,9 +83,10 @@ def loss_sums(params: Any, model: Wav2Vec2ForPreTraining, batch: Batch, masks: d
               ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Un-normalised loss sum of one (micro-)batch and its metric sums (contrastive part per batch
   shard of `mesh`, see losses.contrastive_sums)."""
-  padding_mask = padding_mask_from(batch["lengths"], batch["waveform"].shape[1])
-  out = model.apply({"params": params}, batch["waveform"], padding_mask, masks["mask_time"],
-                    masks["masked_indices"], temperature=temperature, deterministic=deterministic,
+  # The frame lengths sample_masks computed from batch["lengths"]: no padding mask to rebuild them.
+  out = model.apply({"params": params}, batch["waveform"], None, masks["mask_time"],
+                    masks["masked_indices"], frame_lengths=masks["frame_lengths"],
+                    temperature=temperature, deterministic=deterministic,
                     gumbel_noise=masks.get("gumbel_noise"), rngs=rngs)
   cfg = model.config
   _, metrics = losses.pretraining_loss(

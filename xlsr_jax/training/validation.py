@@ -73,8 +73,8 @@ def relation(keys: Sequence[str], test: Callable[..., bool], expected: str) -> R
 
 
 def _frames(num_samples: int, model) -> int:
-  from xlsr_jax.models.feature_encoder import num_frames_static
-  return num_frames_static(int(num_samples), model)
+  from xlsr_jax.models.feature_encoder import frame_lengths
+  return frame_lengths(int(num_samples), model)
 
 
 def _ici_sizes(c: ml_collections.ConfigDict, devices: int) -> tuple[int, int, int]:
