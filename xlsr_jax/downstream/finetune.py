@@ -155,7 +155,7 @@ class Finetuner:
     with jax.set_mesh(mesh), nn.logical_axis_rules(self.rules):
       self.abstract_state = jax.eval_shape(self._init_state, {})
     self.state_sharding = state_shardings(self.abstract_state, mesh, self.rules)
-    self.batch_sharding = mesh_lib.batch_sharding(mesh)
+    self.batch_sharding = mesh_lib.batch_sharding(mesh, self.rules)
     replicated = NamedSharding(mesh, PartitionSpec())
     self._train = jax.jit(self._train_step, in_shardings=(self.state_sharding, self.batch_sharding),
                           out_shardings=(self.state_sharding, replicated), donate_argnums=0)

@@ -9,7 +9,9 @@ import math
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, PartitionSpec
+from jax.sharding import PartitionSpec
+
+from xlsr_jax.sharding.mesh import batch_axes
 
 _COSINE_EPS = 1e-8          # torch.cosine_similarity's eps on each norm
 _PERPLEXITY_EPS = 1e-7      # fairseq GumbelVectorQuantizer: log(avg_probs + 1e-7)
@@ -97,21 +99,21 @@ def contrastive_loss(logits: jax.Array,
 
 
 def contrastive_sums(context: jax.Array, targets: jax.Array, negative_indices: jax.Array,
-                     valid: jax.Array, temperature: float = 0.1,
-                     mesh: Mesh | None = None,
-                     batch_axes: tuple[str, ...] = ("data", "fsdp")) -> tuple[jax.Array, ...]:
+                     valid: jax.Array, temperature: float = 0.1) -> tuple[jax.Array, ...]:
   """(loss_sum, num_correct, num_valid) of the contrastive task over a batch.
 
   context, targets: [batch, M, F]; negative_indices: int[batch, M, K] into M; valid: bool[batch, M].
-  Distractors come from the same utterance, so the work is per batch shard by nature: with a mesh
-  whose `batch_axes` hold more than one device, each shard computes its own [b, M, M] similarities,
-  gather and cross-entropy under jax.shard_map and only the three scalars are summed (psum) across
-  shards; nothing of size M x M or M x K crosses devices, forward or backward.
+  Distractors come from the same utterance, so the work is per batch shard by nature: under a
+  mesh (`jax.set_mesh`) whose batch axes (the rule table's, `sharding.mesh.batch_axes`) hold more
+  than one device, each shard computes its own [b, M, M] similarities, gather and cross-entropy
+  under jax.shard_map and only the three scalars are summed (psum) across shards; nothing of size
+  M x M or M x K crosses devices, forward or backward.
   """
   def local(c, q, idx, v):
     return contrastive_loss(contrastive_logits(c, q, idx, temperature), v)
 
-  axes = tuple(a for a in batch_axes if mesh is not None and mesh.shape.get(a, 1) > 1)
+  mesh = jax.sharding.get_abstract_mesh()
+  axes = () if mesh.empty else tuple(a for a in batch_axes() if mesh.shape.get(a, 1) > 1)
   if not axes:
     return local(context, targets, negative_indices, valid)
 
@@ -155,19 +157,19 @@ def feature_penalty(raw_features: jax.Array) -> jax.Array:
 def pretraining_loss(context: jax.Array, targets: jax.Array, negative_indices: jax.Array,
                      valid: jax.Array, soft_probs: jax.Array, *, num_codevectors: int,
                      raw_features: jax.Array | None = None, temperature: float = 0.1,
-                     diversity_weight: float = 0.1, feature_penalty_weight: float = 0.0,
-                     mesh: Mesh | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+                     diversity_weight: float = 0.1, feature_penalty_weight: float = 0.0
+                     ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """wav2vec 2.0 loss per masked frame (fairseq sample_size normalisation) and scalar metrics.
 
   context, targets: [batch, M, F]; negative_indices: int[batch, M, K]; valid: bool[batch, M];
   soft_probs: [batch, M, G, V] quantizer softmax at the same frames; num_codevectors = G * V.
   sum = contrastive_sum + diversity_weight * diversity + feature_penalty_weight * penalty * n
   with n = valid masked frames; loss = sum / n. metrics["loss_sum"] is the un-normalised sum (with
-  feature_penalty_weight 0 it is HF Wav2Vec2ForPreTraining's loss). With `mesh`, the contrastive
+  feature_penalty_weight 0 it is HF Wav2Vec2ForPreTraining's loss). Under a mesh, the contrastive
   part runs per batch shard (contrastive_sums).
   """
   contrastive_sum, num_correct, num_valid = contrastive_sums(
-      context, targets, negative_indices, valid, temperature, mesh)
+      context, targets, negative_indices, valid, temperature)
   perplexity = codebook_perplexity(soft_probs, valid)
   diversity = diversity_loss(perplexity, num_codevectors)
   penalty = (feature_penalty(raw_features) if raw_features is not None

@@ -104,7 +104,7 @@ def layer_program(trainer: Any, micro_batch: int) -> tuple[Any, tuple]:
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     abstract = jax.eval_shape(lambda x, v: layer.init(rngs, x, v)["params"], x, valid)
   param_sharding = state_shardings(abstract, mesh, rules)
-  act = batch_sharding(mesh)
+  act = batch_sharding(mesh, rules)
 
   def forward_backward(params, x, valid, cotangent):
     def forward(params, x):

@@ -140,7 +140,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   eval_cache: list = []  # the validation batches, read once (the same batches at every eval)
   for step in range(start_step, config.train.num_steps):
     local = next(train_iter)
-    batch = device_feed.global_batch(_feed(local), mesh)
+    batch = device_feed.global_batch(_feed(local), mesh, trainer.batch_sharding["waveform"].spec)
     state, step_metrics = trainer.step(state, batch)
     accounting.add(local["lengths"], local["waveform"].shape[1])
     pending.append(step_metrics)
@@ -224,7 +224,7 @@ def evaluate(trainer, state, config: ml_collections.ConfigDict, mesh,
     eval_iter.close()
   totals: dict[str, list[float]] = {}
   for i, local in enumerate(cache):
-    batch = device_feed.global_batch(local, mesh)
+    batch = device_feed.global_batch(local, mesh, trainer.batch_sharding["waveform"].spec)
     out = trainer.evaluate(state, batch, jax.random.key(1000 + i))
     for k, v in jax.device_get(out).items():
       totals.setdefault(k, []).append(float(v))

@@ -79,10 +79,9 @@ def sample_masks(rng: jax.Array, sample_lengths: jax.Array, model: Wav2Vec2Confi
 
 def loss_sums(params: Any, model: Wav2Vec2ForPreTraining, batch: Batch, masks: dict[str, jax.Array],
               rngs: dict[str, jax.Array], temperature: jax.Array, objective: ml_collections.ConfigDict,
-              deterministic: bool, mesh: jax.sharding.Mesh | None = None
-              ) -> tuple[jax.Array, dict[str, jax.Array]]:
+              deterministic: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Un-normalised loss sum of one (micro-)batch and its metric sums (contrastive part per batch
-  shard of `mesh`, see losses.contrastive_sums)."""
+  shard of the mesh in effect, see losses.contrastive_sums)."""
   # The frame lengths sample_masks computed from batch["lengths"]: no padding mask to rebuild them.
   out = model.apply({"params": params}, batch["waveform"], None, masks["mask_time"],
                     masks["masked_indices"], frame_lengths=masks["frame_lengths"],
@@ -94,7 +93,7 @@ def loss_sums(params: Any, model: Wav2Vec2ForPreTraining, batch: Batch, masks: d
       num_codevectors=cfg.num_codevectors,
       raw_features=out["raw_features"] if objective.feature_penalty_weight else None,
       temperature=objective.logit_temperature, diversity_weight=objective.diversity_weight,
-      feature_penalty_weight=objective.feature_penalty_weight, mesh=mesh)
+      feature_penalty_weight=objective.feature_penalty_weight)
   sums = dict(loss_sum=metrics["loss_sum"], contrastive_sum=metrics["contrastive_loss_sum"],
               num_correct=metrics["num_correct"], num_masked=metrics["num_masked"],
               code_perplexity=metrics["code_perplexity"], diversity_loss=metrics["diversity_loss"],
@@ -124,7 +123,7 @@ def _split_micro(tree: Any, num_micro: int) -> Any:
 
 def make_train_step(model: Wav2Vec2ForPreTraining, optimizer: optax.GradientTransformation,
                     schedule: optax.Schedule, config: ml_collections.ConfigDict,
-                    rules: tuple = (), mesh: jax.sharding.Mesh | None = None
+                    rules: tuple = ()
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
   """The train step for jit: masks for the whole batch, k micro-batches summed, one update."""
   objective, num_micro = config.objective, config.train.grad_accum_steps
@@ -150,7 +149,7 @@ def make_train_step(model: Wav2Vec2ForPreTraining, optimizer: optax.GradientTran
         (mb, mm), keys = xs
         rngs = {"dropout": keys[0], "layerdrop": keys[1]}
         grad_fn = jax.grad(loss_sums, has_aux=True)
-        grads, sums = grad_fn(state.params, model, mb, mm, rngs, temperature, objective, False, mesh)
+        grads, sums = grad_fn(state.params, model, mb, mm, rngs, temperature, objective, False)
         return (grads if grad_acc is None else jax.tree.map(jnp.add, grad_acc, grads)), sums
 
       xs = (micro, jnp.swapaxes(micro_keys, 0, 1))
@@ -208,8 +207,7 @@ def summarize(sums: dict[str, jax.Array], num_masked: jax.Array) -> dict[str, ja
 
 
 def make_eval_step(model: Wav2Vec2ForPreTraining, config: ml_collections.ConfigDict,
-                   rules: tuple = (), mesh: jax.sharding.Mesh | None = None
-                   ) -> Callable[[TrainState, Batch, jax.Array], dict]:
+                   rules: tuple = ()) -> Callable[[TrainState, Batch, jax.Array], dict]:
   """Validation loss with argmax quantization and no dropout; masks from `rng`."""
   objective = config.objective
 
@@ -218,7 +216,7 @@ def make_eval_step(model: Wav2Vec2ForPreTraining, config: ml_collections.ConfigD
     with nn.logical_axis_rules(rules):
       masks = sample_masks(rng, batch["lengths"], model.config, objective, shapes)
       _, sums = loss_sums(state.params, model, batch, masks, {}, gumbel_temperature(state.step, objective),
-                          objective, True, mesh)
+                          objective, True)
       sums = jax.tree.map(lambda x: x[None], sums)
       return summarize(sums, sums["num_masked"][0])
 
