@@ -135,9 +135,10 @@ def ours_worker() -> None:
     lengths = np.full((batch,), samples, np.int32)
     # The masks the step itself draws at step 0 (same key derivation as train_step.step_fn).
     mask_key = jax.random.split(jax.random.fold_in(state.rng, state.step), 4)[0]
-    masks = jax.device_get(ts.sample_masks(mask_key, jax.numpy.asarray(lengths), trainer.model.config,
+    draws = jax.device_get(ts.sample_draws(mask_key, jax.numpy.asarray(lengths), trainer.model.config,
                                            config.objective, trainer.shapes))
-    np.savez(data_path, waveform=wave, **masks)
+    np.savez(data_path, waveform=wave, mask_time=draws.mask_time, masked_indices=draws.masked_indices,
+             valid=draws.valid, negative_indices=draws.negative_indices)
     batch_arrays = {"waveform": jax.device_put(wave, trainer.batch_sharding["waveform"]),
                     "lengths": jax.device_put(lengths, trainer.batch_sharding["lengths"])}
     start = time.perf_counter()

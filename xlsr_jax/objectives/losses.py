@@ -154,19 +154,23 @@ def feature_penalty(raw_features: jax.Array) -> jax.Array:
   return jnp.mean(jnp.square(raw_features.astype(jnp.float32)))
 
 
-def pretraining_loss(context: jax.Array, targets: jax.Array, negative_indices: jax.Array,
+def pretraining_sums(context: jax.Array, targets: jax.Array, negative_indices: jax.Array,
                      valid: jax.Array, soft_probs: jax.Array, *, num_codevectors: int,
                      raw_features: jax.Array | None = None, temperature: float = 0.1,
                      diversity_weight: float = 0.1, feature_penalty_weight: float = 0.0
-                     ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """wav2vec 2.0 loss per masked frame (fairseq sample_size normalisation) and scalar metrics.
+                     ) -> dict[str, jax.Array]:
+  """The wav2vec 2.0 loss of a batch as sums and counts: nothing is divided by the frame count.
 
   context, targets: [batch, M, F]; negative_indices: int[batch, M, K]; valid: bool[batch, M];
   soft_probs: [batch, M, G, V] quantizer softmax at the same frames; num_codevectors = G * V.
-  sum = contrastive_sum + diversity_weight * diversity + feature_penalty_weight * penalty * n
-  with n = valid masked frames; loss = sum / n. metrics["loss_sum"] is the un-normalised sum (with
-  feature_penalty_weight 0 it is HF Wav2Vec2ForPreTraining's loss). Under a mesh, the contrastive
-  part runs per batch shard (contrastive_sums).
+  Returns float32 scalars:
+    loss_sum = contrastive_loss_sum + diversity_weight * diversity_loss * n
+               + feature_penalty_weight * feature_penalty * n   (with feature_penalty_weight 0,
+               HF Wav2Vec2ForPreTraining's loss; n = num_masked, the valid masked frames)
+    contrastive_loss_sum, num_correct, num_masked: sums and counts over the masked frames
+    code_perplexity, diversity_loss, feature_penalty: values of the whole batch
+  `normalize` turns them into per-frame metrics. Under a mesh the contrastive part runs per batch
+  shard (contrastive_sums).
   """
   contrastive_sum, num_correct, num_valid = contrastive_sums(
       context, targets, negative_indices, valid, temperature)
@@ -177,21 +181,31 @@ def pretraining_loss(context: jax.Array, targets: jax.Array, negative_indices: j
   n = num_valid.astype(jnp.float32)
   loss_sum = (contrastive_sum + diversity_weight * diversity * n
               + feature_penalty_weight * penalty * n)
-  denominator = jnp.maximum(n, 1.0)
-  loss = loss_sum / denominator
-  contrastive_per_frame = contrastive_sum / denominator
-  metrics = {
-      "loss": loss,
-      "loss_bits": loss / math.log(2),
-      "loss_sum": loss_sum,
-      "contrastive_loss": contrastive_per_frame,
-      "contrastive_loss_bits": contrastive_per_frame / math.log(2),
-      "contrastive_loss_sum": contrastive_sum,
-      "diversity_loss": diversity,
-      "feature_penalty": penalty,
-      "accuracy": num_correct.astype(jnp.float32) / denominator,
-      "num_correct": num_correct.astype(jnp.float32),
-      "code_perplexity": perplexity,
-      "num_masked": n,
-  }
-  return loss, metrics
+  return dict(loss_sum=loss_sum, contrastive_loss_sum=contrastive_sum,
+              num_correct=num_correct.astype(jnp.float32), num_masked=n,
+              code_perplexity=perplexity, diversity_loss=diversity, feature_penalty=penalty)
+
+
+def normalize(sums: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """Per-masked-frame metrics from `pretraining_sums` (of one batch, or added over micro-batches):
+  the one place the loss is divided by its denominator, the masked frames (fairseq's sample_size;
+  at least 1). Adds loss, loss_bits, contrastive_loss, contrastive_loss_bits and accuracy."""
+  denominator = jnp.maximum(sums["num_masked"], 1.0)
+  loss = sums["loss_sum"] / denominator
+  contrastive = sums["contrastive_loss_sum"] / denominator
+  return dict(sums, loss=loss, loss_bits=loss / math.log(2), contrastive_loss=contrastive,
+              contrastive_loss_bits=contrastive / math.log(2),
+              accuracy=sums["num_correct"] / denominator)
+
+
+def pretraining_loss(context: jax.Array, targets: jax.Array, negative_indices: jax.Array,
+                     valid: jax.Array, soft_probs: jax.Array, *, num_codevectors: int,
+                     raw_features: jax.Array | None = None, temperature: float = 0.1,
+                     diversity_weight: float = 0.1, feature_penalty_weight: float = 0.0
+                     ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """(loss per masked frame, every metric): `normalize(pretraining_sums(...))`, same arguments."""
+  metrics = normalize(pretraining_sums(
+      context, targets, negative_indices, valid, soft_probs, num_codevectors=num_codevectors,
+      raw_features=raw_features, temperature=temperature, diversity_weight=diversity_weight,
+      feature_penalty_weight=feature_penalty_weight))
+  return metrics["loss"], metrics
