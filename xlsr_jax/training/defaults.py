@@ -44,6 +44,14 @@ def get_default_config() -> ml_collections.ConfigDict:
       # loads the compiled step instead of compiling it again. "" = JAX's own setting
       # (JAX_COMPILATION_CACHE_DIR).
       compilation_cache_dir="",
+      # Continued pretraining (training/init_from.py): a new run (no checkpoint in the workdir yet)
+      # starts from these weights, quantizer and projections included, with a fresh optimizer and
+      # schedule: an xlsr_jax export, a Hugging Face wav2vec2 directory or a fairseq .pt. "" = random.
+      # A resumed run always restores its own checkpoints instead.
+      init_from="",
+      # Regular expressions searched in "/"-joined parameter paths ("quantizer/codevectors"); the
+      # matching parameters keep the model's random initialisation, e.g. ["^quantizer/"].
+      init_exclude=[],
   ))
 
   # Input pipeline (data_pipelines.input_pipeline.PipelineConfig) and batch size in seconds.

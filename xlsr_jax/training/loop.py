@@ -16,7 +16,7 @@ from data_pipelines import device_feed, input_pipeline
 from xlsr_jax.config_loading import ConfigError, model_config_from
 from xlsr_jax.sharding import mesh as mesh_lib
 from xlsr_jax.training import metrics as metrics_lib
-from xlsr_jax.training import metrics_file
+from xlsr_jax.training import init_from, metrics_file
 from xlsr_jax.training.state import build_trainer
 from xlsr_jax.training.step_accounting import StepAccounting
 from data_pipelines.features import SAMPLE_RATE
@@ -137,17 +137,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                               keep=config.train.keep_checkpoints)
   try:
     restored = manager.restore_latest(restore_target(trainer.abstract_state, trainer.state_sharding))
-  except BaseException:  # a refused resume: release Orbax's threads and the signal handlers
+    if restored is None:  # a new run: random weights, or train.init_from's (never over a resume)
+      state = init_from.initial_state(trainer, config)
+  except BaseException:  # a refused resume or init: release Orbax's threads and the signal handlers
     manager.close()
     raise
-  if restored is None:
-    state = trainer.create_state()
-    logging.info("initialised a new state")
-  else:
+  if restored is not None:
     state, data_state = restored
     if data_state is not None:
       train_iter.set_state(data_state)
-    print(f"resumed from step {int(state.step)} in {manager.directory}", flush=True)
+    ignored = " (train.init_from is for a new run: not loaded)" if config.train.init_from else ""
+    print(f"resumed from step {int(state.step)} in {manager.directory}{ignored}", flush=True)
   if jax.process_index() == 0:  # only now: a refused resume leaves the workdir as it was
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json(indent=2))
