@@ -17,7 +17,7 @@ or global_batch_size and max_sample_size without buckets):
   waveform      float32 [local_batch, crop]  (zero after the utterance's end)
   lengths       int32   [local_batch]  real samples of each row (the rest is padding)
   language_id   int32   [local_batch]  index into `resolve_sources(...)` languages (sorted)
-  corpus_id     int32   [local_batch]  index into config.sources
+  corpus_id     int32   [local_batch]  index into config.sources + config.replay_sources
   bucket        int32   [local_batch]  the step's bucket index (0 without buckets)
   id            string  [local_batch]  utterance id, only with `keep_ids=True`
 """
@@ -71,6 +71,10 @@ class PipelineConfig:
   bucket_lengths: tuple[int, ...] = ()
   bucket_batch_sizes: tuple[int, ...] = ()
   bucket_mode: str = "crop"  # "crop": longest bucket an utterance fills; "pad": shortest it fits
+  # Replay (continued pretraining on new languages): these (corpus, languages) get replay_fraction
+  # of the utterances, n^alpha-balanced among themselves; `sources` share the rest the same way.
+  replay_sources: tuple[tuple[str, tuple[str, ...] | None], ...] = ()
+  replay_fraction: float = 0.0
 
   @property
   def bucket_spec(self) -> buckets_lib.BucketSpec | None:
@@ -83,8 +87,9 @@ class PipelineConfig:
   def from_mapping(cls, mapping: Mapping[str, Any]) -> PipelineConfig:
     """From a dict or ml_collections.ConfigDict (`cfg.to_dict()`); lists become tuples."""
     values = dict(mapping)
-    values["sources"] = tuple(
-        (corpus, None if langs is None else tuple(langs)) for corpus, langs in values["sources"])
+    for key in ("sources", "replay_sources"):
+      values[key] = tuple((corpus, None if langs is None else tuple(langs))
+                          for corpus, langs in values.get(key, ()))
     for key in ("bucket_lengths", "bucket_batch_sizes"):
       values[key] = tuple(int(v) for v in values.get(key, ()))
     return cls(**values)
@@ -123,15 +128,17 @@ def split_hours(builder: tfds.core.DatasetBuilder, split_name: str) -> float:
 
 def load_builders(config: PipelineConfig) -> dict[str, tfds.core.DatasetBuilder]:
   """`{corpus: builder}` for every corpus of config.sources, read from config.data_dir."""
-  return {corpus: tfds.builder(corpus, data_dir=config.data_dir) for corpus, _ in config.sources}
+  return {corpus: tfds.builder(corpus, data_dir=config.data_dir)
+          for corpus, _ in config.sources + config.replay_sources}
 
 
 def resolve_sources(config: PipelineConfig,
                     builders: Mapping[str, tfds.core.DatasetBuilder] | None = None) -> list[Source]:
-  """The (corpus, language) splits of `config`, with their hours and two-level weights."""
+  """The (corpus, language) splits of `config`, with their hours and two-level weights (replay
+  sources: replay_fraction of the total, the other sources the rest, each group n^alpha-balanced)."""
   builders = builders or load_builders(config)
   found = []  # (corpus_id, corpus, language, split_name, hours, num_examples)
-  for corpus_id, (corpus, languages) in enumerate(config.sources):
+  for corpus_id, (corpus, languages) in enumerate(config.sources + config.replay_sources):
     builder = builders[corpus]
     split_names = list(builder.info.splits.keys())
     chosen = select_languages(split_names, config.split, languages,
@@ -143,7 +150,14 @@ def resolve_sources(config: PipelineConfig,
   keys = [(corpus, lang) for _, corpus, lang, *_ in found]
   if len(set(keys)) != len(keys):
     raise ValueError(f"config.sources lists a (corpus, language) twice: {keys}")
-  weights = sampling.two_level_weights({(c, l): h for _, c, l, _, h, _ in found}, config.alpha)
+  replay = lambda corpus_id: corpus_id >= len(config.sources)
+  weights = sampling.two_level_weights(
+      {(c, l): h for cid, c, l, _, h, _ in found if not replay(cid)}, config.alpha)
+  if config.replay_sources:
+    r = config.replay_fraction
+    weights = {k: (1 - r) * w for k, w in weights.items()} | {
+        k: r * w for k, w in sampling.two_level_weights(
+            {(c, l): h for cid, c, l, _, h, _ in found if replay(cid)}, config.alpha).items()}
   language_ids = {lang: i for i, lang in enumerate(sorted({lang for _, _, lang, *_ in found}))}
   return [Source(corpus=c, language=l, split_name=s, hours=h, num_examples=n, corpus_id=cid,
                  language_id=language_ids[l], weight=weights[(c, l)])

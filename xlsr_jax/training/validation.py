@@ -143,7 +143,10 @@ def _is_patterns(v) -> bool:
   if not isinstance(v, (list, tuple)) or not all(isinstance(p, str) and p for p in v):
     return False
   for p in v:
-    re.compile(p)  # re.error (a ValueError) names the bad pattern
+    try:
+      re.compile(p)
+    except re.error as e:
+      raise ValueError(f"{p!r} is not a regular expression: {e}") from e
   return True
 
 
@@ -189,6 +192,7 @@ RULES: list[Rule] = [
     integer_at_least("train.log_every", 1),
     integer_at_least("train.eval_every", 0),
     integer_at_least("train.eval_batches", 0),
+    integer_at_least("train.eval_language_batches", 0),
     integer_at_least("train.checkpoint_every", 1),
     integer_at_least("train.keep_checkpoints", 1),
     integer_at_least("train.max_nonfinite_steps", 1),
@@ -203,6 +207,11 @@ RULES: list[Rule] = [
     Rule(("data.sources",), _is_sources,
          "a non-empty list of [corpus name/config, None or a non-empty list of languages]"),
     Rule(("data.data_dir",), lambda v: isinstance(v, str) and v != "", "a directory path"),
+    Rule(("data.replay_sources",), lambda v: not v or _is_sources(v),
+         "[] or a list of [corpus name/config, None or a non-empty list of languages]"),
+    in_range("data.replay_fraction", 0.0, 1.0, high_open=True),
+    Rule(("data.eval_language_sources",), lambda v: not v or _is_sources(v),
+         "[] (the training sources) or a list of [corpus name/config, None or languages]"),
     in_range("data.alpha", 0.0, 1.0),
     integer_at_least("data.max_sample_size", 1),
     integer_at_least("data.min_sample_size", 1),
@@ -249,6 +258,10 @@ RULES: list[Rule] = [
              "data.max_sample_size utterances)"),
     relation(("train.eval_every", "train.eval_batches"), lambda every, n: every == 0 or n >= 1,
              "train.eval_batches >= 1 when train.eval_every > 0"),
+    relation(("data.replay_fraction", "data.replay_sources"), lambda r, sources: not r or sources,
+             "data.replay_sources (what to replay) when data.replay_fraction > 0"),
+    relation(("train.eval_language_batches", "train.eval_every"), lambda n, every: not n or every,
+             "train.eval_every > 0 when train.eval_language_batches > 0 (scored at each eval)"),
     relation(("train.init_exclude", "train.init_from"), lambda exclude, path: not exclude or path,
              "train.init_exclude only with train.init_from (it names what not to load)"),
 ]
