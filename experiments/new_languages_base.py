@@ -23,7 +23,7 @@ def get_config():
   c.objective.gumbel_decay = 0.995
   c.optimizer.peak_lr = 2e-3
   c.optimizer.warmup_steps = 50
-  c.train.num_steps = 400
+  c.train.num_steps = 300
   c.train.log_every = 20
   c.train.eval_every = 100
   c.train.eval_batches = 2

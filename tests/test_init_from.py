@@ -185,8 +185,11 @@ def test_architecture_difference_with_equal_shapes_is_refused(reference, trainer
 
 
 def _toy_config(data_dir, num_steps, init):
-  c = _config(num_steps=num_steps, log_every=2, eval_every=0, checkpoint_every=2, init_from=init)
-  c.data.update(data_dir=data_dir, sources=[["toy_speech/alpha", None], ["toy_speech/beta", None]],
+  """New languages (alpha's fr, sw) replaying beta at 50%, each language scored alone at step 2."""
+  c = _config(num_steps=num_steps, log_every=2, eval_every=2, eval_batches=1,
+              eval_language_batches=1, checkpoint_every=2, init_from=init)
+  c.data.update(data_dir=data_dir, sources=[["toy_speech/alpha", ["fr", "sw"]]],
+                replay_sources=[["toy_speech/beta", None]], replay_fraction=0.5,
                 max_sample_size=8000, min_sample_size=4000, batch_seconds=2.0, prefetch_batches=1)
   c.mesh.data = 1
   return c
@@ -196,7 +199,8 @@ def _toy_config(data_dir, num_steps, init):
 def test_loop_starts_from_init_from_then_resumes_its_own_checkpoint(reference, toy_corpus_dir,
                                                                     tmp_path, monkeypatch, capsys):
   """A new run loads init_from; the same command later resumes (init_from is not read again: here
-  it no longer exists); the continued model's export is a --config.init for fine-tuning."""
+  it no longer exists); per-language validation is written; the continued model's export is a
+  --config.init for fine-tuning."""
   from xlsr_jax import export
   from xlsr_jax.downstream import encoders
   from xlsr_jax.training.loop import train_and_evaluate
@@ -209,6 +213,11 @@ def test_loop_starts_from_init_from_then_resumes_its_own_checkpoint(reference, t
   assert "init_from" in capsys.readouterr().out and int(first["state"].step) == 2
   with open(os.path.join(workdir, "config.json")) as f:
     assert json.load(f)["train"]["init_from"] == path
+  table = json.loads(open(os.path.join(workdir, "language_metrics.json")).read())
+  assert table["steps"] == [2] and sorted(table["languages"]) == ["en", "fr", "pt_br", "sw", "yo"]
+  for metrics in table["languages"].values():
+    assert 0.0 <= metrics["accuracy"][0] <= 1.0 and np.isfinite(metrics["contrastive_loss"][0])
+  assert os.path.exists(os.path.join(workdir, "language_metrics.png"))
   second = train_and_evaluate(_toy_config(toy_corpus_dir, 3, str(tmp_path / "gone")), workdir)
   out = capsys.readouterr().out
   assert "resumed from step 2" in out and "not loaded" in out and int(second["state"].step) == 3
@@ -220,3 +229,8 @@ def test_loop_starts_from_init_from_then_resumes_its_own_checkpoint(reference, t
   np.testing.assert_array_equal(loaded.params["feature_projection"]["projection"]["kernel"],
                                 trained["feature_projection"]["projection"]["kernel"])
   assert loaded.config == model_config_from(_config())
+  assert export.main([f"--workdir={workdir}", f"--out={tmp_path / 'hf'}", "--format=hf"]) == 0
+  hf = encoders.load_encoder(str(tmp_path / "hf"))
+  assert hf.source == "hf" and hf.config == loaded.config
+  for a, b in zip(jax.tree.leaves(hf.params), jax.tree.leaves(loaded.params)):
+    np.testing.assert_allclose(a, b, rtol=0, atol=0)
