@@ -17,7 +17,7 @@ or global_batch_size and max_sample_size without buckets):
   waveform      float32 [local_batch, crop]  (zero after the utterance's end)
   lengths       int32   [local_batch]  real samples of each row (the rest is padding)
   language_id   int32   [local_batch]  index into `resolve_sources(...)` languages (sorted)
-  corpus_id     int32   [local_batch]  index into config.sources
+  corpus_id     int32   [local_batch]  index into config.sources + config.replay_sources
   bucket        int32   [local_batch]  the step's bucket index (0 without buckets)
   id            string  [local_batch]  utterance id, only with `keep_ids=True`
 """
@@ -66,6 +66,10 @@ class PipelineConfig:
   bucket_lengths: tuple[int, ...] = ()
   bucket_batch_sizes: tuple[int, ...] = ()
   bucket_mode: str = "crop"  # "crop": longest bucket an utterance fills; "pad": shortest it fits
+  # Replay (continued pretraining on new languages): these (corpus, languages) get replay_fraction
+  # of the utterances, n^alpha-balanced among themselves; `sources` share the rest the same way.
+  replay_sources: tuple[tuple[str, tuple[str, ...] | None], ...] = ()
+  replay_fraction: float = 0.0
 
   @property
   def bucket_spec(self) -> buckets_lib.BucketSpec | None:
@@ -78,8 +82,9 @@ class PipelineConfig:
   def from_mapping(cls, mapping: Mapping[str, Any]) -> PipelineConfig:
     """From a dict or ml_collections.ConfigDict (`cfg.to_dict()`); lists become tuples."""
     values = dict(mapping)
-    values["sources"] = tuple(
-        (corpus, None if langs is None else tuple(langs)) for corpus, langs in values["sources"])
+    for key in ("sources", "replay_sources"):
+      values[key] = tuple((corpus, None if langs is None else tuple(langs))
+                          for corpus, langs in values.get(key, ()))
     for key in ("bucket_lengths", "bucket_batch_sizes"):
       values[key] = tuple(int(v) for v in values.get(key, ()))
     return cls(**values)

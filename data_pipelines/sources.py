@@ -64,16 +64,18 @@ def split_hours(builder: tfds.core.DatasetBuilder, split_name: str) -> float:
 
 
 def load_builders(config: PipelineConfig) -> dict[str, tfds.core.DatasetBuilder]:
-  """`{corpus: builder}` for every corpus of config.sources, read from config.data_dir."""
-  return {corpus: tfds.builder(corpus, data_dir=config.data_dir) for corpus, _ in config.sources}
+  """`{corpus: builder}` for every corpus of config.sources and replay_sources, from data_dir."""
+  return {corpus: tfds.builder(corpus, data_dir=config.data_dir)
+          for corpus, _ in config.sources + config.replay_sources}
 
 
 def resolve_sources(config: PipelineConfig,
                     builders: Mapping[str, tfds.core.DatasetBuilder] | None = None) -> list[Source]:
-  """The (corpus, language) splits of `config`, with their hours and two-level weights."""
+  """The (corpus, language) splits of `config`, with their hours and two-level weights (replay
+  sources: replay_fraction of the total, the other sources the rest, each group n^alpha-balanced)."""
   builders = builders or load_builders(config)
   found = []  # (corpus_id, corpus, language, split_name, hours, num_examples)
-  for corpus_id, (corpus, languages) in enumerate(config.sources):
+  for corpus_id, (corpus, languages) in enumerate(config.sources + config.replay_sources):
     builder = builders[corpus]
     split_names = list(builder.info.splits.keys())
     chosen = select_languages(split_names, config.split, languages,
@@ -85,7 +87,14 @@ def resolve_sources(config: PipelineConfig,
   keys = [(corpus, lang) for _, corpus, lang, *_ in found]
   if len(set(keys)) != len(keys):
     raise ValueError(f"config.sources lists a (corpus, language) twice: {keys}")
-  weights = sampling.two_level_weights({(c, l): h for _, c, l, _, h, _ in found}, config.alpha)
+  replay = lambda corpus_id: corpus_id >= len(config.sources)
+  weights = sampling.two_level_weights(
+      {(c, l): h for cid, c, l, _, h, _ in found if not replay(cid)}, config.alpha)
+  if config.replay_sources:
+    r = config.replay_fraction
+    weights = {k: (1 - r) * w for k, w in weights.items()} | {
+        k: r * w for k, w in sampling.two_level_weights(
+            {(c, l): h for cid, c, l, _, h, _ in found if replay(cid)}, config.alpha).items()}
   language_ids = {lang: i for i, lang in enumerate(sorted({lang for _, _, lang, *_ in found}))}
   return [Source(corpus=c, language=l, split_name=s, hours=h, num_examples=n, corpus_id=cid,
                  language_id=language_ids[l], weight=weights[(c, l)])
