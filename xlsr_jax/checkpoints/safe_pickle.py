@@ -21,7 +21,7 @@ ALLOWED = {
     ("builtins", "tuple"),
 }
 # Modules whose classes are settings, never behaviour: turned into inert stubs.
-STUB_MODULE_PREFIXES = ("omegaconf", "argparse", "fairseq", "enum", "typing", "pathlib",
+STUB_MODULE_PREFIXES = ("omegaconf", "argparse", "fairseq", "fairseq2", "enum", "typing", "pathlib",
                         "dataclasses")
 
 

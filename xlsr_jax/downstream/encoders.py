@@ -5,7 +5,9 @@ Sources (`load_encoder`):
     (model_config.json + params/), pretraining, encoder-only or fine-tuned trees;
   * a Hugging Face wav2vec2 directory (config.json + model.safetensors or pytorch_model.bin):
     Wav2Vec2ForPreTraining, Wav2Vec2Model or Wav2Vec2ForCTC (its lm_head is read too);
-  * a fairseq .pt (pretrained or fine-tuned XLS-R), through `import_fairseq`;
+  * a fairseq .pt (pretrained or fine-tuned XLS-R), through `import_fairseq`, or a fairseq2 .pt
+    (the Omnilingual ASR omniASR-W2V encoders), through `import_fairseq2`: `import_pt` tells them
+    apart by their keys;
   * "random": the architecture of a given config at random initialisation (the baseline).
 
 Features (`hidden_states`): every layer's hidden states [layers + 1, batch, frames, dim] and the
@@ -29,7 +31,7 @@ from xlsr_jax.downstream.vocabulary import VOCAB_FILE, Vocabulary
 from xlsr_jax.models import Wav2Vec2Model
 from xlsr_jax.models.config import Wav2Vec2Config
 
-SOURCES = ("export", "hf", "fairseq", "random")
+SOURCES = ("export", "hf", "fairseq", "fairseq2", "random")
 
 
 class InitError(FileNotFoundError):
@@ -56,12 +58,13 @@ class LoadedEncoder:
 
 
 def detect_source(init: str) -> str:
-  """"random", "export", "hf" or "fairseq" for an init string; errors name the path."""
+  """"random", "export", "hf" or "fairseq" (a .pt: fairseq or fairseq2) for an init string; errors
+  name the path."""
   if init == "random":
     return "random"
   if not os.path.exists(init):
     raise InitError(f"init {init!r} does not exist: expected an export directory (xlsr_jax.export), "
-                    f"a Hugging Face wav2vec2 directory, a fairseq .pt file, or 'random'")
+                    f"a Hugging Face wav2vec2 directory, a fairseq or fairseq2 .pt file, or 'random'")
   if os.path.isdir(init):
     if os.path.exists(os.path.join(init, model_files.CONFIG_FILE)):
       return "export"
@@ -134,10 +137,15 @@ def load_encoder(init: str, *, random_config: Wav2Vec2Config | None = None, seed
                 if k in hf_config}
     return LoadedEncoder(encoder, config, source, init, ctc_head, None, _vocabulary_beside(init),
                          metadata)
-  from xlsr_jax.checkpoints.fairseq_import import import_fairseq
-  tree, config = import_fairseq(init)
+  return _load_pt(init)
+
+
+def _load_pt(path: str) -> LoadedEncoder:
+  """A fairseq (XLS-R) or fairseq2 (Omnilingual omniASR-W2V) .pt, told apart by its key layout."""
+  from xlsr_jax.checkpoints.fairseq2_import import import_pt
+  tree, config, layout = import_pt(path)
   encoder, _, _ = _split_tree(tree)
-  return LoadedEncoder(encoder, config, source, init, metadata={"fairseq": True})
+  return LoadedEncoder(encoder, config, layout, path, metadata={layout: True})
 
 
 @partial(jax.jit, static_argnums=(0,))

@@ -100,6 +100,8 @@ class Wav2Vec2Config:
 _LARGE = dict(conv_bias=True, feat_extract_norm="layer", do_stable_layer_norm=True,
               num_attention_heads=16, feature_grad_mult=1.0)
 
+_OMNI_FIRST_PASS = dict(feat_proj_dropout=0.1, feat_quantizer_dropout=0.1)
+
 PRESETS: dict[str, Wav2Vec2Config] = {
     # A few-layer model for tests and the CPU demo; same structure as XLS-R (layer norm, pre-LN).
     "tiny": Wav2Vec2Config(
@@ -129,17 +131,19 @@ PRESETS: dict[str, Wav2Vec2Config] = {
     # encoder with conv bias, pre-LN, 16 heads, conv positional embedding 128 x 16 groups);
     # dropouts as those archs set them. fairseq2 never overrides its base `feature_grad_scale` of
     # 0.1 for these archs, so feature_grad_mult is 0.1 here (XLS-R's large recipes use 1.0).
+    # fairseq2's first_pass_dropout (0.1 from 1b on) drops both the projected features and the
+    # quantizer's input (fairseq has two settings, dropout_input and dropout_features).
     "omni_300m": Wav2Vec2Config(hidden_size=1024, num_hidden_layers=24, intermediate_size=4096,
                                 codevector_dim=768, proj_codevector_dim=768, attention_dropout=0.1,
                                 **(_LARGE | dict(feature_grad_mult=0.1))),
     "omni_1b": Wav2Vec2Config(hidden_size=1280, num_hidden_layers=48, intermediate_size=5120,
-                              codevector_dim=1024, proj_codevector_dim=1024, feat_proj_dropout=0.1,
+                              codevector_dim=1024, proj_codevector_dim=1024, **_OMNI_FIRST_PASS,
                               **(_LARGE | dict(feature_grad_mult=0.1))),
     "omni_3b": Wav2Vec2Config(hidden_size=2048, num_hidden_layers=60, intermediate_size=8192,
-                              codevector_dim=1024, proj_codevector_dim=1024, feat_proj_dropout=0.1,
+                              codevector_dim=1024, proj_codevector_dim=1024, **_OMNI_FIRST_PASS,
                               **(_LARGE | dict(feature_grad_mult=0.1))),
     "omni_7b": Wav2Vec2Config(hidden_size=2048, num_hidden_layers=128, intermediate_size=8192,
-                              codevector_dim=1024, proj_codevector_dim=1024, feat_proj_dropout=0.1,
+                              codevector_dim=1024, proj_codevector_dim=1024, **_OMNI_FIRST_PASS,
                               **(_LARGE | dict(feature_grad_mult=0.1))),
 }
 
