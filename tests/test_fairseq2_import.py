@@ -292,3 +292,32 @@ def test_preset_fields_equal_the_fairseq2_archs(reference):
         a["dropout"], a["attn_dropout"], a["ffn_inner_dropout"], a["layer_drop"])
     assert cfg.feat_proj_dropout == cfg.feat_quantizer_dropout == a["first_pass_dropout"]
     assert cfg.feature_grad_mult == a["feature_grad_scale"]
+
+
+@pytest.mark.slow  # ~45 s here (one ASR fine-tuning run end to end)
+def test_asr_fine_tuning_starts_from_a_fairseq2_checkpoint(reference, synthetic_tiny_dir, tmp_path,
+                                                            capsys):
+  """`--config.init=` a fairseq2 .pt: the downstream path reads it as is (tiny preset sizes)."""
+  import json
+  from tests.fixtures import fairseq2_reference as fr
+  from xlsr_jax import evaluate
+  spec = [(k, tuple(s)) for k, s in json.loads(str(reference["layer/spec"]))]
+  path = tmp_path / "omni_tiny.pt"
+  torch.save({"model": {k: torch.from_numpy(v) for k, v in fr.make_weights(spec).items()}}, path)
+  workdir = tmp_path / "asr"
+  args = ["--config=experiments/downstream/asr.py", f"--config.init={path}", f"--workdir={workdir}",
+          f"--config.data.data_dir={synthetic_tiny_dir}", "--config.data.corpus=synthetic_speech/tiny",
+          "--config.finetune.num_steps=2", "--config.finetune.freeze_transformer_steps=1",
+          "--config.train.log_every=1", "--config.train.checkpoint_every=2",
+          "--config.data.batch_size=8", "--config.data.eval_batch_size=8",
+          "--config.data.max_sample_size=48000"]
+  assert evaluate.main(args) == 0, capsys.readouterr().err
+  out = capsys.readouterr().out
+  assert "step 2/2" in out
+  exported, cfg, _ = model_files.load_model(str(workdir / "model"))
+  tiny = get_preset("tiny")  # the recipe changes only training fields (layerdrop, feature_grad_mult)
+  assert cfg.replace(layerdrop=tiny.layerdrop, feature_grad_mult=tiny.feature_grad_mult) == tiny
+  start, _ = fairseq2_import.import_fairseq2(str(path))
+  # The feature encoder is frozen in the recipe: it is still the checkpoint's, bit for bit.
+  jax.tree.map(np.testing.assert_array_equal, exported["wav2vec2"]["feature_extractor"],
+               start["wav2vec2"]["feature_extractor"])
