@@ -82,11 +82,22 @@ def test_fairseq2_checkpoint_imports_equal_to_hf_conversion(checkpoint):
   jax.tree.map(np.testing.assert_array_equal, params, hf_layout.hf_to_ours(sd, cfg))
 
 
-def test_fairseq2_encoder_features_equal_the_reference_forward(checkpoint, tmp_path):
-  """The downstream loader reads the .pt as fairseq2 (by its keys) and its features are the HF
-  reference's hidden states; `--config.init=` uses this loader."""
+def test_bfloat16_fairseq2_checkpoint_imports_as_float32(checkpoint, tmp_path):
+  path, sd, cfg, _ = checkpoint
+  state = torch.load(path)["model"]
+  half = {k: (v.to(torch.bfloat16) if v.is_floating_point() else v) for k, v in state.items()}
+  torch.save({"model": half}, tmp_path / "bf16.pt")
+  params, _ = fairseq2_import.import_fairseq2(str(tmp_path / "bf16.pt"), num_attention_heads=4)
+  rounded = {k: torch.from_numpy(v).to(torch.bfloat16).float().numpy() for k, v in sd.items()}
+  expected = hf_layout.hf_to_ours(rounded, cfg)
+  assert all(x.dtype == np.float32 for x in jax.tree.leaves(params))
+  jax.tree.map(np.testing.assert_array_equal, params, expected)
+
+
+def test_fairseq2_encoder_features_equal_the_reference_forward(checkpoint):
+  """A .pt is read as fairseq2 by its keys and its features are the HF reference's hidden states.
+  This size matches no preset, so the downstream loader (which cannot pass heads) names the fix."""
   path, _, cfg, ref = checkpoint
-  heads_given = tmp_path / "with_heads.pt"  # a size of no preset: heads from the caller
   with pytest.raises(hf_layout.ConversionError, match="num_attention_heads"):
     encoders.load_encoder(path)
   loaded = _load_with_heads(path, 4)
@@ -98,7 +109,6 @@ def test_fairseq2_encoder_features_equal_the_reference_forward(checkpoint, tmp_p
                        output_hidden_states=True)
   v = np.asarray(valid)
   assert pu.rel_err(np.asarray(hidden[-1])[v], out.last_hidden_state.numpy()[v]) < 1e-4
-  del heads_given
 
 
 def _load_with_heads(path, heads):
