@@ -6,7 +6,8 @@ renamed to the Hugging Face layout here, then `hf_layout.hf_to_ours` does the te
 shape checks (every mismatch names the key with both shapes). The .pt is read with the same safe
 unpickler as fairseq checkpoints. A fairseq2 checkpoint stores no architecture settings we can read,
 so the sizes come from the tensors and the number of attention heads from the preset of the same
-sizes (omni_300m/1b/3b/7b: all use 16), or from the caller.
+sizes (omni_300m/1b/3b/7b: all use 16), or from the caller; the conv strides, which no tensor
+shows, are the standard (5, 2, 2, 2, 2, 2, 2) of every released wav2vec 2.0 model.
 
 `import_pt` reads any .pt once and dispatches on its key layout: fairseq (`mask_emb`,
 `feature_extractor.conv_layers.*`) or fairseq2 (`encoder_frontend.*`).
