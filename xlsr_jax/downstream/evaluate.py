@@ -105,7 +105,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, tuner, loaded_parts: 
   log = run_lib.LogCadence(config.train.log_every, num_steps, start)
   preempted = False
   for step in range(start, num_steps):
-    batch = device_feed.global_batch(device_feed.process_rows(next(train_iter)), tuner.mesh)
+    batch = device_feed.global_batch(device_feed.process_rows(next(train_iter)), tuner.mesh,
+                                     tuner.batch_sharding.spec)
     state, step_metrics = tuner.step(state, batch)
     done = step + 1
     if (interval := log.add(done, step_metrics)) is not None:

@@ -110,7 +110,8 @@ def evaluate_split(tuner, state, builder, names, index, labeler, label_info, con
     keep = batch["example_valid"]
     feed = {k: batch[k] for k in ("waveform", "padding_mask", "example_valid", *fields)}
     out = jax.device_get(tuner.evaluate(
-        state, device_feed.global_batch(device_feed.process_rows(feed), tuner.mesh)))
+        state, device_feed.global_batch(device_feed.process_rows(feed), tuner.mesh,
+                                        tuner.batch_sharding.spec)))
     outputs.append(({k: np.asarray(v)[keep] for k, v in out.items()},
                     {k: v[keep] for k, v in batch.items()}))
     seen += int(keep.sum())

@@ -19,12 +19,12 @@ INIT_SAMPLES = 16_000  # one second: the dummy waveform's length
 
 def init_params(model: nn.Module, key: jax.Array, num_samples: int = INIT_SAMPLES) -> Any:
   """Fresh parameters of `model`, boxed with their logical axis names (pure: jit / eval_shape it)."""
-  from xlsr_jax.models.feature_encoder import num_frames_static
+  from xlsr_jax.models.feature_encoder import frame_lengths
   from xlsr_jax.models.wav2vec2 import Wav2Vec2ForPreTraining
   waveform = jnp.zeros((1, num_samples), jnp.float32)
   args = ()
   if isinstance(model, Wav2Vec2ForPreTraining):  # (padding_mask, mask_time [1, T], indices [1, 1])
-    frames = num_frames_static(num_samples, model.config)
+    frames = frame_lengths(num_samples, model.config)
     args = (None, jnp.zeros((1, frames), bool), jnp.zeros((1, 1), jnp.int32))
   return model.init({"params": key}, waveform, *args)["params"]
 

@@ -90,22 +90,23 @@ def open_checkpoints(workdir: str, train: ml_collections.ConfigDict):
                            keep=train.keep_checkpoints)
 
 
-def restore_or_init(manager, abstract: Any, shardings: Any, create: Callable[[], Any]
-                    ) -> tuple[Any, bytes | None]:
+def restore_or_init(manager, abstract: Any, shardings: Any, create: Callable[[], Any], *,
+                    resumed_note: str = "") -> tuple[Any, bytes | None]:
   """(state, this process's saved input position or None): the newest good checkpoint, or
-  `create()` when there is none. A refused resume (mismatch, damage) closes the manager, so the
-  error leaves no Orbax threads or signal handlers behind, and re-raises."""
+  `create()` when there is none. A refused resume or init (mismatch, damage, a bad init source)
+  closes the manager, so the error leaves no Orbax threads or signal handlers behind, and
+  re-raises. `resumed_note` ends the "resumed from" line."""
   from xlsr_jax.checkpoints.manager import restore_target
   try:
     restored = manager.restore_latest(restore_target(abstract, shardings))
+    if restored is None:
+      logging.info("initialised a new state")
+      return create(), None
   except BaseException:
     manager.close()
     raise
-  if restored is None:
-    logging.info("initialised a new state")
-    return create(), None
   state, data_state = restored
-  print(f"resumed from step {int(state.step)} in {manager.directory}", flush=True)
+  print(f"resumed from step {int(state.step)} in {manager.directory}{resumed_note}", flush=True)
   return state, data_state
 
 

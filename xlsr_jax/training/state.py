@@ -25,8 +25,8 @@ def init_state(model: Wav2Vec2ForPreTraining, optimizer: optax.GradientTransform
                        consecutive_nonfinite=zero, total_nonfinite=zero)
 
 
-def batch_shardings(mesh: Mesh) -> dict[str, NamedSharding]:
-  sharding = mesh_lib.batch_sharding(mesh)
+def batch_shardings(mesh: Mesh, rules: tuple) -> dict[str, NamedSharding]:
+  sharding = mesh_lib.batch_sharding(mesh, rules)
   return {"waveform": sharding, "lengths": sharding}
 
 
@@ -40,11 +40,11 @@ class Trainer:
     seed = config.train.seed
     init_fn = lambda: init_state(model, optimizer, shapes, seed)
     self.abstract_state, self.state_sharding = run.abstract_state(init_fn, mesh, rules)
-    self.batch_sharding = batch_shardings(mesh)
+    self.batch_sharding = batch_shardings(mesh, rules)
     self.create_state = run.InMesh(jax.jit(init_fn, out_shardings=self.state_sharding), mesh)
-    self.step = run.jit_train_step(ts.make_train_step(model, optimizer, schedule, config, rules, mesh),
+    self.step = run.jit_train_step(ts.make_train_step(model, optimizer, schedule, config, rules),
                                    mesh, self.state_sharding, self.batch_sharding)
-    self.evaluate = run.jit_eval_step(ts.make_eval_step(model, config, rules, mesh), mesh,
+    self.evaluate = run.jit_eval_step(ts.make_eval_step(model, config, rules), mesh,
                                       self.state_sharding, self.batch_sharding, 1)
     # The jax.jit objects (for .lower and the compile cache).
     self.init, self.train_step, self.eval_step = (self.create_state.jitted, self.step.jitted,
