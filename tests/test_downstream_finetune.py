@@ -116,7 +116,8 @@ def lid_tuner():
 
 def test_freeze_update_equals_the_select_implementation(lid_tuner):
   t = lid_tuner
-  new = jax.jit(lambda *a: finetune.update((t.optimizer, t.frozen_optimizer), *a))
+  new = jax.jit(lambda frozen, *a: finetune.update(t.optimizer, *a, held=t.frozen_optimizer,
+                                                   frozen=frozen))
   old = jax.jit(lambda *a: _select_update(t, *a))
   state = t.create_state({})
   a = b = (state.params, state.opt_state)

@@ -100,17 +100,17 @@ def hold(inner: optax.GradientTransformation) -> optax.GradientTransformation:
   return optax.GradientTransformation(inner.init, update)
 
 
-def update(optimizer: optax.GradientTransformation | tuple[optax.GradientTransformation, ...],
-           frozen: jax.Array, grads: Any, opt_state: Any, params: Any) -> tuple[Any, Any]:
-  """(new params, new optimizer state). `optimizer` may be the pair (trainable, encoder held) from
-  `make_optimizer`: then one of them runs, chosen by the bool scalar `frozen` (lax.cond), instead of
+def update(optimizer: optax.GradientTransformation, grads: Any, opt_state: Any, params: Any, *,
+           held: optax.GradientTransformation | None = None, frozen: jax.Array | None = None
+           ) -> tuple[Any, Any]:
+  """(new params, new optimizer state). With `held` (the same optimizer, encoder held: see
+  `make_optimizer`) one of the two runs, chosen by the bool scalar `frozen` (lax.cond), instead of
   updating everything and selecting the old values back leaf by leaf."""
-  if isinstance(optimizer, tuple):
-    trainable, held = optimizer
-    updates, opt_state = jax.lax.cond(frozen, held.update, trainable.update, grads, opt_state,
-                                      params)
-  else:
+  if held is None:
     updates, opt_state = optimizer.update(grads, opt_state, params)
+  else:
+    updates, opt_state = jax.lax.cond(frozen, held.update, optimizer.update, grads, opt_state,
+                                      params)
   return optax.apply_updates(params, updates), opt_state
 
 
@@ -234,9 +234,9 @@ class Finetuner:
     # fairseq freeze_finetune_updates: the Transformer (and projection) stay fixed, with their
     # optimizer moments, for the first N updates; only the head trains.
     frozen = state.step < self.freeze_transformer_steps
-    optimizers = (self.optimizer, self.frozen_optimizer) if self.freeze_transformer_steps else None
-    new_params, new_opt = update(optimizers or self.optimizer, frozen, grads, state.opt_state,
-                                 state.params)
+    new_params, new_opt = update(
+        self.optimizer, grads, state.opt_state, state.params, frozen=frozen,
+        held=self.frozen_optimizer if self.freeze_transformer_steps else None)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
                "learning_rate": self.schedule(state.step),
                "transformer_frozen": frozen.astype(jnp.float32), **extra}
