@@ -155,6 +155,21 @@ class CheckpointMismatchError(ValueError):
   """A checkpoint whose parameters do not have the shapes the current model expects (not corruption)."""
 
 
+def check_shapes(stored: Any, params: Any, where: str) -> None:
+  """Raises CheckpointMismatchError naming every parameter (tree path) of `stored` and `params`
+  (trees of anything with .shape) that is missing from one of them or has another shape."""
+  shapes = lambda tree: {jax.tree_util.keystr(path): tuple(x.shape)
+                         for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  have, want = shapes(stored), shapes(params)
+  problems = [f"{k}: missing from the checkpoint" for k in sorted(want.keys() - have.keys())]
+  problems += [f"{k}: not in the model" for k in sorted(have.keys() - want.keys())]
+  problems += [f"{k}: checkpoint {have[k]}, model {want[k]}"
+               for k in sorted(want.keys() & have.keys()) if have[k] != want[k]]
+  if problems:
+    raise CheckpointMismatchError(f"{where} does not match the model ({len(problems)} "
+                                  f"difference(s)): " + "; ".join(problems))
+
+
 class CheckpointSaveError(RuntimeError):
   """Saving a step failed (disk full, permissions, ...): the run must stop rather than go on unprotected."""
 
@@ -384,17 +399,7 @@ class CheckpointManager:
     stored = self._manager.item_metadata(step)[PARAMS]
     if stored is None:
       return  # unreadable metadata: the restore itself decides
-    shapes = lambda tree: {jax.tree_util.keystr(path): tuple(x.shape)
-                           for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
-    have, want = shapes(stored), shapes(params)
-    problems = [f"{k}: missing from the checkpoint" for k in sorted(want.keys() - have.keys())]
-    problems += [f"{k}: not in the model" for k in sorted(have.keys() - want.keys())]
-    problems += [f"{k}: checkpoint {have[k]}, model {want[k]}"
-                 for k in sorted(want.keys() & have.keys()) if have[k] != want[k]]
-    if problems:
-      raise CheckpointMismatchError(
-          f"{self.directory / str(step) / PARAMS} does not match the model ({len(problems)} "
-          f"difference(s)): " + "; ".join(problems[:8]))
+    check_shapes(stored, params, str(self.directory / str(step) / PARAMS))
 
   # Preemption.
 

@@ -1,6 +1,7 @@
 """Load an encoder from any source we read, and compute its features.
 
-Sources (`load_encoder`):
+Sources (`load_encoder`; the checkpoint formats are read by `checkpoints.sources`, shared with
+pretraining's `train.init_from`):
   * an export directory from `xlsr_jax.export` / `xlsr_jax.convert` / a downstream run
     (model_config.json + params/), pretraining, encoder-only or fine-tuned trees;
   * a Hugging Face wav2vec2 directory (config.json + model.safetensors or pytorch_model.bin):
@@ -16,7 +17,6 @@ frame validity mask [batch, frames] (True = a real frame, the complement of padd
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from functools import partial
 from typing import Any
@@ -25,17 +25,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xlsr_jax.checkpoints import hf_layout, model_files
+from xlsr_jax.checkpoints import sources
 from xlsr_jax.downstream.heads import stack_hidden_states
 from xlsr_jax.downstream.vocabulary import VOCAB_FILE, Vocabulary
 from xlsr_jax.models import Wav2Vec2Model
 from xlsr_jax.models.config import Wav2Vec2Config
 
-SOURCES = ("export", "hf", "fairseq", "fairseq2", "random")
-
-
-class InitError(FileNotFoundError):
-  """An init source that does not exist or is not a model we can read; the message names it."""
+SOURCES = sources.SOURCES + ("random",)
+InitError = sources.InitError  # re-exported: callers catch it from here
 
 
 @dataclasses.dataclass
@@ -58,27 +55,9 @@ class LoadedEncoder:
 
 
 def detect_source(init: str) -> str:
-  """"random", "export", "hf" or "fairseq" (a .pt: fairseq or fairseq2) for an init string; errors
-  name the path."""
-  if init == "random":
-    return "random"
-  if not os.path.exists(init):
-    raise InitError(f"init {init!r} does not exist: expected an export directory (xlsr_jax.export), "
-                    f"a Hugging Face wav2vec2 directory, a fairseq or fairseq2 .pt file, or 'random'")
-  if os.path.isdir(init):
-    if os.path.exists(os.path.join(init, model_files.CONFIG_FILE)):
-      return "export"
-    if model_files.is_training_workdir(init):
-      raise InitError(f"init {init} is a training workdir (config.json + checkpoints/), not a model; "
-                      f"export it first: python -m xlsr_jax.export --workdir={init} "
-                      f"--out={os.path.join(init, 'export', 'orbax')}, then "
-                      f"--config.init={os.path.join(init, 'export', 'orbax')}")
-    if os.path.exists(os.path.join(init, "config.json")):
-      return "hf"
-    raise InitError(f"init directory {init} has neither {model_files.CONFIG_FILE} (an xlsr_jax "
-                    f"export) nor config.json (a Hugging Face directory); is it a training workdir? "
-                    f"export it first: python -m xlsr_jax.export --workdir={init} --out=OUT")
-  return "fairseq"
+  """"random", "export", "hf" or "fairseq" (a .pt: fairseq or fairseq2) for an init string;
+  errors name the path."""
+  return "random" if init == "random" else sources.detect_source(init)
 
 
 def _vocabulary_beside(path: str) -> Vocabulary | None:
@@ -115,37 +94,12 @@ def load_encoder(init: str, *, random_config: Wav2Vec2Config | None = None, seed
     if random_config is None:
       raise InitError("init='random' needs the architecture: give a model config (preset)")
     return LoadedEncoder(random_encoder(random_config, seed), random_config, source, init)
-  if source == "export":
-    tree, config, metadata = model_files.load_model(init)
-    tree = jax.tree.map(np.asarray, tree)
-    encoder, ctc_head, classifier = _split_tree(tree)
-    return LoadedEncoder(encoder, config, source, init, ctc_head, classifier,
-                         _vocabulary_beside(init), metadata)
-  if source == "hf":
-    with open(os.path.join(init, "config.json")) as f:
-      hf_config = json.load(f)
-    config = hf_layout.config_from_hf(hf_config)
-    state = model_files.read_hf_state_dict(init)
-    if not any(k.endswith("masked_spec_embed") for k in state):  # HF omits it when masking is off
-      state["wav2vec2.masked_spec_embed" if any(k.startswith("wav2vec2.") for k in state)
-            else "masked_spec_embed"] = np.zeros((config.hidden_size,), np.float32)
-    ctc_head = hf_layout.ctc_head_to_ours(state)
-    tree = hf_layout.hf_to_ours(state, config, ignore_extra=(
-        hf_layout.CTC_HEAD_PREFIX, "projector.", "classifier.", "feature_extractor_head."))
-    encoder, _, _ = _split_tree(tree)
-    metadata = {k: hf_config[k] for k in ("architectures", "vocab_size", "final_dropout")
-                if k in hf_config}
-    return LoadedEncoder(encoder, config, source, init, ctc_head, None, _vocabulary_beside(init),
-                         metadata)
-  return _load_pt(init)
-
-
-def _load_pt(path: str) -> LoadedEncoder:
-  """A fairseq (XLS-R) or fairseq2 (Omnilingual omniASR-W2V) .pt, told apart by its key layout."""
-  from xlsr_jax.checkpoints.fairseq2_import import import_pt
-  tree, config, layout = import_pt(path)
-  encoder, _, _ = _split_tree(tree)
-  return LoadedEncoder(encoder, config, layout, path, metadata={layout: True})
+  loaded = sources.load_checkpoint(init)
+  encoder, ctc_head, classifier = _split_tree(loaded.params)
+  if source != "export":  # a HF CTC head comes beside the encoder; imported heads are not read
+    ctc_head, classifier = loaded.ctc_head, None
+  return LoadedEncoder(encoder, loaded.config, loaded.source, init, ctc_head, classifier,
+                       None if source == "fairseq" else _vocabulary_beside(init), loaded.metadata)
 
 
 @partial(jax.jit, static_argnums=(0,))

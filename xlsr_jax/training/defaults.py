@@ -44,6 +44,17 @@ def get_default_config() -> ml_collections.ConfigDict:
       # loads the compiled step instead of compiling it again. "" = JAX's own setting
       # (JAX_COMPILATION_CACHE_DIR).
       compilation_cache_dir="",
+      # Per-language validation (training/language_metrics.py): at every eval also this many batches
+      # of each language alone (data.eval_language_sources); 0 = off. Plot at the end of the run.
+      eval_language_batches=0,
+      # Continued pretraining (training/init_from.py): a new run (no checkpoint in the workdir yet)
+      # starts from these weights, quantizer and projections included, with a fresh optimizer and
+      # schedule: an xlsr_jax export, a Hugging Face wav2vec2 directory or a fairseq .pt. "" = random.
+      # A resumed run always restores its own checkpoints instead.
+      init_from="",
+      # Regular expressions searched in "/"-joined parameter paths ("quantizer/codevectors"); the
+      # matching parameters keep the model's random initialisation, e.g. ["^quantizer/"].
+      init_exclude=[],
   ))
 
   # Input pipeline (data_pipelines.input_pipeline.PipelineConfig) and batch size in seconds.
@@ -60,6 +71,12 @@ def get_default_config() -> ml_collections.ConfigDict:
       # max_sample_size. bucket_mode "crop": an utterance goes to the longest bucket it fills and
       # is cropped to it; "pad": to the shortest it fits in, padded up.
       bucket_seconds=[], bucket_mode="crop",
+      # Continued pretraining on new languages: replay_sources (e.g. the original languages) get
+      # replay_fraction of the utterances, n^alpha-balanced among themselves; `sources` the rest
+      # (replay_fraction 0: replay_sources are not trained on, only scored per language).
+      replay_sources=[], replay_fraction=0.0,
+      # Languages scored one by one when train.eval_language_batches > 0 ([] = sources + replay).
+      eval_language_sources=[],
   ))
 
   # Device mesh (product = number of devices; one axis may be -1) and sharding rules.

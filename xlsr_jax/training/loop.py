@@ -11,43 +11,18 @@ import jax
 import ml_collections
 import numpy as np
 
-from data_pipelines import buckets as buckets_lib
 from data_pipelines import device_feed, input_pipeline
 from xlsr_jax.config_loading import ConfigError, model_config_from
 from xlsr_jax.sharding import mesh as mesh_lib
 from xlsr_jax.training import metrics as metrics_lib
-from xlsr_jax.training import metrics_file
+from xlsr_jax.training import init_from, language_metrics, metrics_file
+from xlsr_jax.training.batch_size import (batch_multiple, bucket_spec, global_batch,
+                                           largest_crop)
 from xlsr_jax.training.state import build_trainer
 from xlsr_jax.training.step_accounting import StepAccounting
 from data_pipelines.features import SAMPLE_RATE
 
 FEED_KEYS = ("waveform", "lengths")  # what the step reads of a pipeline batch
-
-
-def global_batch_size(config: ml_collections.ConfigDict) -> int:
-  """Utterances per step: batch_seconds of audio in crops of max_sample_size samples."""
-  size = int(round(config.data.batch_seconds * SAMPLE_RATE / config.data.max_sample_size))
-  if size < 1:
-    raise ConfigError(f"data.batch_seconds={config.data.batch_seconds} is less than one crop of "
-                      f"{config.data.max_sample_size / SAMPLE_RATE} s")
-  return size
-
-
-def bucket_spec(config: ml_collections.ConfigDict, multiple: int = 1
-                ) -> buckets_lib.BucketSpec | None:
-  """Duration buckets from data.bucket_seconds (None when empty): rows per bucket keep
-  data.batch_seconds of audio per step, rounded to a multiple of the data-parallel shards."""
-  d = config.data
-  if not d.bucket_seconds:
-    return None
-  return buckets_lib.make_spec(d.bucket_seconds, d.batch_seconds, mode=d.bucket_mode,
-                               min_sample_size=d.min_sample_size, multiple=multiple)
-
-
-def largest_crop(config: ml_collections.ConfigDict) -> int:
-  """Samples of the longest row a step can have (the largest bucket, or max_sample_size)."""
-  spec = bucket_spec(config)
-  return spec.lengths[-1] if spec else config.data.max_sample_size
 
 
 def pipeline_config(config: ml_collections.ConfigDict, split: str, seed_offset: int = 0,
@@ -56,10 +31,11 @@ def pipeline_config(config: ml_collections.ConfigDict, split: str, seed_offset: 
   spec = bucket_spec(config, multiple)
   return input_pipeline.PipelineConfig(
       data_dir=os.path.expanduser(d.data_dir),
-      sources=tuple((c, None if langs is None else tuple(langs)) for c, langs in d.sources),
+      sources=_sources(d.sources), replay_fraction=d.replay_fraction,
+      replay_sources=_sources(d.replay_sources) if d.replay_fraction else (),  # 0: not read
       split=split, alpha=d.alpha, max_sample_size=d.max_sample_size,
       min_sample_size=d.min_sample_size, normalize=d.normalize,
-      global_batch_size=spec.batch_sizes[-1] if spec else global_batch_size(config),
+      global_batch_size=spec.batch_sizes[-1] if spec else global_batch(config),
       seed=config.train.seed + seed_offset,
       shuffle_files=d.shuffle_files, interleave_cycle_length=d.interleave_cycle_length,
       prefetch_batches=d.prefetch_batches,
@@ -67,12 +43,17 @@ def pipeline_config(config: ml_collections.ConfigDict, split: str, seed_offset: 
       bucket_mode=d.bucket_mode)
 
 
+def _sources(pairs) -> tuple:
+  """[[corpus, languages or None], ...] from the config -> PipelineConfig's tuples."""
+  return tuple((c, None if langs is None else tuple(langs)) for c, langs in pairs)
+
+
 def ensure_synthetic_corpus(config: ml_collections.ConfigDict) -> None:
   """Builds synthetic_speech/<config> into data.data_dir when a source names it and it is missing."""
   import tensorflow_datasets as tfds
   from data_pipelines.synthetic_speech.builder import SyntheticSpeech
   data_dir = os.path.expanduser(config.data.data_dir)
-  for corpus, _ in config.data.sources:
+  for corpus, _ in list(config.data.sources) + list(config.data.replay_sources):
     name, _, builder_config = corpus.partition("/")
     if name != "synthetic_speech":
       continue
@@ -118,9 +99,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   mesh = make_mesh_from_config(config)
   data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
-  multiple = buckets_lib.lcm(data_parallel * config.train.grad_accum_steps, jax.process_count())
+  multiple = batch_multiple(data_parallel, config.train.grad_accum_steps, jax.process_count())
   if not config.data.bucket_seconds:
-    batch_size = global_batch_size(config)
+    batch_size = global_batch(config)
+    if batch_size < 1:
+      raise ConfigError(f"data.batch_seconds={config.data.batch_seconds} is less than one crop of "
+                        f"{config.data.max_sample_size / SAMPLE_RATE} s")
     if batch_size % multiple:
       raise ConfigError(f"global batch {batch_size} (data.batch_seconds={config.data.batch_seconds})"
                         f" must divide over data x fsdp = {data_parallel} devices and "
@@ -137,17 +121,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                               keep=config.train.keep_checkpoints)
   try:
     restored = manager.restore_latest(restore_target(trainer.abstract_state, trainer.state_sharding))
-  except BaseException:  # a refused resume: release Orbax's threads and the signal handlers
+    if restored is None:  # a new run: random weights, or train.init_from's (never over a resume)
+      state = init_from.initial_state(trainer, config)
+  except BaseException:  # a refused resume or init: release Orbax's threads and the signal handlers
     manager.close()
     raise
-  if restored is None:
-    state = trainer.create_state()
-    logging.info("initialised a new state")
-  else:
+  if restored is not None:
     state, data_state = restored
     if data_state is not None:
       train_iter.set_state(data_state)
-    print(f"resumed from step {int(state.step)} in {manager.directory}", flush=True)
+    ignored = " (train.init_from is for a new run: not loaded)" if config.train.init_from else ""
+    print(f"resumed from step {int(state.step)} in {manager.directory}{ignored}", flush=True)
   if jax.process_index() == 0:  # only now: a refused resume leaves the workdir as it was
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json(indent=2))
@@ -160,9 +144,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   history, pending, last_metrics = [], [], {}
   real_seconds_seen = 0.0  # this segment's real audio (a resumed run counts from its restart)
   eval_cache: list = []  # the validation batches, read once (the same batches at every eval)
+  language_cache: dict = {}  # the same for each language alone (train.eval_language_batches)
   for step in range(start_step, config.train.num_steps):
     local = next(train_iter)
-    batch = device_feed.global_batch(_feed(local), mesh)
+    batch = device_feed.global_batch(_feed(local), mesh, trainer.batch_sharding["waveform"].spec)
     state, step_metrics = trainer.step(state, batch)
     accounting.add(local["lengths"], local["waveform"].shape[1])
     pending.append(step_metrics)
@@ -192,6 +177,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       eval_metrics = evaluate(trainer, state, config, mesh, eval_cache)
       writer.write(done, eval_metrics, prefix="eval")
       history.append(dict(step=done, **{f"eval_{k}": v for k, v in eval_metrics.items()}))
+      if config.train.eval_language_batches:
+        per_language = language_metrics.flatten(evaluate_languages(trainer, state, config, mesh,
+                                                                   language_cache))
+        writer.write(done, per_language, prefix=language_metrics.PREFIX)
+        history.append(dict(step=done, **{f"{language_metrics.PREFIX}/{k}": v
+                                          for k, v in per_language.items()}))
     preempted = manager.reached_preemption(done)  # a sync point under jax.distributed: once per step
     if manager.should_save(done, last=is_last) or preempted:
       manager.save(done, state, train_iter.get_state(), force=is_last or preempted)
@@ -206,6 +197,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   writer.close()
   if jax.process_index() == 0:
     metrics_file.write(workdir, start_step, history)
+    plot = language_metrics.write_report(workdir, history)
+    if plot:
+      print(f"per-language validation: {plot}", flush=True)
   return {"state": state, "history": history, "last": last_metrics, "workdir": workdir,
           "tensorboard": writer.log_dir}
 
@@ -237,16 +231,34 @@ def evaluate(trainer, state, config: ml_collections.ConfigDict, mesh,
   """
   cache = [] if cache is None else cache
   if not cache:
-    multiple = buckets_lib.lcm(mesh.shape["data"] * mesh.shape["fsdp"] * config.train.grad_accum_steps,
-                               jax.process_count())
     eval_iter = input_pipeline.make_pretraining_iterator(
-        pipeline_config(config, config.data.eval_split, seed_offset=1, multiple=multiple),
-        process_index=jax.process_index(), process_count=jax.process_count())
+        _eval_pipeline(config, mesh), process_index=jax.process_index(),
+        process_count=jax.process_count())
     cache.extend(_feed(next(eval_iter)) for _ in range(config.train.eval_batches))
     eval_iter.close()
+  return _mean_eval(trainer, state, mesh, cache)
+
+
+def evaluate_languages(trainer, state, config: ml_collections.ConfigDict, mesh,
+                       cache: dict) -> dict[str, dict[str, float]]:
+  """{language: mean validation metrics over train.eval_language_batches batches of it alone}."""
+  pipelines = language_metrics.language_pipelines(config, _eval_pipeline(config, mesh))
+  return language_metrics.evaluate_languages(
+      pipelines, config.train.eval_language_batches,
+      lambda batches: _mean_eval(trainer, state, mesh, batches), cache, _feed)
+
+
+def _eval_pipeline(config: ml_collections.ConfigDict, mesh) -> input_pipeline.PipelineConfig:
+  multiple = batch_multiple(mesh.shape["data"] * mesh.shape["fsdp"],
+                            config.train.grad_accum_steps, jax.process_count())
+  return pipeline_config(config, config.data.eval_split, seed_offset=1, multiple=multiple)
+
+
+def _mean_eval(trainer, state, mesh, batches: list) -> dict[str, float]:
+  """Mean of the eval step's metrics over host batches (batch i scored with key 1000 + i)."""
   totals: dict[str, list[float]] = {}
-  for i, local in enumerate(cache):
-    batch = device_feed.global_batch(local, mesh)
+  for i, local in enumerate(batches):
+    batch = device_feed.global_batch(local, mesh, trainer.batch_sharding["waveform"].spec)
     out = trainer.evaluate(state, batch, jax.random.key(1000 + i))
     for k, v in jax.device_get(out).items():
       totals.setdefault(k, []).append(float(v))

@@ -73,8 +73,8 @@ def relation(keys: Sequence[str], test: Callable[..., bool], expected: str) -> R
 
 
 def _frames(num_samples: int, model) -> int:
-  from xlsr_jax.models.feature_encoder import num_frames_static
-  return num_frames_static(int(num_samples), model)
+  from xlsr_jax.models.feature_encoder import frame_lengths
+  return frame_lengths(int(num_samples), model)
 
 
 def _ici_sizes(c: ml_collections.ConfigDict, devices: int) -> tuple[int, int, int]:
@@ -99,15 +99,13 @@ def _shortest_crop(c: ml_collections.ConfigDict) -> int:
 
 
 def _global_batch(c: ml_collections.ConfigDict, devices: int | None, processes: int) -> int:
-  """Rows of a step: batch_seconds over max_sample_size crops, or with duration buckets the
-  smallest bucket's rows as the loop rounds them (a multiple of the data-parallel devices x
-  grad_accum_steps and of the processes, so every bucket divides as a fixed batch must)."""
-  if not c.data.bucket_seconds:
-    return int(round(c.data.batch_seconds * SAMPLE_RATE / c.data.max_sample_size))
-  from data_pipelines import buckets
+  """Rows of a step (`batch_size.global_batch`); with duration buckets the smallest bucket's rows
+  as the loop rounds them (a multiple of the data-parallel devices x grad_accum_steps and of the
+  processes, so every bucket divides as a fixed batch must)."""
+  from xlsr_jax.training import batch_size
   dp = _data_parallel(c, devices) if devices else 1
-  multiple = buckets.lcm(dp * c.train.grad_accum_steps, processes)
-  return min(buckets.bucket_batch_sizes(c.data.bucket_seconds, c.data.batch_seconds, multiple))
+  return batch_size.global_batch(c, batch_size.batch_multiple(dp, c.train.grad_accum_steps,
+                                                              processes))
 
 
 def _is_bucket_list(v) -> bool:
@@ -138,6 +136,18 @@ def _is_sources(v) -> bool:
       and (s[1] is None or (isinstance(s[1], (list, tuple)) and len(s[1]) > 0)) for s in v)
 
 
+def _is_patterns(v) -> bool:
+  import re
+  if not isinstance(v, (list, tuple)) or not all(isinstance(p, str) and p for p in v):
+    return False
+  for p in v:
+    try:
+      re.compile(p)
+    except re.error as e:
+      raise ValueError(f"{p!r} is not a regular expression: {e}") from e
+  return True
+
+
 def _is_axis_rules(v) -> bool:
   from xlsr_jax.sharding.mesh import rules_from_config
   rules_from_config(v)  # ValueError names the bad rule
@@ -146,7 +156,8 @@ def _is_axis_rules(v) -> bool:
 
 # Keys with no row here: booleans (their type is checked against the defaults), model.preset
 # (checked by model_config_from), and free-form strings (paths, addresses).
-UNCHECKED = ("model.preset", "train.compilation_cache_dir", "distributed.coordinator_address")
+UNCHECKED = ("model.preset", "train.compilation_cache_dir", "train.init_from",
+             "distributed.coordinator_address")
 
 RULES: list[Rule] = [
     # Model (fields of the preset plus overrides; the dataclass checks divisibility itself).
@@ -179,10 +190,13 @@ RULES: list[Rule] = [
     integer_at_least("train.log_every", 1),
     integer_at_least("train.eval_every", 0),
     integer_at_least("train.eval_batches", 0),
+    integer_at_least("train.eval_language_batches", 0),
     integer_at_least("train.checkpoint_every", 1),
     integer_at_least("train.keep_checkpoints", 1),
     integer_at_least("train.max_nonfinite_steps", 1),
     at_least("train.peak_tflops_per_device", 0.0),
+    Rule(("train.init_exclude",), _is_patterns,
+         "a list of regular expressions over parameter paths (e.g. ['^quantizer/'])"),
     Rule(("sharding.logical_axis_rules",), _is_axis_rules,
          "a list of [logical axis name, mesh axis / list of mesh axes / None]"),
     # Data.
@@ -191,6 +205,11 @@ RULES: list[Rule] = [
     Rule(("data.sources",), _is_sources,
          "a non-empty list of [corpus name/config, None or a non-empty list of languages]"),
     Rule(("data.data_dir",), lambda v: isinstance(v, str) and v != "", "a directory path"),
+    Rule(("data.replay_sources",), lambda v: not v or _is_sources(v),
+         "[] or a list of [corpus name/config, None or a non-empty list of languages]"),
+    in_range("data.replay_fraction", 0.0, 1.0, high_open=True),
+    Rule(("data.eval_language_sources",), lambda v: not v or _is_sources(v),
+         "[] (the training sources) or a list of [corpus name/config, None or languages]"),
     in_range("data.alpha", 0.0, 1.0),
     integer_at_least("data.max_sample_size", 1),
     integer_at_least("data.min_sample_size", 1),
@@ -237,6 +256,12 @@ RULES: list[Rule] = [
              "data.max_sample_size utterances)"),
     relation(("train.eval_every", "train.eval_batches"), lambda every, n: every == 0 or n >= 1,
              "train.eval_batches >= 1 when train.eval_every > 0"),
+    relation(("data.replay_fraction", "data.replay_sources"), lambda r, sources: not r or sources,
+             "data.replay_sources (what to replay) when data.replay_fraction > 0"),
+    relation(("train.eval_language_batches", "train.eval_every"), lambda n, every: not n or every,
+             "train.eval_every > 0 when train.eval_language_batches > 0 (scored at each eval)"),
+    relation(("train.init_exclude", "train.init_from"), lambda exclude, path: not exclude or path,
+             "train.init_exclude only with train.init_from (it names what not to load)"),
 ]
 
 # Rows that need the number of devices and processes (after jax.distributed is initialised).
