@@ -27,5 +27,7 @@ def get_config():
   c.data.max_sample_size = 320_000  # 20 s crops
   c.data.min_sample_size = 32_000  # drop utterances under 2 s
   c.data.batch_seconds = 1600.0 * 8  # 640 crops of 20 s per update (as experiments/xlsr_2b.py)
+  # c.data.sources: the audio to continue on (TFDS names, as experiments/xlsr_2b.py lists them);
+  # data.replay_sources / replay_fraction keep a share of earlier languages (new-languages runs).
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1
   return c
