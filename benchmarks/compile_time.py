@@ -39,7 +39,7 @@ def compile_one(name: str, batch: int, samples: int) -> dict:
   """Build, lower and compile one preset's train step; seconds per stage and the program size."""
   start = time.perf_counter()
   import jax
-  from xlsr_jax import plan
+  from xlsr_jax.training import capacity
   from xlsr_jax.config_loading import load_config_file
   from xlsr_jax.sharding.mesh import make_mesh
   from xlsr_jax.training.defaults import get_default_config
@@ -60,7 +60,7 @@ def compile_one(name: str, batch: int, samples: int) -> dict:
   start = time.perf_counter()
   trainer = build_trainer(config, make_mesh(1, 1, 1, devices=jax.devices()[:1]), samples)
   build_s = time.perf_counter() - start
-  lowered, lower_s = plan.lower_step(trainer, batch)  # trace + lower to StableHLO
+  lowered, lower_s = capacity.lower_step(trainer, batch)  # trace + lower to StableHLO
   start = time.perf_counter()
   compiled = lowered.compile()
   compile_s = time.perf_counter() - start

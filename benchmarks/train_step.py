@@ -106,7 +106,7 @@ def ours_worker() -> None:
   import jax
   import numpy as np
   after_import = common.rss_mib()
-  from xlsr_jax import plan
+  from xlsr_jax.training import capacity
   from xlsr_jax.checkpoints.hf_layout import config_to_hf
   from xlsr_jax.config_loading import apply_override
   from xlsr_jax.sharding.mesh import make_mesh
@@ -135,9 +135,10 @@ def ours_worker() -> None:
     lengths = np.full((batch,), samples, np.int32)
     # The masks the step itself draws at step 0 (same key derivation as train_step.step_fn).
     mask_key = jax.random.split(jax.random.fold_in(state.rng, state.step), 4)[0]
-    masks = jax.device_get(ts.sample_masks(mask_key, jax.numpy.asarray(lengths), trainer.model.config,
+    draws = jax.device_get(ts.sample_draws(mask_key, jax.numpy.asarray(lengths), trainer.model.config,
                                            config.objective, trainer.shapes))
-    np.savez(data_path, waveform=wave, **masks)
+    np.savez(data_path, waveform=wave, mask_time=draws.mask_time, masked_indices=draws.masked_indices,
+             valid=draws.valid, negative_indices=draws.negative_indices)
     batch_arrays = {"waveform": jax.device_put(wave, trainer.batch_sharding["waveform"]),
                     "lengths": jax.device_put(lengths, trainer.batch_sharding["lengths"])}
     start = time.perf_counter()
@@ -147,13 +148,13 @@ def ours_worker() -> None:
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     model_cfg = trainer.model.config
-    # XLA counts a while loop's body once: add the other layers of the scan (as xlsr_jax.plan does).
-    layer_fn, layer_args = plan.layer_program(trainer, batch // config.train.grad_accum_steps)
+    # XLA counts a while loop's body once: add the other layers of the scan (as xlsr_jax.training.capacity does).
+    layer_fn, layer_args = capacity.layer_program(trainer, batch // config.train.grad_accum_steps)
     with jax.set_mesh(trainer.mesh):
       layer_cost = layer_fn.lower(*layer_args).compile().cost_analysis()
     layer_cost = layer_cost[0] if isinstance(layer_cost, (list, tuple)) else layer_cost
-    xla_flops = plan.corrected_cost(cost, layer_cost, model_cfg.num_hidden_layers,
-                                    config.train.grad_accum_steps)["flops"]
+    xla_flops = capacity.corrected_cost(cost, layer_cost, model_cfg.num_hidden_layers,
+                                        config.train.grad_accum_steps)["flops"]
     memory = compiled.memory_analysis()
     size = flops.StepSize(batch=batch, num_samples=samples, num_masked=trainer.shapes.max_masked,
                           num_negatives=config.objective.num_negatives)

@@ -1,7 +1,7 @@
 """Documented clip-length distributions of the XLS-R corpora, for plans and benchmarks.
 
 A profile is what a user without the corpus can reason with: how long its utterances are. With
-the corpus built, its real length index (`input_pipeline.split_lengths`) replaces the profile.
+the corpus built, its real length index (`sources.split_lengths`) replaces the profile.
 """
 from __future__ import annotations
 

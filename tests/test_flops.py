@@ -8,6 +8,7 @@ import pytest
 from jax.extend import core as jax_core
 
 from xlsr_jax.models import Wav2Vec2ForPreTraining, get_preset
+from xlsr_jax.models.feature_encoder import frame_lengths
 from xlsr_jax.objectives import losses
 from xlsr_jax.training import devices, flops
 
@@ -15,7 +16,7 @@ from xlsr_jax.training import devices, flops
 def forward_program(config, size):
   """The pretraining forward (model + contrastive logits) and abstract arguments for it."""
   model = Wav2Vec2ForPreTraining(config)
-  frames = flops.conv_frames(size.num_samples, config)[-1]
+  frames = frame_lengths(size.num_samples, config)
   args = (jax.ShapeDtypeStruct((size.batch, size.num_samples), jnp.float32),
           jax.ShapeDtypeStruct((size.batch, frames), bool),
           jax.ShapeDtypeStruct((size.batch, size.num_masked), jnp.int32),
@@ -86,7 +87,7 @@ def test_train_step_is_three_forwards_and_components_scale():
   forward = flops.forward_flops(config, size)
   step = flops.train_step_flops(config, size)
   assert step["total"] == 3 * sum(forward.values())
-  t = flops.conv_frames(320_000, config)[-1]
+  t = frame_lengths(320_000, config)
   assert t == 999  # floor((320000 - 400) / 320) + 1
   # 24 layers x (4 D^2 + 2 D F) weights: 2 FLOPs per weight per frame.
   layer_weights = 24 * (4 * 1024 * 1024 + 2 * 1024 * 4096)

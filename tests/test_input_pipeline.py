@@ -12,6 +12,7 @@ import tensorflow_datasets as tfds
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 from data_pipelines import input_pipeline as ip
+from data_pipelines import sources as sources_lib
 from data_pipelines.device_feed import global_batch
 from data_pipelines.features import SAMPLE_RATE
 from data_pipelines.sampling import two_level_weights
@@ -52,12 +53,12 @@ def exact_hours(corpus, lang):
 def test_split_hours_from_metadata_or_bytes(toy_dir):
   alpha = tfds.builder("toy_speech/alpha", data_dir=toy_dir)
   beta = tfds.builder("toy_speech/beta", data_dir=toy_dir)
-  assert ip.split_hours(alpha, "train_fr") == pytest.approx(exact_hours("alpha", "fr"), rel=1e-9)
+  assert sources_lib.split_hours(alpha, "train_fr") == pytest.approx(exact_hours("alpha", "fr"), rel=1e-9)
   assert "hours" not in (beta.info.metadata or {})
   # beta records no hours: estimated from the stored bytes (zlib-compressed int16, ~1.7 a sample).
-  assert ip.split_hours(beta, "train_pt_br") == pytest.approx(exact_hours("beta", "pt-BR"), rel=0.25)
+  assert sources_lib.split_hours(beta, "train_pt_br") == pytest.approx(exact_hours("beta", "pt-BR"), rel=0.25)
   with pytest.raises(KeyError, match="train_xx"):
-    ip.split_hours(beta, "train_xx")
+    sources_lib.split_hours(beta, "train_xx")
 
 
 def test_resolve_sources_ids_weights_and_errors(toy_dir):

@@ -1,4 +1,7 @@
-"""Model structure: exact parameter counts of the presets, logical axis names, dtypes, remat, summary."""
+"""Model structure: exact parameter counts of the presets, logical axis names, dtypes, remat, summary,
+and the CPU kernel switch."""
+import importlib.util
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -101,3 +104,44 @@ def test_summary_cli_prints_total(capsys):
   assert summary.main(["--preset", "xlsr_2b"]) == 0
   out = capsys.readouterr().out
   assert "2,162,932,352" in out and "transformer layers" in out
+
+
+def _conv_loss(fn):
+  return lambda x, w: jnp.sum(jnp.sin(fn(x, w, 4, 4)))  # width 8, padding 4, 4 groups
+
+
+def _conv_args():
+  rng = np.random.default_rng(0)
+  return (jnp.asarray(rng.standard_normal((2, 50, 32)), jnp.float32),
+          jnp.asarray(rng.standard_normal((8, 8, 32)), jnp.float32))
+
+
+def test_positional_conv_cpu_kernel_equals_plain_xla_and_is_chosen_on_cpu():
+  """The CPU weight gradient (einsums per kernel position) and XLA's own autodiff agree; a
+  program lowered for CPU takes the CPU kernel (its lax.map is a while loop)."""
+  from xlsr_jax.models.layers import grouped_conv1d, grouped_conv1d_cpu, grouped_conv1d_xla
+  x, w = _conv_args()
+  for fn in (grouped_conv1d_cpu, grouped_conv1d):
+    np.testing.assert_allclose(fn(x, w, 4, 4), grouped_conv1d_xla(x, w, 4, 4), rtol=1e-6)
+    got = jax.grad(_conv_loss(fn), (0, 1))(x, w)
+    expected = jax.grad(_conv_loss(grouped_conv1d_xla), (0, 1))(x, w)
+    for g, e in zip(got, expected):
+      np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4)
+  hlo = jax.jit(jax.grad(_conv_loss(grouped_conv1d), (0, 1))).lower(x, w).as_text()
+  assert "while" in hlo
+
+
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="needs libtpu (TPU compiler)")
+def test_positional_conv_lowered_for_tpu_is_plain_xla():
+  """For TPU (here an ahead-of-time lowering on this CPU machine) the program holds XLA's three
+  convolutions (forward, input and weight gradients) and no CPU kernel loop."""
+  from jax.sharding import NamedSharding, PartitionSpec
+  from xlsr_jax.models.layers import grouped_conv1d
+  from xlsr_jax.sharding import mesh as mesh_lib
+  from xlsr_jax.sharding.topologies import parse_topology, topology_devices
+  mesh = mesh_lib.make_mesh(4, 1, 1, devices=topology_devices(parse_topology("v5e-4")))
+  args = [jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=NamedSharding(mesh, PartitionSpec()))
+          for a in _conv_args()]
+  with jax.set_mesh(mesh):
+    hlo = jax.jit(jax.grad(_conv_loss(grouped_conv1d), (0, 1))).lower(*args).as_text()
+  assert "while" not in hlo and hlo.count("stablehlo.convolution") == 3

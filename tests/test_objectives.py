@@ -281,15 +281,14 @@ def test_contrastive_sums_per_batch_shard_equal_the_global_computation():
   indices = jnp.asarray(rng.integers(0, m, (batch, m, k)), jnp.int32)
   valid = jnp.asarray(rng.random((batch, m)) < 0.8)
 
-  def total(c, mesh):
-    loss_sum, correct, count = contrastive_sums(c, targets, indices, valid, 0.1, mesh)
+  def total(c):  # per batch shard under a mesh (the rule table's batch axes), whole without one
+    loss_sum, correct, count = contrastive_sums(c, targets, indices, valid, 0.1)
     return loss_sum, (correct, count)
 
-  (expected, aux), grad = jax.value_and_grad(total, has_aux=True)(context, None)
+  (expected, aux), grad = jax.value_and_grad(total, has_aux=True)(context)
   mesh = make_mesh(4, 2, 1, devices=jax.devices()[:8])
   with jax.set_mesh(mesh):
-    (got, got_aux), got_grad = jax.jit(jax.value_and_grad(total, has_aux=True),
-                                       static_argnums=1)(context, mesh)
+    (got, got_aux), got_grad = jax.jit(jax.value_and_grad(total, has_aux=True))(context)
   np.testing.assert_allclose(got, expected, rtol=1e-6)
   assert tuple(map(int, got_aux)) == tuple(map(int, aux))
   np.testing.assert_allclose(got_grad, grad, rtol=1e-5, atol=1e-6)  # jit vs eager rounding

@@ -7,6 +7,9 @@ import json
 import pytest
 
 from xlsr_jax import plan
+from xlsr_jax.sharding import topologies
+from xlsr_jax.training import capacity
+from xlsr_jax.training.batch_size import global_batch
 
 HAVE_LIBTPU = importlib.util.find_spec("libtpu") is not None
 needs_libtpu = pytest.mark.skipif(not HAVE_LIBTPU, reason="libtpu is not installed "
@@ -27,7 +30,7 @@ TINY = ["--config=experiments/demo.py", "--config.model.num_hidden_layers=2",
     ("v5p-128", 64, "v5:4x4x4", "megacore"), ("v5e-8", 8, "v5e:2x4", "default"),
     ("v5litepod-256", 256, "v5e:16x16", "default"), ("v6e-8", 8, "v6e:2x4", "default")])
 def test_topology_names_count_cores_for_v4_v5p_and_chips_for_v5e_v6e(name, chips, shape, config):
-  t = plan.parse_topology(name)
+  t = topologies.parse_topology(name)
   assert (t.chips, t.topology_name, t.chip_config_name) == (chips, shape, config)
   assert t.wrap == ((True,) * 3 if name == "v5p-128" else
                     (True, True, False) if name == "v5litepod-256" else (False,) * 3)
@@ -36,15 +39,15 @@ def test_topology_names_count_cores_for_v4_v5p_and_chips_for_v5e_v6e(name, chips
 @pytest.mark.parametrize("name,message", [("v5p-63", "v5p-8, v5p-16"), ("v7-8", "generation"),
                                           ("v5e-6", "chips"), ("v5e", "e.g. v5p-64")])
 def test_bad_topology_names_say_what_is_valid(name, message):
-  with pytest.raises(plan.PlanError, match=message):
-    plan.parse_topology(name)
+  with pytest.raises(topologies.PlanError, match=message):
+    topologies.parse_topology(name)
 
 
 def test_batch_per_chip_sets_the_global_batch():
   config, topology, _ = plan.parse_args(TINY + ["--topology=v5e-8", "--batch_per_chip=0.5"])
-  assert plan.global_batch(config) == 4
+  assert global_batch(config) == 4
   assert config.data.batch_seconds == pytest.approx(4 * 6400 / 16000)
-  with pytest.raises(plan.PlanError, match="whole number"):
+  with pytest.raises(topologies.PlanError, match="whole number"):
     plan.parse_args(TINY + ["--topology=v5e-8", "--batch_per_chip=0.3"])
 
 
@@ -65,13 +68,13 @@ def test_batch_not_divisible_by_the_mesh_is_an_error(capsys):
 def test_scan_correction_adds_the_other_layers_and_micro_steps():
   step = {"flops": 10.0, "optimal_seconds": 1.0}
   layer = {"flops": 2.0, "optimal_seconds": 0.5}
-  assert plan.corrected_cost(step, layer, layers=4, micro_steps=1) == {"flops": 16.0,
-                                                                       "optimal_seconds": 2.5}
-  assert plan.corrected_cost(step, layer, layers=1, micro_steps=3)["flops"] == 30.0
-  assert plan.corrected_cost({"flops": 1.0}, layer, 2, 1)["optimal_seconds"] is None
+  assert capacity.corrected_cost(step, layer, layers=4, micro_steps=1) == {"flops": 16.0,
+                                                                           "optimal_seconds": 2.5}
+  assert capacity.corrected_cost(step, layer, layers=1, micro_steps=3)["flops"] == 30.0
+  assert capacity.corrected_cost({"flops": 1.0}, layer, 2, 1)["optimal_seconds"] is None
   # A negative optimal_seconds is libtpu's "no estimate" (xlsr_300m on v5e-8): no MFU, not a
   # negative one.
-  unknown = plan.corrected_cost({"flops": 10.0, "optimal_seconds": -70.0}, layer, 24, 40)
+  unknown = capacity.corrected_cost({"flops": 10.0, "optimal_seconds": -70.0}, layer, 24, 40)
   assert unknown == {"flops": 40 * (10.0 + 23 * 2.0), "optimal_seconds": None}
 
 
@@ -103,7 +106,7 @@ def test_plan_compiles_the_train_step_for_a_tpu_topology(tiny_plan):
   assert mem["total_bytes"] == (mem["argument_bytes"] + mem["output_bytes"] - mem["alias_bytes"]
                                 + mem["temp_bytes"] + mem["code_bytes"])
   # The second compile, for the costs, had the windowed-einsum loops off.
-  assert r["cost_compiler_options"] == plan.COST_OPTIONS and r["cost_memory"]["fits"]
+  assert r["cost_compiler_options"] == capacity.COST_OPTIONS and r["cost_memory"]["fits"]
   # XLA counts the scanned layer once; the plan adds the other layer from its own compile.
   raw = r["xla_raw"]
   assert r["xla_flops_per_chip"] == pytest.approx(raw["flops_per_chip"] + raw["layer_flops_per_chip"])

@@ -82,7 +82,7 @@ def test_config_names_the_attention_choices():
 @pytest.mark.slow
 @needs_libtpu
 def test_splash_compiles_to_a_mosaic_kernel_for_a_tpu_topology():
-  from xlsr_jax.plan import parse_topology, topology_devices
+  from xlsr_jax.sharding.topologies import parse_topology, topology_devices
   devices = topology_devices(parse_topology("v5e-4"))
   mesh = mesh_lib.make_mesh(2, 1, 2, devices=devices)
   batch_spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))

@@ -1,7 +1,8 @@
-"""Convert model parameters between xlsr_jax, Hugging Face wav2vec2 and fairseq (.pt import).
+"""Convert model parameters between xlsr_jax, Hugging Face wav2vec2, fairseq and fairseq2 (.pt import).
 
   python -m xlsr_jax.convert --from=hf --input=HF_DIR --output=OUR_DIR
   python -m xlsr_jax.convert --from=fairseq --input=xlsr2_300m.pt --output=OUR_DIR
+  python -m xlsr_jax.convert --from=fairseq2 --input=omniASR-W2V-7B.pt --output=OUR_DIR
   python -m xlsr_jax.convert --from=ours --input=OUR_DIR --output=HF_DIR   (writes the HF layout)
   python -m xlsr_jax.convert --from=mbart --input=MBART_DIR --output=DECODER_DIR
 OUR_DIR holds Orbax params + model_config.json (as written by xlsr_jax.export).
@@ -21,16 +22,17 @@ import sys
 import jax
 import numpy as np
 
-from xlsr_jax.checkpoints import fairseq_import, model_files, safe_pickle
+from xlsr_jax.checkpoints import fairseq2_import, fairseq_import, model_files, safe_pickle
 
 
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--from", dest="source", required=True, choices=["hf", "fairseq", "ours", "mbart"])
+  parser.add_argument("--from", dest="source", required=True, choices=["hf", "fairseq", "fairseq2", "ours", "mbart"])
   parser.add_argument("--input", required=True)
   parser.add_argument("--output", required=True)
   parser.add_argument("--num_attention_heads", type=int, default=None,
-                      help="fairseq only, when the checkpoint's settings cannot be read")
+                      help="fairseq / fairseq2 only, when the checkpoint does not give it (fairseq "
+                           "settings missing; a fairseq2 checkpoint of no Omnilingual size)")
   args = parser.parse_args(argv)
   try:
     return convert(args)
@@ -66,6 +68,8 @@ def convert(args: argparse.Namespace) -> int:
     return 0
   if args.source == "hf":
     params, config = model_files.load_hf(args.input)
+  elif args.source == "fairseq2":
+    params, config = fairseq2_import.import_fairseq2(args.input, args.num_attention_heads)
   else:
     params, config = fairseq_import.import_fairseq(args.input, args.num_attention_heads)
   count = _count(params)

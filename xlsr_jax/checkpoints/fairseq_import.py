@@ -144,7 +144,12 @@ def config_from_fairseq(settings: dict[str, Any], hf_state: dict[str, Any],
 def import_fairseq(path: str, num_attention_heads: int | None = None) -> tuple[dict, Wav2Vec2Config]:
   """A fairseq .pt -> (our params, config). Pretraining checkpoints give the full pretraining tree,
   fine-tuned ones the encoder tree (as `Wav2Vec2Model`)."""
-  ckpt = safe_pickle.load_fairseq_checkpoint(path)
+  return import_fairseq_checkpoint(safe_pickle.load_fairseq_checkpoint(path), path, num_attention_heads)
+
+
+def import_fairseq_checkpoint(ckpt: Any, path: str, num_attention_heads: int | None = None
+                              ) -> tuple[dict, Wav2Vec2Config]:
+  """`import_fairseq` on a checkpoint already loaded (safely) from `path`."""
   if not isinstance(ckpt, dict) or "model" not in ckpt:
     raise hf_layout.ConversionError(f"{path}: not a fairseq checkpoint (no 'model' entry)")
   hf_state, leftovers = fairseq_to_hf_keys(ckpt["model"])

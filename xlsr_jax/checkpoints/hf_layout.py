@@ -187,11 +187,11 @@ def expected_shapes(config: Wav2Vec2Config, pretraining: bool) -> dict[tuple[str
   import jax.numpy as jnp
   from xlsr_jax.checkpoints.manager import unbox
   from xlsr_jax.models import Wav2Vec2ForPreTraining, Wav2Vec2Model
-  from xlsr_jax.models.feature_encoder import num_frames_static
+  from xlsr_jax.models.feature_encoder import frame_lengths
   samples = max(16_000, config.conv_receptive_field)
   wave = jnp.zeros((1, samples), jnp.float32)
   if pretraining:
-    frames = max(num_frames_static(samples, config), 1)
+    frames = max(frame_lengths(samples, config), 1)
     init = lambda: Wav2Vec2ForPreTraining(config).init(
         jax.random.key(0), wave, None, jnp.zeros((1, frames), bool), jnp.zeros((1, 1), jnp.int32))
   else:

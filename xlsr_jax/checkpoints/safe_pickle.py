@@ -21,7 +21,7 @@ ALLOWED = {
     ("builtins", "tuple"),
 }
 # Modules whose classes are settings, never behaviour: turned into inert stubs.
-STUB_MODULE_PREFIXES = ("omegaconf", "argparse", "fairseq", "enum", "typing", "pathlib",
+STUB_MODULE_PREFIXES = ("omegaconf", "argparse", "fairseq", "fairseq2", "enum", "typing", "pathlib",
                         "dataclasses")
 
 
@@ -81,8 +81,12 @@ def load_fairseq_checkpoint(path: str) -> dict[str, Any]:
   import torch  # optional dependency, only needed to read .pt files
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path}: no such file (expected a fairseq .pt checkpoint)")
+  import zipfile
   try:
-    return torch.load(path, map_location="cpu", pickle_module=safe_pickle_module, weights_only=False)
+    # Zip-format files (torch.save's default) are memory-mapped: a 7B checkpoint's tensors are
+    # read from the page cache as they are converted, not all copied into memory first.
+    return torch.load(path, map_location="cpu", pickle_module=safe_pickle_module, weights_only=False,
+                      mmap=zipfile.is_zipfile(path))
   except UnsafeCheckpointError:
     raise
   except pickle.UnpicklingError as e:

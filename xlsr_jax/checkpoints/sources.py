@@ -8,7 +8,8 @@ Sources (`detect_source`):
     (model_config.json + params/): pretraining, encoder-only or fine-tuned trees;
   * "hf": a Hugging Face wav2vec2 directory (config.json + model.safetensors or pytorch_model.bin):
     Wav2Vec2ForPreTraining (quantizer and projections included), Wav2Vec2Model or Wav2Vec2ForCTC;
-  * "fairseq": a fairseq .pt (pretrained or fine-tuned XLS-R), unpickled safely (`safe_pickle`).
+  * "fairseq": a .pt, unpickled safely (`safe_pickle`): fairseq (pretrained or fine-tuned XLS-R) or
+    fairseq2 (Omnilingual omniASR-W2V), told apart by key layout (LoadedCheckpoint.source says which).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import numpy as np
 from xlsr_jax.checkpoints import hf_layout, model_files
 from xlsr_jax.models.config import Wav2Vec2Config
 
-SOURCES = ("export", "hf", "fairseq")
+SOURCES = ("export", "hf", "fairseq", "fairseq2")
 
 
 class InitError(FileNotFoundError):
@@ -49,7 +50,7 @@ def detect_source(path: str) -> str:
   """"export", "hf" or "fairseq" for a checkpoint path; InitError names the path otherwise."""
   if not os.path.exists(path):
     raise InitError(f"init {path!r} does not exist: expected an export directory (xlsr_jax.export), "
-                    f"a Hugging Face wav2vec2 directory, a fairseq .pt file, or 'random'")
+                    f"a Hugging Face wav2vec2 directory, a fairseq or fairseq2 .pt file, or 'random'")
   if os.path.isdir(path):
     if os.path.exists(os.path.join(path, model_files.CONFIG_FILE)):
       return "export"
@@ -86,7 +87,7 @@ def load_checkpoint(path: str) -> LoadedCheckpoint:
     metadata = {k: hf_config[k] for k in ("architectures", "vocab_size", "final_dropout")
                 if k in hf_config}
     return LoadedCheckpoint(tree, config, source, path, ctc_head, metadata)
-  from xlsr_jax.checkpoints.fairseq_import import import_fairseq
-  tree, config = import_fairseq(path)
-  return LoadedCheckpoint(tree, config, source, path, metadata={"fairseq": True})
+  from xlsr_jax.checkpoints.fairseq2_import import import_pt
+  tree, config, layout = import_pt(path)  # "fairseq" or "fairseq2"
+  return LoadedCheckpoint(tree, config, layout, path, metadata={layout: True})
 

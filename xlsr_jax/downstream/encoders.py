@@ -6,7 +6,9 @@ pretraining's `train.init_from`):
     (model_config.json + params/), pretraining, encoder-only or fine-tuned trees;
   * a Hugging Face wav2vec2 directory (config.json + model.safetensors or pytorch_model.bin):
     Wav2Vec2ForPreTraining, Wav2Vec2Model or Wav2Vec2ForCTC (its lm_head is read too);
-  * a fairseq .pt (pretrained or fine-tuned XLS-R), through `import_fairseq`;
+  * a fairseq .pt (pretrained or fine-tuned XLS-R), through `import_fairseq`, or a fairseq2 .pt
+    (the Omnilingual ASR omniASR-W2V encoders), through `import_fairseq2`: `import_pt` tells them
+    apart by their keys;
   * "random": the architecture of a given config at random initialisation (the baseline).
 
 Features (`hidden_states`): every layer's hidden states [layers + 1, batch, frames, dim] and the
@@ -53,7 +55,8 @@ class LoadedEncoder:
 
 
 def detect_source(init: str) -> str:
-  """"random", "export", "hf" or "fairseq" for an init string; errors name the path."""
+  """"random", "export", "hf" or "fairseq" (a .pt: fairseq or fairseq2) for an init string;
+  errors name the path."""
   return "random" if init == "random" else sources.detect_source(init)
 
 
@@ -95,7 +98,7 @@ def load_encoder(init: str, *, random_config: Wav2Vec2Config | None = None, seed
   encoder, ctc_head, classifier = _split_tree(loaded.params)
   if source != "export":  # a HF CTC head comes beside the encoder; imported heads are not read
     ctc_head, classifier = loaded.ctc_head, None
-  return LoadedEncoder(encoder, loaded.config, source, init, ctc_head, classifier,
+  return LoadedEncoder(encoder, loaded.config, loaded.source, init, ctc_head, classifier,
                        None if source == "fairseq" else _vocabulary_beside(init), loaded.metadata)
 
 

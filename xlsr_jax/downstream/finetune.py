@@ -139,12 +139,11 @@ class Finetuner:
 
   def __init__(self, model: nn.Module, task: str, config: ml_collections.ConfigDict, mesh: Mesh,
                num_samples: int, batch_size: int):
-    from xlsr_jax.models.feature_encoder import num_frames_static
     self.model, self.task, self.config, self.mesh = model, task, config, mesh
     self.rules = mesh_lib.rules_from_config(config.sharding.logical_axis_rules)
     self.num_samples, self.batch_size = num_samples, batch_size
     self.encoder_config = getattr(model.config, "encoder", model.config)
-    self.num_frames = num_frames_static(num_samples, self.encoder_config)
+    self.num_frames = frame_lengths(num_samples, self.encoder_config)
     f = config.finetune
     probe = f.mode == "probe"
     self.freeze_transformer_steps = 0 if probe else f.freeze_transformer_steps
@@ -156,7 +155,7 @@ class Finetuner:
     with jax.set_mesh(mesh), nn.logical_axis_rules(self.rules):
       self.abstract_state = jax.eval_shape(self._init_state, {})
     self.state_sharding = state_shardings(self.abstract_state, mesh, self.rules)
-    self.batch_sharding = mesh_lib.batch_sharding(mesh)
+    self.batch_sharding = mesh_lib.batch_sharding(mesh, self.rules)
     replicated = NamedSharding(mesh, PartitionSpec())
     self._train = jax.jit(self._train_step, in_shardings=(self.state_sharding, self.batch_sharding),
                           out_shardings=(self.state_sharding, replicated), donate_argnums=0)

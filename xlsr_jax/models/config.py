@@ -1,4 +1,5 @@
-"""Model configuration (a frozen dataclass) and the presets: tiny, base, xlsr_300m, xlsr_1b, xlsr_2b.
+"""Model configuration (a frozen dataclass) and the presets: tiny, base, xlsr_300m, xlsr_1b, xlsr_2b,
+and the Omnilingual ASR wav2vec 2.0 encoders omni_300m, omni_1b, omni_3b, omni_7b.
 
 Field names follow the Hugging Face `Wav2Vec2Config` where one exists, so conversion is a
 straight mapping; the parameter counts of the presets equal the reference's exactly.
@@ -99,6 +100,8 @@ class Wav2Vec2Config:
 _LARGE = dict(conv_bias=True, feat_extract_norm="layer", do_stable_layer_norm=True,
               num_attention_heads=16, feature_grad_mult=1.0)
 
+_OMNI_FIRST_PASS = dict(feat_proj_dropout=0.1, feat_quantizer_dropout=0.1)
+
 PRESETS: dict[str, Wav2Vec2Config] = {
     # A few-layer model for tests and the CPU demo; same structure as XLS-R (layer norm, pre-LN).
     "tiny": Wav2Vec2Config(
@@ -122,6 +125,26 @@ PRESETS: dict[str, Wav2Vec2Config] = {
     "xlsr_2b": Wav2Vec2Config(hidden_size=1920, num_hidden_layers=48, intermediate_size=7680,
                               codevector_dim=1024, proj_codevector_dim=1024,
                               feat_proj_dropout=0.1, **_LARGE),
+    # Omnilingual ASR wav2vec 2.0 encoders (omniASR-W2V-*, fairseq2 model family "wav2vec2"), from
+    # fairseq2's `large_lv60k` arch (300M) and omnilingual_asr/models/wav2vec2_ssl/config.py (1b, 3b,
+    # 7b: each derived from the previous one). The same network as XLS-R (layer-norm feature
+    # encoder with conv bias, pre-LN, 16 heads, conv positional embedding 128 x 16 groups);
+    # dropouts as those archs set them. fairseq2 never overrides its base `feature_grad_scale` of
+    # 0.1 for these archs, so feature_grad_mult is 0.1 here (XLS-R's large recipes use 1.0).
+    # fairseq2's first_pass_dropout (0.1 from 1b on) drops both the projected features and the
+    # quantizer's input (fairseq has two settings, dropout_input and dropout_features).
+    "omni_300m": Wav2Vec2Config(hidden_size=1024, num_hidden_layers=24, intermediate_size=4096,
+                                codevector_dim=768, proj_codevector_dim=768, attention_dropout=0.1,
+                                **(_LARGE | dict(feature_grad_mult=0.1))),
+    "omni_1b": Wav2Vec2Config(hidden_size=1280, num_hidden_layers=48, intermediate_size=5120,
+                              codevector_dim=1024, proj_codevector_dim=1024, **_OMNI_FIRST_PASS,
+                              **(_LARGE | dict(feature_grad_mult=0.1))),
+    "omni_3b": Wav2Vec2Config(hidden_size=2048, num_hidden_layers=60, intermediate_size=8192,
+                              codevector_dim=1024, proj_codevector_dim=1024, **_OMNI_FIRST_PASS,
+                              **(_LARGE | dict(feature_grad_mult=0.1))),
+    "omni_7b": Wav2Vec2Config(hidden_size=2048, num_hidden_layers=128, intermediate_size=8192,
+                              codevector_dim=1024, proj_codevector_dim=1024, **_OMNI_FIRST_PASS,
+                              **(_LARGE | dict(feature_grad_mult=0.1))),
 }
 
 

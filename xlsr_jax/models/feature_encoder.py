@@ -1,12 +1,12 @@
 """The convolutional feature encoder (waveform -> 20 ms frames) and the feature projection."""
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from xlsr_jax.models.config import Wav2Vec2Config
 from xlsr_jax.models.layers import Dense, LayerNorm, gelu, partitioned, torch_linear_uniform
@@ -96,17 +96,22 @@ class FeatureProjection(nn.Module):
     return hidden, normed
 
 
-def frame_lengths(sample_lengths: jax.Array, config: Wav2Vec2Config) -> jax.Array:
-  """Frames per utterance from samples: floor((L - k) / s) + 1 through every conv layer, 0 if too short."""
-  length = sample_lengths
+def conv_lengths(num_samples, config: Wav2Vec2Config) -> list:
+  """Length after each feature-encoder convolution: floor((L - k) / s) + 1 per layer, never below 0.
+
+  The one frame-length formula (model, masking, validation, FLOPs and plan use it). Python ints
+  give ints (static shapes); integer arrays, e.g. per-row lengths [batch] (traced or not), give
+  jax arrays.
+  """
+  static = isinstance(num_samples, (int, np.integer))
+  length, out = int(num_samples) if static else num_samples, []
   for kernel, stride in zip(config.conv_kernel, config.conv_stride):
-    length = jnp.maximum((length - kernel) // stride + 1, 0)
-  return length
+    length = (length - kernel) // stride + 1
+    length = max(length, 0) if static else jnp.maximum(length, 0)
+    out.append(length)
+  return out
 
 
-def num_frames_static(num_samples: int, config: Wav2Vec2Config) -> int:
-  """Python-int version of `frame_lengths` for static shapes."""
-  length = num_samples
-  for kernel, stride in zip(config.conv_kernel, config.conv_stride):
-    length = max(math.floor((length - kernel) / stride) + 1, 0)
-  return length
+def frame_lengths(num_samples, config: Wav2Vec2Config):
+  """Frames of `num_samples` samples (an int or an int array [batch]): the last `conv_lengths`."""
+  return conv_lengths(num_samples, config)[-1]

@@ -100,57 +100,65 @@ def _scale_gradient_bwd(multiplier, g):
 scale_gradient.defvjp(_scale_gradient_fwd, _scale_gradient_bwd)
 
 
+def cpu_or_xla(cpu_fn: Callable[..., Any], xla_fn: Callable[..., Any], *args: jax.Array) -> Any:
+  """`cpu_fn(*args)` in a program lowered for CPU, else `xla_fn(*args)`: the one switch for CPU kernels.
+
+  Some programs XLA:CPU compiles badly get a CPU-only replacement; the choice is made by the
+  platform the program is lowered for (`jax.lax.platform_dependent`), not the host's, so an
+  ahead-of-time TPU compile on a CPU machine (python -m xlsr_jax.plan) gets the TPU program, and
+  a TPU or GPU program holds only `xla_fn`'s plain XLA (the CPU branch is not lowered). Both
+  branches must compute the same values and gradients (tests/test_models.py checks each kernel).
+  Today's CPU kernel: `grouped_conv1d`'s weight gradient.
+  """
+  return jax.lax.platform_dependent(*args, cpu=cpu_fn, default=xla_fn)
+
+
 def grouped_conv1d(x: jax.Array, kernel: jax.Array, padding: int, groups: int) -> jax.Array:
   """Stride-1 grouped temporal convolution: x [batch, time, in], kernel [width, in // groups, out]
-  -> [batch, time + 2 * padding - width + 1, out] (XLA's convolution, same numerics everywhere).
-
-  Its weight gradient is computed differently on CPU: XLA:CPU lowers the transposed grouped
-  convolution to a slow generic loop (jax 0.10.2: 6.2 s of a 19 s wav2vec2-base train step at
-  batch 4 x 4 s, for 3.8 GFLOP), so there it is one small batched matmul per kernel position
-  (`lax.map` over the width; 0.45 s). Other platforms keep the compiler's own transpose.
-  """
-  return _grouped_conv1d(x, kernel, padding, groups)
+  -> [batch, time + 2 * padding - width + 1, out]; XLA's convolution (and its autodiff) on TPU and
+  GPU, `grouped_conv1d_cpu` on CPU (see `cpu_or_xla`)."""
+  return cpu_or_xla(functools.partial(grouped_conv1d_cpu, padding=padding, groups=groups),
+                    functools.partial(grouped_conv1d_xla, padding=padding, groups=groups),
+                    x, kernel)
 
 
-def _grouped_conv(x, kernel, padding, groups):
+def grouped_conv1d_xla(x: jax.Array, kernel: jax.Array, padding: int, groups: int) -> jax.Array:
+  """`grouped_conv1d` as one XLA convolution, differentiated by JAX (the TPU / GPU program)."""
   return jax.lax.conv_general_dilated(x, kernel, window_strides=(1,), padding=[(padding, padding)],
                                       dimension_numbers=("NWC", "WIO", "NWC"),
                                       feature_group_count=groups)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _grouped_conv1d(x, kernel, padding, groups):
-  return _grouped_conv(x, kernel, padding, groups)
+def grouped_conv1d_cpu(x: jax.Array, kernel: jax.Array, padding: int, groups: int) -> jax.Array:
+  """`grouped_conv1d` with a CPU-friendly weight gradient (same values as `grouped_conv1d_xla`).
+
+  XLA:CPU lowers the transposed grouped convolution to a slow generic loop (jax 0.10.2: 6.2 s of
+  a 19 s wav2vec2-base train step at batch 4 x 4 s, for 3.8 GFLOP), so the weight gradient is one
+  small batched matmul per kernel position (`lax.map` over the width; 0.45 s).
+  """
+  return grouped_conv1d_xla(x, kernel, padding, groups)
 
 
-def _grouped_conv1d_fwd(x, kernel, padding, groups):
-  return _grouped_conv(x, kernel, padding, groups), (x, kernel)
+def _grouped_conv1d_cpu_fwd(x, kernel, padding, groups):
+  return grouped_conv1d_xla(x, kernel, padding, groups), (x, kernel)
 
 
-def _kernel_grad_by_matmuls(x, kernel, dy, padding, groups):
-  """d kernel [width, in_g, out] = sum over batch, time of x_padded[t + k, g, i] * dy[t, g, j]."""
+def _grouped_conv1d_cpu_bwd(padding, groups, residuals, dy):
+  """dx by XLA's own transpose; d kernel [width, in_g, out] = sum over batch and time of
+  x_padded[t + k, g, i] * dy[t, g, j], one einsum per kernel position k."""
+  x, kernel = residuals
+  dx = jax.vjp(lambda x: grouped_conv1d_xla(x, kernel, padding, groups), x)[1](dy)[0]
   width, in_g, out = kernel.shape
   batch, frames = dy.shape[:2]
   xp = jnp.pad(x, ((0, 0), (padding, padding), (0, 0))).reshape(batch, -1, groups, in_g)
-  dy = dy.reshape(batch, frames, groups, out // groups)
+  dy_g = dy.reshape(batch, frames, groups, out // groups)
 
   def at(k):  # [in_g, groups, out_g] for kernel position k
-    return jnp.einsum("btgi,btgj->igj", jax.lax.dynamic_slice_in_dim(xp, k, frames, 1), dy,
+    return jnp.einsum("btgi,btgj->igj", jax.lax.dynamic_slice_in_dim(xp, k, frames, 1), dy_g,
                       preferred_element_type=jnp.float32)
-  return jax.lax.map(at, jnp.arange(width)).reshape(width, in_g, out).astype(kernel.dtype)
-
-
-def _kernel_grad_by_conv(x, kernel, dy, padding, groups):
-  return jax.vjp(lambda w: _grouped_conv(x, w, padding, groups), kernel)[1](dy)[0]
-
-
-def _grouped_conv1d_bwd(padding, groups, residuals, dy):
-  x, kernel = residuals
-  dx = jax.vjp(lambda x: _grouped_conv(x, kernel, padding, groups), x)[1](dy)[0]
-  dkernel = jax.lax.platform_dependent(
-      x, kernel, dy, cpu=functools.partial(_kernel_grad_by_matmuls, padding=padding, groups=groups),
-      default=functools.partial(_kernel_grad_by_conv, padding=padding, groups=groups))
+  dkernel = jax.lax.map(at, jnp.arange(width)).reshape(width, in_g, out).astype(kernel.dtype)
   return dx, dkernel
 
 
-_grouped_conv1d.defvjp(_grouped_conv1d_fwd, _grouped_conv1d_bwd)
+grouped_conv1d_cpu.defvjp(_grouped_conv1d_cpu_fwd, _grouped_conv1d_cpu_bwd)

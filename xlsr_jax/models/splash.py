@@ -8,7 +8,7 @@ padded keys (their outputs are never used) and no softmax row is empty.
 
 Frames are padded up to a multiple of the block size (the kernel tiles in 128-multiples). Under a
 mesh (the trainer's `jax.set_mesh`) the kernel runs per shard in `jax.shard_map`: batch over the
-rules' `activation_batch` axes, heads over `activation_heads`, frames whole. On platforms other
+rule table's batch axes (`sharding.mesh.batch_axes`), heads over `activation_heads`, frames whole. On platforms other
 than TPU the same Pallas kernel runs in interpret mode (slow; for tests and parity checks).
 """
 from __future__ import annotations
@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 from jax.experimental.pallas.ops.tpu import splash_attention as splash
 from jax.sharding import PartitionSpec
+
+from xlsr_jax.sharding import mesh as mesh_lib
 
 LANE = 128  # the kernel's block sizes are multiples of this
 
@@ -76,8 +78,8 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Ar
   if mesh.empty:
     out = per_shard(q, k, v, segment)
   else:
-    batch_axes, head_axes = (_dividing(axes, size, mesh) for axes, size in zip(
-        nn.logical_to_mesh_axes(("activation_batch", "activation_heads")), (batch, heads)))
+    batch_axes = _dividing(mesh_lib.batch_axes(), batch, mesh)
+    head_axes = _dividing(nn.logical_to_mesh_axes(("activation_heads",))[0], heads, mesh)
     qkv_spec = PartitionSpec(batch_axes, head_axes, None, None)
     out = jax.shard_map(per_shard, mesh=mesh, in_specs=(qkv_spec,) * 3 + (PartitionSpec(batch_axes),),
                         out_specs=qkv_spec, check_vma=False)(q, k, v, segment)

@@ -1,7 +1,8 @@
 """wav2vec 2.0 / XLS-R: the encoder (`Wav2Vec2Model`) and the pretraining model with its quantizer.
 
 Shapes: waveform [batch, samples] float; padding_mask [batch, samples] bool, True = padded sample
-(right padding); frames T = floor((samples - 400) / 320) + 1 for the standard feature encoder.
+(right padding), or instead frame_lengths int [batch] (real frames per row, as the pretraining
+step has them); frames T = floor((samples - 400) / 320) + 1 for the standard feature encoder.
 """
 from __future__ import annotations
 
@@ -18,12 +19,17 @@ from xlsr_jax.models.quantizer import GumbelVectorQuantizer
 from xlsr_jax.models.transformer import TransformerEncoder
 
 
-def frame_valid_mask(padding_mask: jax.Array | None, num_frames: int,
-                     config: Wav2Vec2Config) -> jax.Array | None:
-  """bool [batch, frames]: True for frames whose receptive field lies inside the unpadded audio."""
-  if padding_mask is None:
-    return None
-  lengths = frame_lengths(jnp.sum(~padding_mask, axis=-1), config)
+def frame_valid_mask(padding_mask: jax.Array | None, num_frames: int, config: Wav2Vec2Config,
+                     lengths: jax.Array | None = None) -> jax.Array | None:
+  """bool [batch, frames]: True for frames whose receptive field lies inside the unpadded audio.
+
+  From the rows' frame `lengths` int [batch] when the caller has them (the pretraining step),
+  else from `padding_mask` (downstream and parity callers); None when neither is given.
+  """
+  if lengths is None:
+    if padding_mask is None:
+      return None
+    lengths = frame_lengths(jnp.sum(~padding_mask, axis=-1), config)
   return jnp.arange(num_frames)[None, :] < lengths[:, None]
 
 
@@ -45,15 +51,16 @@ class Wav2Vec2Model(nn.Module):
 
   @nn.compact
   def __call__(self, waveform: jax.Array, padding_mask: jax.Array | None = None, *,
-               mask_time: jax.Array | None = None, channel_mask: jax.Array | None = None,
-               deterministic: bool = True, return_layer_outputs: bool = False) -> dict[str, Any]:
+               frame_lengths: jax.Array | None = None, mask_time: jax.Array | None = None,
+               channel_mask: jax.Array | None = None, deterministic: bool = True,
+               return_layer_outputs: bool = False) -> dict[str, Any]:
     cfg = self.config
     raw = FeatureEncoder(cfg, name="feature_extractor")(waveform)
     if cfg.feature_grad_mult == 0.0:
       raw = jax.lax.stop_gradient(raw)
     elif cfg.feature_grad_mult != 1.0:
       raw = scale_gradient(raw, cfg.feature_grad_mult)
-    frame_valid = frame_valid_mask(padding_mask, raw.shape[1], cfg)
+    frame_valid = frame_valid_mask(padding_mask, raw.shape[1], cfg, frame_lengths)
     hidden, normed = FeatureProjection(cfg, name="feature_projection")(raw, deterministic)
     masked_spec_embed = self.param("masked_spec_embed", partitioned(uniform01, ("embed",)),
                                    (cfg.hidden_size,), cfg.param_dtype)
@@ -83,11 +90,12 @@ class Wav2Vec2ForPreTraining(nn.Module):
 
   @nn.compact
   def __call__(self, waveform: jax.Array, padding_mask: jax.Array | None, mask_time: jax.Array,
-               masked_indices: jax.Array, *, temperature: float | jax.Array = 2.0,
-               deterministic: bool = True, gumbel_noise: jax.Array | None = None) -> dict[str, Any]:
+               masked_indices: jax.Array, *, frame_lengths: jax.Array | None = None,
+               temperature: float | jax.Array = 2.0, deterministic: bool = True,
+               gumbel_noise: jax.Array | None = None) -> dict[str, Any]:
     cfg = self.config
-    out = Wav2Vec2Model(cfg, name="wav2vec2")(waveform, padding_mask, mask_time=mask_time,
-                                             deterministic=deterministic)
+    out = Wav2Vec2Model(cfg, name="wav2vec2")(waveform, padding_mask, frame_lengths=frame_lengths,
+                                             mask_time=mask_time, deterministic=deterministic)
     features = nn.Dropout(cfg.feat_quantizer_dropout)(out["extract_features"],
                                                       deterministic=deterministic)
     quantized, soft_probs, code_indices = GumbelVectorQuantizer(cfg, name="quantizer")(

@@ -9,7 +9,9 @@ import math
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, PartitionSpec
+from jax.sharding import PartitionSpec
+
+from xlsr_jax.sharding.mesh import batch_axes
 
 _COSINE_EPS = 1e-8          # torch.cosine_similarity's eps on each norm
 _PERPLEXITY_EPS = 1e-7      # fairseq GumbelVectorQuantizer: log(avg_probs + 1e-7)
@@ -97,21 +99,21 @@ def contrastive_loss(logits: jax.Array,
 
 
 def contrastive_sums(context: jax.Array, targets: jax.Array, negative_indices: jax.Array,
-                     valid: jax.Array, temperature: float = 0.1,
-                     mesh: Mesh | None = None,
-                     batch_axes: tuple[str, ...] = ("data", "fsdp")) -> tuple[jax.Array, ...]:
+                     valid: jax.Array, temperature: float = 0.1) -> tuple[jax.Array, ...]:
   """(loss_sum, num_correct, num_valid) of the contrastive task over a batch.
 
   context, targets: [batch, M, F]; negative_indices: int[batch, M, K] into M; valid: bool[batch, M].
-  Distractors come from the same utterance, so the work is per batch shard by nature: with a mesh
-  whose `batch_axes` hold more than one device, each shard computes its own [b, M, M] similarities,
-  gather and cross-entropy under jax.shard_map and only the three scalars are summed (psum) across
-  shards; nothing of size M x M or M x K crosses devices, forward or backward.
+  Distractors come from the same utterance, so the work is per batch shard by nature: under a
+  mesh (`jax.set_mesh`) whose batch axes (the rule table's, `sharding.mesh.batch_axes`) hold more
+  than one device, each shard computes its own [b, M, M] similarities, gather and cross-entropy
+  under jax.shard_map and only the three scalars are summed (psum) across shards; nothing of size
+  M x M or M x K crosses devices, forward or backward.
   """
   def local(c, q, idx, v):
     return contrastive_loss(contrastive_logits(c, q, idx, temperature), v)
 
-  axes = tuple(a for a in batch_axes if mesh is not None and mesh.shape.get(a, 1) > 1)
+  mesh = jax.sharding.get_abstract_mesh()
+  axes = () if mesh.empty else tuple(a for a in batch_axes() if mesh.shape.get(a, 1) > 1)
   if not axes:
     return local(context, targets, negative_indices, valid)
 
@@ -152,22 +154,26 @@ def feature_penalty(raw_features: jax.Array) -> jax.Array:
   return jnp.mean(jnp.square(raw_features.astype(jnp.float32)))
 
 
-def pretraining_loss(context: jax.Array, targets: jax.Array, negative_indices: jax.Array,
+def pretraining_sums(context: jax.Array, targets: jax.Array, negative_indices: jax.Array,
                      valid: jax.Array, soft_probs: jax.Array, *, num_codevectors: int,
                      raw_features: jax.Array | None = None, temperature: float = 0.1,
-                     diversity_weight: float = 0.1, feature_penalty_weight: float = 0.0,
-                     mesh: Mesh | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """wav2vec 2.0 loss per masked frame (fairseq sample_size normalisation) and scalar metrics.
+                     diversity_weight: float = 0.1, feature_penalty_weight: float = 0.0
+                     ) -> dict[str, jax.Array]:
+  """The wav2vec 2.0 loss of a batch as sums and counts: nothing is divided by the frame count.
 
   context, targets: [batch, M, F]; negative_indices: int[batch, M, K]; valid: bool[batch, M];
   soft_probs: [batch, M, G, V] quantizer softmax at the same frames; num_codevectors = G * V.
-  sum = contrastive_sum + diversity_weight * diversity + feature_penalty_weight * penalty * n
-  with n = valid masked frames; loss = sum / n. metrics["loss_sum"] is the un-normalised sum (with
-  feature_penalty_weight 0 it is HF Wav2Vec2ForPreTraining's loss). With `mesh`, the contrastive
-  part runs per batch shard (contrastive_sums).
+  Returns float32 scalars:
+    loss_sum = contrastive_loss_sum + diversity_weight * diversity_loss * n
+               + feature_penalty_weight * feature_penalty * n   (with feature_penalty_weight 0,
+               HF Wav2Vec2ForPreTraining's loss; n = num_masked, the valid masked frames)
+    contrastive_loss_sum, num_correct, num_masked: sums and counts over the masked frames
+    code_perplexity, diversity_loss, feature_penalty: values of the whole batch
+  `normalize` turns them into per-frame metrics. Under a mesh the contrastive part runs per batch
+  shard (contrastive_sums).
   """
   contrastive_sum, num_correct, num_valid = contrastive_sums(
-      context, targets, negative_indices, valid, temperature, mesh)
+      context, targets, negative_indices, valid, temperature)
   perplexity = codebook_perplexity(soft_probs, valid)
   diversity = diversity_loss(perplexity, num_codevectors)
   penalty = (feature_penalty(raw_features) if raw_features is not None
@@ -175,21 +181,31 @@ def pretraining_loss(context: jax.Array, targets: jax.Array, negative_indices: j
   n = num_valid.astype(jnp.float32)
   loss_sum = (contrastive_sum + diversity_weight * diversity * n
               + feature_penalty_weight * penalty * n)
-  denominator = jnp.maximum(n, 1.0)
-  loss = loss_sum / denominator
-  contrastive_per_frame = contrastive_sum / denominator
-  metrics = {
-      "loss": loss,
-      "loss_bits": loss / math.log(2),
-      "loss_sum": loss_sum,
-      "contrastive_loss": contrastive_per_frame,
-      "contrastive_loss_bits": contrastive_per_frame / math.log(2),
-      "contrastive_loss_sum": contrastive_sum,
-      "diversity_loss": diversity,
-      "feature_penalty": penalty,
-      "accuracy": num_correct.astype(jnp.float32) / denominator,
-      "num_correct": num_correct.astype(jnp.float32),
-      "code_perplexity": perplexity,
-      "num_masked": n,
-  }
-  return loss, metrics
+  return dict(loss_sum=loss_sum, contrastive_loss_sum=contrastive_sum,
+              num_correct=num_correct.astype(jnp.float32), num_masked=n,
+              code_perplexity=perplexity, diversity_loss=diversity, feature_penalty=penalty)
+
+
+def normalize(sums: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """Per-masked-frame metrics from `pretraining_sums` (of one batch, or added over micro-batches):
+  the one place the loss is divided by its denominator, the masked frames (fairseq's sample_size;
+  at least 1). Adds loss, loss_bits, contrastive_loss, contrastive_loss_bits and accuracy."""
+  denominator = jnp.maximum(sums["num_masked"], 1.0)
+  loss = sums["loss_sum"] / denominator
+  contrastive = sums["contrastive_loss_sum"] / denominator
+  return dict(sums, loss=loss, loss_bits=loss / math.log(2), contrastive_loss=contrastive,
+              contrastive_loss_bits=contrastive / math.log(2),
+              accuracy=sums["num_correct"] / denominator)
+
+
+def pretraining_loss(context: jax.Array, targets: jax.Array, negative_indices: jax.Array,
+                     valid: jax.Array, soft_probs: jax.Array, *, num_codevectors: int,
+                     raw_features: jax.Array | None = None, temperature: float = 0.1,
+                     diversity_weight: float = 0.1, feature_penalty_weight: float = 0.0
+                     ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """(loss per masked frame, every metric): `normalize(pretraining_sums(...))`, same arguments."""
+  metrics = normalize(pretraining_sums(
+      context, targets, negative_indices, valid, soft_probs, num_codevectors=num_codevectors,
+      raw_features=raw_features, temperature=temperature, diversity_weight=diversity_weight,
+      feature_penalty_weight=feature_penalty_weight))
+  return metrics["loss"], metrics

@@ -6,31 +6,20 @@ python ints, so it runs inside a jitted train step on TPU (no host-side numpy ma
 from __future__ import annotations
 
 import math
-from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-FEATURE_ENCODER_KERNELS = (10, 3, 3, 3, 3, 2, 2)
-FEATURE_ENCODER_STRIDES = (5, 2, 2, 2, 2, 2, 2)
+from xlsr_jax.models.config import Wav2Vec2Config
+from xlsr_jax.models.feature_encoder import frame_lengths
 
 
-def num_feature_frames(num_samples, conv_kernel: Sequence[int] = FEATURE_ENCODER_KERNELS,
-                       conv_stride: Sequence[int] = FEATURE_ENCODER_STRIDES):
-  """Frames after the conv feature encoder: floor((L - k) / s) + 1 per layer, never below 0.
-
-  Works on python ints (returns an int) and on integer arrays such as per-row lengths [batch].
+def num_feature_frames(num_samples, config: Wav2Vec2Config | None = None):
+  """Frames after the conv feature encoder of `config` (default: the standard 400-sample window,
+  320 stride): `models.feature_encoder.frame_lengths`. Python ints give an int, integer arrays
+  such as per-row lengths [batch] an array.
   """
-  if len(conv_kernel) != len(conv_stride):
-    raise ValueError(f"num_feature_frames: conv_kernel {tuple(conv_kernel)} and conv_stride "
-                     f"{tuple(conv_stride)} must have the same number of layers")
-  is_int = isinstance(num_samples, (int, np.integer))
-  frames = num_samples
-  for kernel, stride in zip(conv_kernel, conv_stride):
-    frames = (frames - kernel) // stride + 1
-    frames = max(frames, 0) if is_int else jnp.maximum(frames, 0)
-  return int(frames) if is_int else frames
+  return frame_lengths(num_samples, config or Wav2Vec2Config())
 
 
 def _check_span_args(where: str, mask_prob: float, mask_length: int, min_masks: int) -> None:

@@ -1,24 +1,26 @@
 """Device mesh with named axes (data, fsdp, tensor) built from config sizes, and logical-axis rules.
 
 Sharding is declared, not coded: parameters and activations carry logical axis names, and the
-rule table (`DEFAULT_RULES`, overridable in the config) maps them onto mesh axes.
+rule table (`DEFAULT_RULES`, overridable in the config) maps them onto mesh axes. The batch's mesh
+axes are the table's `activation_batch` entry, read by `batch_axes` (the device feed, the jitted
+steps' batch shardings, the loss's shard_map and splash attention all ask it).
 """
 from __future__ import annotations
 
 import math
 from typing import Any, Sequence
 
+import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
-BATCH_AXES = ("data", "fsdp")
 
 # Logical axis -> mesh axis (or axes, or None = replicated). Parameters are FSDP-sharded on their
 # embedding axis and tensor-parallel on heads / MLP; activations are batch-sharded over (data, fsdp).
 DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
-    ("activation_batch", BATCH_AXES),
+    ("activation_batch", ("data", "fsdp")),
     ("activation_length", None),
     ("activation_embed", None),
     ("activation_mlp", "tensor"),
@@ -100,9 +102,29 @@ def rules_from_config(rules: Sequence[Sequence[Any]] | None) -> tuple[tuple[str,
   return tuple(out)
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Batch arrays [batch, ...] are split over the data axes."""
-  return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+def batch_axes(rules: Sequence[tuple[str, Any]] | None = None) -> tuple[str, ...]:
+  """Mesh axes that split the batch dimension: the `activation_batch` rule of `rules`.
+
+  rules: a rule table (`rules_from_config`); None = the rules in effect (inside
+  `nn.logical_axis_rules(...)`, as the jitted steps trace), else DEFAULT_RULES. () = replicated.
+  """
+  if rules is None:
+    rules = nn.get_logical_axis_rules() or DEFAULT_RULES
+  for name, axes in rules:
+    if name == "activation_batch":
+      return () if axes is None else tuple(axes) if isinstance(axes, (tuple, list)) else (axes,)
+  return ()
+
+
+def batch_spec(rules: Sequence[tuple[str, Any]] | None = None) -> PartitionSpec:
+  """PartitionSpec of batch arrays [batch, ...]: the batch axes first, the rest replicated."""
+  axes = batch_axes(rules)
+  return PartitionSpec(axes or None)
+
+
+def batch_sharding(mesh: Mesh, rules: Sequence[tuple[str, Any]] | None = None) -> NamedSharding:
+  """Batch arrays [batch, ...] are split over the batch axes of the rule table (`batch_axes`)."""
+  return NamedSharding(mesh, batch_spec(rules))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

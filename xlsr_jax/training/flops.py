@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from xlsr_jax.models.config import Wav2Vec2Config
+from xlsr_jax.models.feature_encoder import conv_lengths, frame_lengths
 
 TRAIN_MULTIPLIER = 3  # forward + backward (2x forward)
 
@@ -24,15 +25,6 @@ class StepSize:
   num_negatives: int
 
 
-def conv_frames(num_samples: int, config: Wav2Vec2Config) -> list[int]:
-  """Output length of each feature-encoder convolution for a crop of `num_samples` samples."""
-  frames, length = [], num_samples
-  for kernel, stride in zip(config.conv_kernel, config.conv_stride):
-    length = max((length - kernel) // stride + 1, 0)
-    frames.append(length)
-  return frames
-
-
 def forward_flops(config: Wav2Vec2Config, size: StepSize, *,
                   similarity_matrix: bool = False) -> dict[str, int]:
   """Forward matmul/conv FLOPs of Wav2Vec2ForPreTraining + contrastive logits, per component.
@@ -45,7 +37,7 @@ def forward_flops(config: Wav2Vec2Config, size: StepSize, *,
   positive dot products are an elementwise multiply and sum there), to compare with the program.
   """
   b, m, k = size.batch, size.num_masked, size.num_negatives
-  frames = conv_frames(size.num_samples, config)
+  frames = conv_lengths(size.num_samples, config)
   t = frames[-1]
   d, f, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
   conv_out = config.conv_dim[-1]
@@ -103,7 +95,7 @@ def row_train_flops(config: Wav2Vec2Config, objective, num_samples: int) -> floa
   that length (objective: mask_prob, mask_length, min_masks, num_negatives). For useful MFU: the
   FLOPs a row's real audio needs, whatever crop it was computed in."""
   from xlsr_jax.objectives import masking  # pylint: disable=import-outside-toplevel
-  frames = conv_frames(num_samples, config)[-1]
+  frames = frame_lengths(num_samples, config)
   if frames < 1:
     return 0.0
   size = StepSize(batch=1, num_samples=num_samples, num_masked=masking.max_masked_frames(

@@ -11,43 +11,18 @@ import jax
 import ml_collections
 import numpy as np
 
-from data_pipelines import buckets as buckets_lib
 from data_pipelines import device_feed, input_pipeline
 from xlsr_jax.config_loading import ConfigError, model_config_from
 from xlsr_jax.sharding import mesh as mesh_lib
 from xlsr_jax.training import metrics as metrics_lib
 from xlsr_jax.training import init_from, language_metrics, metrics_file
+from xlsr_jax.training.batch_size import (batch_multiple, bucket_spec, global_batch,
+                                           largest_crop)
 from xlsr_jax.training.state import build_trainer
 from xlsr_jax.training.step_accounting import StepAccounting
 from data_pipelines.features import SAMPLE_RATE
 
 FEED_KEYS = ("waveform", "lengths")  # what the step reads of a pipeline batch
-
-
-def global_batch_size(config: ml_collections.ConfigDict) -> int:
-  """Utterances per step: batch_seconds of audio in crops of max_sample_size samples."""
-  size = int(round(config.data.batch_seconds * SAMPLE_RATE / config.data.max_sample_size))
-  if size < 1:
-    raise ConfigError(f"data.batch_seconds={config.data.batch_seconds} is less than one crop of "
-                      f"{config.data.max_sample_size / SAMPLE_RATE} s")
-  return size
-
-
-def bucket_spec(config: ml_collections.ConfigDict, multiple: int = 1
-                ) -> buckets_lib.BucketSpec | None:
-  """Duration buckets from data.bucket_seconds (None when empty): rows per bucket keep
-  data.batch_seconds of audio per step, rounded to a multiple of the data-parallel shards."""
-  d = config.data
-  if not d.bucket_seconds:
-    return None
-  return buckets_lib.make_spec(d.bucket_seconds, d.batch_seconds, mode=d.bucket_mode,
-                               min_sample_size=d.min_sample_size, multiple=multiple)
-
-
-def largest_crop(config: ml_collections.ConfigDict) -> int:
-  """Samples of the longest row a step can have (the largest bucket, or max_sample_size)."""
-  spec = bucket_spec(config)
-  return spec.lengths[-1] if spec else config.data.max_sample_size
 
 
 def pipeline_config(config: ml_collections.ConfigDict, split: str, seed_offset: int = 0,
@@ -60,7 +35,7 @@ def pipeline_config(config: ml_collections.ConfigDict, split: str, seed_offset: 
       replay_sources=_sources(d.replay_sources) if d.replay_fraction else (),  # 0: not read
       split=split, alpha=d.alpha, max_sample_size=d.max_sample_size,
       min_sample_size=d.min_sample_size, normalize=d.normalize,
-      global_batch_size=spec.batch_sizes[-1] if spec else global_batch_size(config),
+      global_batch_size=spec.batch_sizes[-1] if spec else global_batch(config),
       seed=config.train.seed + seed_offset,
       shuffle_files=d.shuffle_files, interleave_cycle_length=d.interleave_cycle_length,
       prefetch_batches=d.prefetch_batches,
@@ -124,9 +99,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   mesh = make_mesh_from_config(config)
   data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
-  multiple = buckets_lib.lcm(data_parallel * config.train.grad_accum_steps, jax.process_count())
+  multiple = batch_multiple(data_parallel, config.train.grad_accum_steps, jax.process_count())
   if not config.data.bucket_seconds:
-    batch_size = global_batch_size(config)
+    batch_size = global_batch(config)
+    if batch_size < 1:
+      raise ConfigError(f"data.batch_seconds={config.data.batch_seconds} is less than one crop of "
+                        f"{config.data.max_sample_size / SAMPLE_RATE} s")
     if batch_size % multiple:
       raise ConfigError(f"global batch {batch_size} (data.batch_seconds={config.data.batch_seconds})"
                         f" must divide over data x fsdp = {data_parallel} devices and "
@@ -169,7 +147,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   language_cache: dict = {}  # the same for each language alone (train.eval_language_batches)
   for step in range(start_step, config.train.num_steps):
     local = next(train_iter)
-    batch = device_feed.global_batch(_feed(local), mesh)
+    batch = device_feed.global_batch(_feed(local), mesh, trainer.batch_sharding["waveform"].spec)
     state, step_metrics = trainer.step(state, batch)
     accounting.add(local["lengths"], local["waveform"].shape[1])
     pending.append(step_metrics)
@@ -271,8 +249,8 @@ def evaluate_languages(trainer, state, config: ml_collections.ConfigDict, mesh,
 
 
 def _eval_pipeline(config: ml_collections.ConfigDict, mesh) -> input_pipeline.PipelineConfig:
-  multiple = buckets_lib.lcm(mesh.shape["data"] * mesh.shape["fsdp"] * config.train.grad_accum_steps,
-                             jax.process_count())
+  multiple = batch_multiple(mesh.shape["data"] * mesh.shape["fsdp"],
+                            config.train.grad_accum_steps, jax.process_count())
   return pipeline_config(config, config.data.eval_split, seed_offset=1, multiple=multiple)
 
 
@@ -280,7 +258,7 @@ def _mean_eval(trainer, state, mesh, batches: list) -> dict[str, float]:
   """Mean of the eval step's metrics over host batches (batch i scored with key 1000 + i)."""
   totals: dict[str, list[float]] = {}
   for i, local in enumerate(batches):
-    batch = device_feed.global_batch(local, mesh)
+    batch = device_feed.global_batch(local, mesh, trainer.batch_sharding["waveform"].spec)
     out = trainer.evaluate(state, batch, jax.random.key(1000 + i))
     for k, v in jax.device_get(out).items():
       totals.setdefault(k, []).append(float(v))

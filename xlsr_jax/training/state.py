@@ -34,8 +34,8 @@ def state_shardings(abstract_state: Any, mesh: Mesh, rules: tuple) -> Any:
   return nn.logical_to_mesh_sharding(specs, mesh, rules)
 
 
-def batch_shardings(mesh: Mesh) -> dict[str, NamedSharding]:
-  sharding = mesh_lib.batch_sharding(mesh)
+def batch_shardings(mesh: Mesh, rules: tuple) -> dict[str, NamedSharding]:
+  sharding = mesh_lib.batch_sharding(mesh, rules)
   return {"waveform": sharding, "lengths": sharding}
 
 
@@ -51,13 +51,13 @@ class Trainer:
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
       self.abstract_state = jax.eval_shape(init_fn)
     self.state_sharding = state_shardings(self.abstract_state, mesh, rules)
-    self.batch_sharding = batch_shardings(mesh)
+    self.batch_sharding = batch_shardings(mesh, rules)
     replicated = NamedSharding(mesh, PartitionSpec())
     self.init = jax.jit(init_fn, out_shardings=self.state_sharding)
-    step_fn = ts.make_train_step(model, optimizer, schedule, config, rules, mesh)
+    step_fn = ts.make_train_step(model, optimizer, schedule, config, rules)
     self.train_step = jax.jit(step_fn, in_shardings=(self.state_sharding, self.batch_sharding),
                               out_shardings=(self.state_sharding, replicated), donate_argnums=0)
-    eval_fn = ts.make_eval_step(model, config, rules, mesh)
+    eval_fn = ts.make_eval_step(model, config, rules)
     self.eval_step = jax.jit(eval_fn, in_shardings=(self.state_sharding, self.batch_sharding, replicated),
                              out_shardings=replicated)
 

@@ -19,7 +19,7 @@ import optax
 
 from xlsr_jax.models import Wav2Vec2ForPreTraining
 from xlsr_jax.models.config import Wav2Vec2Config
-from xlsr_jax.models.feature_encoder import frame_lengths, num_frames_static
+from xlsr_jax.models.feature_encoder import frame_lengths
 from xlsr_jax.objectives import losses, masking, negatives
 
 # waveform float32 [batch, samples] (zero after each row's end), lengths int32 [batch] (real samples).
@@ -53,21 +53,35 @@ class StepShapes:
 
   @classmethod
   def create(cls, model: Wav2Vec2Config, objective: ml_collections.ConfigDict, num_samples: int):
-    frames = num_frames_static(num_samples, model)
+    frames = frame_lengths(num_samples, model)
     return cls(num_samples, frames, masking.max_masked_frames(
         frames, objective.mask_prob, objective.mask_length, objective.min_masks))
 
 
-def padding_mask_from(lengths: jax.Array, num_samples: int) -> jax.Array:
-  """lengths int [batch] -> bool [batch, num_samples], True = padded sample."""
-  return jnp.arange(num_samples, dtype=jnp.int32)[None, :] >= lengths[:, None]
+@flax.struct.dataclass
+class StepDraws:
+  """What a step draws before its forward pass, from the step's keys, with static shapes.
+
+  mask_time bool [batch, T] (masked frames); masked_indices int [batch, M] and valid bool
+  [batch, M] (the masked frames listed, M a static bound); negative_indices int [batch, M, K]
+  (distractors, indices into M); frame_lengths int [batch] (real frames per row, <= T);
+  gumbel_noise float32 [batch, M, G, V] (the quantizer's noise; None in evaluation, argmax codes).
+  """
+  mask_time: jax.Array
+  masked_indices: jax.Array
+  valid: jax.Array
+  negative_indices: jax.Array
+  frame_lengths: jax.Array
+  gumbel_noise: jax.Array | None = None
 
 
-def sample_masks(rng: jax.Array, sample_lengths: jax.Array, model: Wav2Vec2Config,
-                 objective: ml_collections.ConfigDict, shapes: StepShapes) -> dict[str, jax.Array]:
-  """Span mask, masked positions and negatives for a batch: static shapes [batch, T] / [batch, M(, K)].
+def sample_draws(rng: jax.Array, sample_lengths: jax.Array, model: Wav2Vec2Config,
+                 objective: ml_collections.ConfigDict, shapes: StepShapes,
+                 gumbel_rng: jax.Array | None = None) -> StepDraws:
+  """Span mask, masked positions, negatives (and with `gumbel_rng` the quantizer noise) for a batch.
 
-  sample_lengths: int [batch], real samples per row. Also returns `frame_lengths` [batch].
+  sample_lengths: int [batch], real samples per row. Drawn for the whole batch, so k micro-batches
+  see exactly what one batch would.
   """
   mask_rng, neg_rng = jax.random.split(rng)
   lengths = frame_lengths(sample_lengths, model)
@@ -78,40 +92,41 @@ def sample_masks(rng: jax.Array, sample_lengths: jax.Array, model: Wav2Vec2Confi
   indices, valid = masking.masked_positions(mask_time, shapes.max_masked)
   negative_indices = negatives.sample_negatives(
       neg_rng, jnp.sum(valid, axis=-1), shapes.max_masked, objective.num_negatives)
-  return dict(mask_time=mask_time, masked_indices=indices, valid=valid,
-              negative_indices=negative_indices, frame_lengths=jnp.minimum(lengths, shapes.num_frames))
+  noise = None
+  if gumbel_rng is not None:
+    noise = jax.random.gumbel(gumbel_rng, indices.shape + (model.num_codevector_groups,
+                                                           model.num_codevectors_per_group),
+                              jnp.float32)
+  return StepDraws(mask_time=mask_time, masked_indices=indices, valid=valid,
+                   negative_indices=negative_indices,
+                   frame_lengths=jnp.minimum(lengths, shapes.num_frames), gumbel_noise=noise)
 
 
-def loss_sums(params: Any, model: Wav2Vec2ForPreTraining, batch: Batch, masks: dict[str, jax.Array],
+def loss_sums(params: Any, model: Wav2Vec2ForPreTraining, batch: Batch, draws: StepDraws,
               rngs: dict[str, jax.Array], temperature: jax.Array, objective: ml_collections.ConfigDict,
-              deterministic: bool, mesh: jax.sharding.Mesh | None = None
-              ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Un-normalised loss sum of one (micro-)batch and its metric sums (contrastive part per batch
-  shard of `mesh`, see losses.contrastive_sums)."""
-  padding_mask = padding_mask_from(batch["lengths"], batch["waveform"].shape[1])
-  out = model.apply({"params": params}, batch["waveform"], padding_mask, masks["mask_time"],
-                    masks["masked_indices"], temperature=temperature, deterministic=deterministic,
-                    gumbel_noise=masks.get("gumbel_noise"), rngs=rngs)
-  cfg = model.config
-  _, metrics = losses.pretraining_loss(
-      out["context"], out["targets"], masks["negative_indices"], masks["valid"], out["soft_probs"],
-      num_codevectors=cfg.num_codevectors,
+              deterministic: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Un-normalised loss sum of one (micro-)batch and its sums and counts (losses.pretraining_sums
+  and masking_sums; the contrastive part per batch shard of the mesh in effect)."""
+  # The frame lengths sample_draws computed from batch["lengths"]: no padding mask to rebuild them.
+  out = model.apply({"params": params}, batch["waveform"], None, draws.mask_time,
+                    draws.masked_indices, frame_lengths=draws.frame_lengths,
+                    temperature=temperature, deterministic=deterministic,
+                    gumbel_noise=draws.gumbel_noise, rngs=rngs)
+  sums = losses.pretraining_sums(
+      out["context"], out["targets"], draws.negative_indices, draws.valid, out["soft_probs"],
+      num_codevectors=model.config.num_codevectors,
       raw_features=out["raw_features"] if objective.feature_penalty_weight else None,
       temperature=objective.logit_temperature, diversity_weight=objective.diversity_weight,
-      feature_penalty_weight=objective.feature_penalty_weight, mesh=mesh)
-  sums = dict(loss_sum=metrics["loss_sum"], contrastive_sum=metrics["contrastive_loss_sum"],
-              num_correct=metrics["num_correct"], num_masked=metrics["num_masked"],
-              code_perplexity=metrics["code_perplexity"], diversity_loss=metrics["diversity_loss"],
-              feature_penalty=metrics["feature_penalty"], **masking_sums(masks))
-  return metrics["loss_sum"], sums
+      feature_penalty_weight=objective.feature_penalty_weight)
+  return sums["loss_sum"], dict(sums, **masking_sums(draws))
 
 
-def masking_sums(masks: dict[str, jax.Array]) -> dict[str, jax.Array]:
+def masking_sums(draws: StepDraws) -> dict[str, jax.Array]:
   """What the mask covers: sum over rows of each row's masked share of its real frames, the rows
   that have real frames, and the real frames (for masked_fraction and real-frame throughput)."""
-  lengths = masks["frame_lengths"]
+  lengths = draws.frame_lengths
   has_frames = lengths > 0
-  share = jnp.sum(masks["mask_time"], axis=-1) / jnp.maximum(lengths, 1)
+  share = jnp.sum(draws.mask_time, axis=-1) / jnp.maximum(lengths, 1)
   return dict(masked_share_sum=jnp.sum(jnp.where(has_frames, share, 0.0)),
               rows_with_frames=jnp.sum(has_frames).astype(jnp.float32),
               real_frames=jnp.sum(lengths).astype(jnp.float32))
@@ -128,7 +143,7 @@ def _split_micro(tree: Any, num_micro: int) -> Any:
 
 def make_train_step(model: Wav2Vec2ForPreTraining, optimizer: optax.GradientTransformation,
                     schedule: optax.Schedule, config: ml_collections.ConfigDict,
-                    rules: tuple = (), mesh: jax.sharding.Mesh | None = None
+                    rules: tuple = ()
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
   """The train step for jit: masks for the whole batch, k micro-batches summed, one update."""
   objective, num_micro = config.objective, config.train.grad_accum_steps
@@ -139,22 +154,18 @@ def make_train_step(model: Wav2Vec2ForPreTraining, optimizer: optax.GradientTran
     with nn.logical_axis_rules(rules):
       key = jax.random.fold_in(state.rng, state.step)
       mask_key, gumbel_key, dropout_key, layerdrop_key = jax.random.split(key, 4)
-      masks = sample_masks(mask_key, batch["lengths"], model.config, objective, shapes)
+      draws = sample_draws(mask_key, batch["lengths"], model.config, objective, shapes, gumbel_key)
       temperature = gumbel_temperature(state.step, objective)
-      # Gumbel noise for the whole batch, so k micro-batches see exactly what one batch would.
-      cfg = model.config
-      masks["gumbel_noise"] = jax.random.gumbel(
-          gumbel_key, masks["masked_indices"].shape + (cfg.num_codevector_groups,
-                                                       cfg.num_codevectors_per_group), jnp.float32)
-      micro = _split_micro((batch, masks), num_micro)
+      micro = _split_micro((batch, draws), num_micro)
       micro_keys = jax.vmap(lambda k: jax.random.split(k, num_micro))(
           jnp.stack([dropout_key, layerdrop_key]))  # [2, num_micro]
 
       def one_micro(grad_acc, xs):
-        (mb, mm), keys = xs
+        (micro_batch, micro_draws), keys = xs
         rngs = {"dropout": keys[0], "layerdrop": keys[1]}
         grad_fn = jax.grad(loss_sums, has_aux=True)
-        grads, sums = grad_fn(state.params, model, mb, mm, rngs, temperature, objective, False, mesh)
+        grads, sums = grad_fn(state.params, model, micro_batch, micro_draws, rngs, temperature,
+                              objective, False)
         return (grads if grad_acc is None else jax.tree.map(jnp.add, grad_acc, grads)), sums
 
       xs = (micro, jnp.swapaxes(micro_keys, 0, 1))
@@ -166,11 +177,11 @@ def make_train_step(model: Wav2Vec2ForPreTraining, optimizer: optax.GradientTran
       else:
         zeros = jax.tree.map(jnp.zeros_like, state.params)
         grads, sums = jax.lax.scan(one_micro, zeros, xs)
-      num_masked = jnp.sum(sums["num_masked"])
-      grads = jax.tree.map(lambda g: g / jnp.maximum(num_masked, 1.0), grads)
+      metrics = summarize(sums)
+      # The gradient of the per-frame loss: the same denominator as losses.normalize.
+      grads = jax.tree.map(lambda g: g / jnp.maximum(metrics["num_masked"], 1.0), grads)
       grad_norm = optax.tree.norm(grads)
-      loss = jnp.sum(sums["loss_sum"]) / jnp.maximum(num_masked, 1.0)
-      finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+      finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
 
       def update(params, opt_state, grads):
         updates, opt_state = optimizer.update(grads, opt_state, params)
@@ -186,7 +197,6 @@ def make_train_step(model: Wav2Vec2ForPreTraining, optimizer: optax.GradientTran
           step=state.step + 1, params=new_params,
           opt_state=new_opt_state, consecutive_nonfinite=consecutive,
           total_nonfinite=state.total_nonfinite + (~finite).astype(jnp.int32))
-      metrics = summarize(sums, num_masked)
       metrics.update(grad_norm=grad_norm, learning_rate=schedule(state.step), temperature=temperature,
                      skipped_nonfinite=(~finite).astype(jnp.float32),
                      total_nonfinite=new_state.total_nonfinite.astype(jnp.float32),
@@ -196,34 +206,33 @@ def make_train_step(model: Wav2Vec2ForPreTraining, optimizer: optax.GradientTran
   return step_fn
 
 
-def summarize(sums: dict[str, jax.Array], num_masked: jax.Array) -> dict[str, jax.Array]:
-  """Per-masked-frame metrics from micro-batch sums [num_micro]."""
-  n = jnp.maximum(num_masked, 1.0)
-  contrastive = jnp.sum(sums["contrastive_sum"]) / n
-  return dict(loss=jnp.sum(sums["loss_sum"]) / n, contrastive_loss=contrastive,
-              contrastive_loss_bits=contrastive / jnp.log(2.0),
-              accuracy=jnp.sum(sums["num_correct"]) / n,
-              code_perplexity=jnp.mean(sums["code_perplexity"]),
-              diversity_loss=jnp.mean(sums["diversity_loss"]),
-              feature_penalty=jnp.mean(sums["feature_penalty"]), num_masked=num_masked,
-              masked_fraction=jnp.sum(sums["masked_share_sum"]) / jnp.maximum(
-                  jnp.sum(sums["rows_with_frames"]), 1.0),
-              real_frames=jnp.sum(sums["real_frames"]))
+# Values of a whole (micro-)batch, averaged over micro-batches; every other sum is added.
+PER_BATCH = ("code_perplexity", "diversity_loss", "feature_penalty")
+# The step's metrics (metrics.json names).
+STEP_METRICS = ("loss", "contrastive_loss", "contrastive_loss_bits", "accuracy", "code_perplexity",
+                "diversity_loss", "feature_penalty", "num_masked", "masked_fraction", "real_frames")
+
+
+def summarize(sums: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """Step metrics from micro-batch sums [num_micro]: added (PER_BATCH ones averaged), then
+  divided once, by `losses.normalize` (per masked frame) and for the masked fraction."""
+  total = {k: jnp.mean(v) if k in PER_BATCH else jnp.sum(v) for k, v in sums.items()}
+  metrics = losses.normalize(total)
+  metrics["masked_fraction"] = total["masked_share_sum"] / jnp.maximum(total["rows_with_frames"], 1.0)
+  return {k: metrics[k] for k in STEP_METRICS}
 
 
 def make_eval_step(model: Wav2Vec2ForPreTraining, config: ml_collections.ConfigDict,
-                   rules: tuple = (), mesh: jax.sharding.Mesh | None = None
-                   ) -> Callable[[TrainState, Batch, jax.Array], dict]:
+                   rules: tuple = ()) -> Callable[[TrainState, Batch, jax.Array], dict]:
   """Validation loss with argmax quantization and no dropout; masks from `rng`."""
   objective = config.objective
 
   def eval_fn(state: TrainState, batch: Batch, rng: jax.Array):
     shapes = StepShapes.create(model.config, objective, batch["waveform"].shape[1])
     with nn.logical_axis_rules(rules):
-      masks = sample_masks(rng, batch["lengths"], model.config, objective, shapes)
-      _, sums = loss_sums(state.params, model, batch, masks, {}, gumbel_temperature(state.step, objective),
-                          objective, True, mesh)
-      sums = jax.tree.map(lambda x: x[None], sums)
-      return summarize(sums, sums["num_masked"][0])
+      draws = sample_draws(rng, batch["lengths"], model.config, objective, shapes)
+      _, sums = loss_sums(state.params, model, batch, draws, {}, gumbel_temperature(state.step, objective),
+                          objective, True)
+      return summarize(jax.tree.map(lambda x: x[None], sums))
 
   return eval_fn

@@ -73,8 +73,8 @@ def relation(keys: Sequence[str], test: Callable[..., bool], expected: str) -> R
 
 
 def _frames(num_samples: int, model) -> int:
-  from xlsr_jax.models.feature_encoder import num_frames_static
-  return num_frames_static(int(num_samples), model)
+  from xlsr_jax.models.feature_encoder import frame_lengths
+  return frame_lengths(int(num_samples), model)
 
 
 def _ici_sizes(c: ml_collections.ConfigDict, devices: int) -> tuple[int, int, int]:
@@ -99,15 +99,13 @@ def _shortest_crop(c: ml_collections.ConfigDict) -> int:
 
 
 def _global_batch(c: ml_collections.ConfigDict, devices: int | None, processes: int) -> int:
-  """Rows of a step: batch_seconds over max_sample_size crops, or with duration buckets the
-  smallest bucket's rows as the loop rounds them (a multiple of the data-parallel devices x
-  grad_accum_steps and of the processes, so every bucket divides as a fixed batch must)."""
-  if not c.data.bucket_seconds:
-    return int(round(c.data.batch_seconds * SAMPLE_RATE / c.data.max_sample_size))
-  from data_pipelines import buckets
+  """Rows of a step (`batch_size.global_batch`); with duration buckets the smallest bucket's rows
+  as the loop rounds them (a multiple of the data-parallel devices x grad_accum_steps and of the
+  processes, so every bucket divides as a fixed batch must)."""
+  from xlsr_jax.training import batch_size
   dp = _data_parallel(c, devices) if devices else 1
-  multiple = buckets.lcm(dp * c.train.grad_accum_steps, processes)
-  return min(buckets.bucket_batch_sizes(c.data.bucket_seconds, c.data.batch_seconds, multiple))
+  return batch_size.global_batch(c, batch_size.batch_multiple(dp, c.train.grad_accum_steps,
+                                                              processes))
 
 
 def _is_bucket_list(v) -> bool:
