@@ -234,3 +234,25 @@ def test_loop_starts_from_init_from_then_resumes_its_own_checkpoint(reference, t
   assert hf.source == "hf" and hf.config == loaded.config
   for a, b in zip(jax.tree.leaves(hf.params), jax.tree.leaves(loaded.params)):
     np.testing.assert_allclose(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("layout", ["export", "fairseq"])
+def test_export_and_fairseq_layouts_load_the_same_weights(reference, trainer, tmp_path, layout):
+  """Our export and a fairseq XLS-R .pt of the reference's weights load what the HF directory does."""
+  from tests.test_convert import to_fairseq, write_fairseq_checkpoint
+  from xlsr_jax.checkpoints import hf_layout, model_files
+  ref, _ = reference
+  state_dict = pu.state_dict_numpy(ref)
+  cfg = trainer.model.config
+  expected = hf_layout.hf_to_ours(state_dict, cfg)
+  if layout == "export":
+    path = str(tmp_path / "export")
+    model_files.save_model(path, expected, cfg)
+  else:
+    path = str(tmp_path / "checkpoint.pt")
+    write_fairseq_checkpoint(path, to_fairseq(state_dict, True), {
+        "encoder_attention_heads": 4, "layer_norm_first": True, "latent_groups": 2,
+        "conv_feature_layers": "[(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32, 2, 2)] * 2"})
+  values, counts = init_from.load_checked(path, unbox(trainer.abstract_state.params), cfg, [])
+  jax.tree.map(np.testing.assert_array_equal, values, expected)
+  assert counts["source"] == layout and counts["reinit_arrays"] == 0
