@@ -258,7 +258,6 @@ def reference():
 @pytest.mark.parametrize("variant", ["layer", "group"])
 def test_outputs_equal_fairseq2_on_the_same_weights(reference, variant, tmp_path):
   import json
-  import jax.numpy as jnp
   from tests.fixtures import fairseq2_reference as fr
   from xlsr_jax.models import Wav2Vec2ForPreTraining, Wav2Vec2Model
   spec = [(k, tuple(s)) for k, s in json.loads(str(reference[f"{variant}/spec"]))]
