@@ -63,6 +63,14 @@ def flatten(per_language: dict[str, dict[str, float]]) -> dict[str, float]:
   return {f"{lang}/{k}": v for lang, m in per_language.items() for k, v in m.items() if k in METRICS}
 
 
+def console_line(step: int, flat: dict[str, float]) -> str:
+  """"eval per language step N: en 3.01 (acc 0.08), ..." from `flatten`'s output."""
+  languages = sorted({k.rsplit("/", 1)[0] for k in flat})
+  cells = [f"{lang} {flat[f'{lang}/contrastive_loss']:.3f} (acc {flat[f'{lang}/accuracy']:.2f})"
+           for lang in languages]
+  return f"eval per language step {step} (contrastive loss, accuracy): " + ", ".join(cells)
+
+
 def collect(history: list[dict[str, Any]]) -> dict[str, Any]:
   """{"steps": [...], "languages": {language: {metric: [value per step]}}} from the loop's history."""
   rows = [h for h in history if any(k.startswith(PREFIX + "/") for k in h)]
