@@ -103,6 +103,10 @@ def write_report(workdir: str, history: list[dict[str, Any]]) -> str | None:
     ax.bar(x, last, color="tab:blue", label=f"step {table['steps'][-1]}")
     if len(table["steps"]) > 1:
       ax.plot(x, first, "k.", label=f"step {table['steps'][0]}")
+    values = last + (first if len(table["steps"]) > 1 else [])
+    low, high = min(values), max(values)
+    pad = 0.1 * (high - low) or 0.05 * abs(high) or 1.0
+    ax.set_ylim(low - pad, high + pad)  # the differences between languages, not the offset
     ax.set_ylabel(metric.replace("_", " "))
     ax.grid(axis="y", alpha=0.3)
   axes[0].legend(fontsize=8)
