@@ -304,16 +304,34 @@ def test_preset_fields_equal_the_fairseq2_archs(reference):
     assert cfg.feature_grad_mult == a["feature_grad_scale"]
 
 
+def _write_tiny_fairseq2(reference, path):
+  """fairseq2's own state dict layout (keys from its model) at the tiny preset's sizes -> path."""
+  import json
+  from tests.fixtures import fairseq2_reference as fr
+  spec = [(k, tuple(s)) for k, s in json.loads(str(reference["layer/spec"]))]
+  torch.save({"model": {k: torch.from_numpy(v) for k, v in fr.make_weights(spec).items()}}, path)
+  return path
+
+
+def test_continued_pretraining_init_from_reads_a_fairseq2_checkpoint(reference, tmp_path):
+  """train.init_from of a fairseq2 .pt: every pretraining parameter (quantizer and projections
+  included) comes from the checkpoint, checked against the model before any device memory."""
+  from xlsr_jax.checkpoints.manager import unbox
+  from xlsr_jax.training import init_from
+  path = str(_write_tiny_fairseq2(reference, tmp_path / "omni_tiny.pt"))
+  cfg = get_preset("tiny")
+  values, counts = init_from.load_checked(path, unbox(summary.abstract_params(cfg)), cfg, [])
+  assert counts["source"] == "fairseq2" and counts["reinit_arrays"] == 0
+  expected, _ = fairseq2_import.import_fairseq2(path)
+  jax.tree.map(np.testing.assert_array_equal, values, expected)
+
+
 @pytest.mark.slow  # ~45 s here (one ASR fine-tuning run end to end)
 def test_asr_fine_tuning_starts_from_a_fairseq2_checkpoint(reference, synthetic_tiny_dir, tmp_path,
                                                             capsys):
   """`--config.init=` a fairseq2 .pt: the downstream path reads it as is (tiny preset sizes)."""
-  import json
-  from tests.fixtures import fairseq2_reference as fr
   from xlsr_jax import evaluate
-  spec = [(k, tuple(s)) for k, s in json.loads(str(reference["layer/spec"]))]
-  path = tmp_path / "omni_tiny.pt"
-  torch.save({"model": {k: torch.from_numpy(v) for k, v in fr.make_weights(spec).items()}}, path)
+  path = _write_tiny_fairseq2(reference, tmp_path / "omni_tiny.pt")
   workdir = tmp_path / "asr"
   args = ["--config=experiments/downstream/asr.py", f"--config.init={path}", f"--workdir={workdir}",
           f"--config.data.data_dir={synthetic_tiny_dir}", "--config.data.corpus=synthetic_speech/tiny",
