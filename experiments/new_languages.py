@@ -24,8 +24,8 @@ _spec.loader.exec_module(base)
 def get_config():
   c = base.get_config()
   c.train.init_from = ""  # set on the command line: stage 1's export (W/base/export/orbax)
-  c.train.num_steps = 150
-  c.train.eval_every = 50
+  c.train.num_steps = 300
+  c.train.eval_every = 100
   c.optimizer.peak_lr = 1e-3  # half of stage 1's: continue, do not restart
   c.optimizer.warmup_steps = 20
   c.data.sources = [[base.CORPUS, base.NEW]]

@@ -23,9 +23,9 @@ def get_config():
   c.objective.gumbel_decay = 0.995
   c.optimizer.peak_lr = 2e-3
   c.optimizer.warmup_steps = 50
-  c.train.num_steps = 300
+  c.train.num_steps = 800
   c.train.log_every = 20
-  c.train.eval_every = 100
+  c.train.eval_every = 200
   c.train.eval_batches = 2
   c.train.eval_language_batches = 2
   c.train.checkpoint_every = 100

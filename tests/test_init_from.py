@@ -47,10 +47,12 @@ def trainer():
   return build_trainer(_config(), mesh, SAMPLES)
 
 
-def _reference_layout(masks, gumbel=None):
-  """Our masks ([batch, M] positions, [batch, M, K] negatives into M) as HF's [batch, frames(, K)]."""
-  mask = np.asarray(masks.mask_time)
-  idx, valid, neg = (np.asarray(x) for x in (masks.masked_indices, masks.valid, masks.negative_indices))
+def _reference_layout(draws: ts.StepDraws):
+  """Our draws ([batch, M] positions, [batch, M, K] negatives into M, [batch, M, G, V] Gumbel noise)
+  in HF's layout: [batch, frames] mask, [batch, frames, K] global negatives, [batch, frames, G, V]."""
+  mask = np.asarray(draws.mask_time)
+  idx, valid, neg = (np.asarray(x) for x in (draws.masked_indices, draws.valid, draws.negative_indices))
+  gumbel = None if draws.gumbel_noise is None else np.asarray(draws.gumbel_noise)
   batch, frames = mask.shape
   ref_neg = np.zeros((batch, frames, neg.shape[-1]), np.int64)
   noise = None if gumbel is None else np.zeros((batch, frames) + gumbel.shape[2:], np.float32)
@@ -97,18 +99,16 @@ def test_step0_losses_equal_the_reference_and_training_lowers_them(reference, tr
   # Validation at step 0 (argmax codes, no dropout): the masks/negatives of eval's key.
   eval_key = jax.random.key(1000)
   ours = jax.device_get(trainer.evaluate(state, batch, eval_key))
-  masks = ts.sample_draws(eval_key, jnp.asarray(lengths), model_cfg, objective, shapes)
-  mask, ref_neg, _ = _reference_layout(masks)
+  draws = ts.sample_draws(eval_key, jnp.asarray(lengths), model_cfg, objective, shapes)
+  mask, ref_neg, _ = _reference_layout(draws)
   _, ref_contrastive = _reference_loss(ref, wave, padding, mask, ref_neg, train=False)
   assert abs(ours["contrastive_loss"] - ref_contrastive) <= TOL * abs(ref_contrastive)
 
   # The first training step's loss (Gumbel noise, tau at step 0, diversity term) on its own draws.
   key = jax.random.fold_in(state.rng, 0)
   mask_key, gumbel_key, _, _ = jax.random.split(key, 4)
-  masks = ts.sample_draws(mask_key, jnp.asarray(lengths), model_cfg, objective, shapes)
-  gumbel = np.asarray(jax.random.gumbel(gumbel_key, masks.masked_indices.shape + (
-      model_cfg.num_codevector_groups, model_cfg.num_codevectors_per_group), jnp.float32))
-  mask, ref_neg, noise = _reference_layout(masks, gumbel)
+  draws = ts.sample_draws(mask_key, jnp.asarray(lengths), model_cfg, objective, shapes, gumbel_key)
+  mask, ref_neg, noise = _reference_layout(draws)
   ref_loss, ref_contrastive = _reference_loss(ref, wave, padding, mask, ref_neg, train=True,
                                               tau=objective.gumbel_start, noise=noise,
                                               monkeypatch=monkeypatch)
@@ -190,7 +190,7 @@ def _toy_config(data_dir, num_steps, init):
               eval_language_batches=1, checkpoint_every=2, init_from=init)
   c.data.update(data_dir=data_dir, sources=[["toy_speech/alpha", ["fr", "sw"]]],
                 replay_sources=[["toy_speech/beta", None]], replay_fraction=0.5,
-                max_sample_size=8000, min_sample_size=4000, batch_seconds=2.0, prefetch_batches=1)
+                max_sample_size=8000, min_sample_size=2000, batch_seconds=2.0, prefetch_batches=1)
   c.mesh.data = 1
   return c
 

@@ -88,3 +88,11 @@ def test_report_has_every_language_and_metric(tmp_path):
   assert table["languages"]["fr"]["contrastive_loss"] == [5.0, 9.0]
   assert set(table["languages"]["en"]) == set(language_metrics.METRICS)
   assert language_metrics.write_report(str(tmp_path / "none"), history[:1]) is None
+
+
+def test_console_line_lists_each_language():
+  flat = language_metrics.flatten({"fr": {"contrastive_loss": 2.5, "accuracy": 0.25, "num_masked": 9.0},
+                                   "en": {"contrastive_loss": 3.0, "accuracy": 0.125}})
+  assert "fr/num_masked" not in flat
+  assert language_metrics.console_line(4, flat) == (
+      "eval per language step 4 (contrastive loss, accuracy): en 3.000 (acc 0.12), fr 2.500 (acc 0.25)")

@@ -63,6 +63,14 @@ def flatten(per_language: dict[str, dict[str, float]]) -> dict[str, float]:
   return {f"{lang}/{k}": v for lang, m in per_language.items() for k, v in m.items() if k in METRICS}
 
 
+def console_line(step: int, flat: dict[str, float]) -> str:
+  """"eval per language step N: en 3.01 (acc 0.08), ..." from `flatten`'s output."""
+  languages = sorted({k.rsplit("/", 1)[0] for k in flat})
+  cells = [f"{lang} {flat[f'{lang}/contrastive_loss']:.3f} (acc {flat[f'{lang}/accuracy']:.2f})"
+           for lang in languages]
+  return f"eval per language step {step} (contrastive loss, accuracy): " + ", ".join(cells)
+
+
 def collect(history: list[dict[str, Any]]) -> dict[str, Any]:
   """{"steps": [...], "languages": {language: {metric: [value per step]}}} from the loop's history."""
   rows = [h for h in history if any(k.startswith(PREFIX + "/") for k in h)]
@@ -95,6 +103,10 @@ def write_report(workdir: str, history: list[dict[str, Any]]) -> str | None:
     ax.bar(x, last, color="tab:blue", label=f"step {table['steps'][-1]}")
     if len(table["steps"]) > 1:
       ax.plot(x, first, "k.", label=f"step {table['steps'][0]}")
+    values = last + (first if len(table["steps"]) > 1 else [])
+    low, high = min(values), max(values)
+    pad = 0.1 * (high - low) or 0.05 * abs(high) or 1.0
+    ax.set_ylim(low - pad, high + pad)  # the differences between languages, not the offset
     ax.set_ylabel(metric.replace("_", " "))
     ax.grid(axis="y", alpha=0.3)
   axes[0].legend(fontsize=8)

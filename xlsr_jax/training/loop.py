@@ -152,7 +152,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if config.train.eval_language_batches:
         per_language = language_metrics.flatten(evaluate_languages(trainer, state, config, mesh,
                                                                    language_cache))
-        writer.write(done, per_language, prefix=language_metrics.PREFIX)
+        writer.write(done, per_language, prefix=language_metrics.PREFIX, console=False)
+        if jax.process_index() == 0:
+          print(language_metrics.console_line(done, per_language), flush=True)
         history.append(dict(step=done, **{f"{language_metrics.PREFIX}/{k}": v
                                           for k, v in per_language.items()}))
     if run.save_or_stop(manager, done, state, last=done == num_steps,

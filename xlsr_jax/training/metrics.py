@@ -23,13 +23,17 @@ class MetricWriter:
     self.log_dir = os.path.join(workdir, "tensorboard")
     self.writer = SummaryWriter(self.log_dir) if (self.is_chief and SummaryWriter) else None
 
-  def write(self, step: int, scalars: Mapping[str, float], prefix: str = "train") -> None:
+  def write(self, step: int, scalars: Mapping[str, float], prefix: str = "train",
+            console: bool = True) -> None:
+    """To TensorBoard as <prefix>/<name>; console=False skips the progress line."""
     if not self.is_chief:
       return
     if self.writer is not None:
       for name, value in scalars.items():
         self.writer.add_scalar(f"{prefix}/{name}", float(value), step)
       self.writer.flush()
+    if not console:
+      return
     shown = ("loss", "contrastive_loss_bits", "accuracy", "code_perplexity", "temperature",
              "learning_rate", "grad_norm", "masked_fraction", "padding_fraction",
              "steps_per_second", "real_audio_seconds_per_second", "mfu_percent",
