@@ -191,16 +191,16 @@ def test_fairseq2_shape_mismatch_names_the_fairseq2_key_and_both_shapes(tmp_path
     fairseq2_import.import_fairseq2(str(path), num_attention_heads=4)
 
 
-def test_fairseq2_unknown_keys_and_fine_tuned_checkpoints_are_refused(tmp_path):
+def test_fairseq2_unknown_keys_and_headless_checkpoints_are_refused(tmp_path):
   cfg = pu.small_config("layer")
   fs2 = to_fairseq2(pu.state_dict_numpy(pu.reference_model(cfg, seed=2)), True)
   torch.save({"model": {**fs2, "encoder.layers.0.extra.weight": torch.zeros(3)}}, tmp_path / "x.pt")
   with pytest.raises(hf_layout.ConversionError, match=r"encoder\.layers\.0\.extra\.weight"):
     fairseq2_import.import_fairseq2(str(tmp_path / "x.pt"), num_attention_heads=4)
-  ctc = {k: v for k, v in fs2.items() if not k.startswith(("quantizer.", "final_target_proj."))}
-  torch.save({"model": ctc}, tmp_path / "ctc.pt")
+  headless = {k: v for k, v in fs2.items() if not k.startswith(("quantizer.", "final_"))}
+  torch.save({"model": headless}, tmp_path / "headless.pt")
   with pytest.raises(hf_layout.ConversionError, match="omniASR-CTC"):
-    fairseq2_import.import_fairseq2(str(tmp_path / "ctc.pt"), num_attention_heads=4)
+    fairseq2_import.import_fairseq2(str(tmp_path / "headless.pt"), num_attention_heads=4)
 
 
 def test_hostile_fairseq2_pickle_is_refused_and_settings_classes_are_inert(tmp_path):
@@ -258,7 +258,6 @@ def reference():
 @pytest.mark.parametrize("variant", ["layer", "group"])
 def test_outputs_equal_fairseq2_on_the_same_weights(reference, variant, tmp_path):
   import json
-  import jax.numpy as jnp
   from tests.fixtures import fairseq2_reference as fr
   from xlsr_jax.models import Wav2Vec2ForPreTraining, Wav2Vec2Model
   spec = [(k, tuple(s)) for k, s in json.loads(str(reference[f"{variant}/spec"]))]
@@ -304,16 +303,34 @@ def test_preset_fields_equal_the_fairseq2_archs(reference):
     assert cfg.feature_grad_mult == a["feature_grad_scale"]
 
 
+def _write_tiny_fairseq2(reference, path):
+  """fairseq2's own state dict layout (keys from its model) at the tiny preset's sizes -> path."""
+  import json
+  from tests.fixtures import fairseq2_reference as fr
+  spec = [(k, tuple(s)) for k, s in json.loads(str(reference["layer/spec"]))]
+  torch.save({"model": {k: torch.from_numpy(v) for k, v in fr.make_weights(spec).items()}}, path)
+  return path
+
+
+def test_continued_pretraining_init_from_reads_a_fairseq2_checkpoint(reference, tmp_path):
+  """train.init_from of a fairseq2 .pt: every pretraining parameter (quantizer and projections
+  included) comes from the checkpoint, checked against the model before any device memory."""
+  from xlsr_jax.checkpoints.manager import unbox
+  from xlsr_jax.training import init_from
+  path = str(_write_tiny_fairseq2(reference, tmp_path / "omni_tiny.pt"))
+  cfg = get_preset("tiny")
+  values, counts = init_from.load_checked(path, unbox(summary.abstract_params(cfg)), cfg, [])
+  assert counts["source"] == "fairseq2" and counts["reinit_arrays"] == 0
+  expected, _ = fairseq2_import.import_fairseq2(path)
+  jax.tree.map(np.testing.assert_array_equal, values, expected)
+
+
 @pytest.mark.slow  # ~45 s here (one ASR fine-tuning run end to end)
 def test_asr_fine_tuning_starts_from_a_fairseq2_checkpoint(reference, synthetic_tiny_dir, tmp_path,
                                                             capsys):
   """`--config.init=` a fairseq2 .pt: the downstream path reads it as is (tiny preset sizes)."""
-  import json
-  from tests.fixtures import fairseq2_reference as fr
   from xlsr_jax import evaluate
-  spec = [(k, tuple(s)) for k, s in json.loads(str(reference["layer/spec"]))]
-  path = tmp_path / "omni_tiny.pt"
-  torch.save({"model": {k: torch.from_numpy(v) for k, v in fr.make_weights(spec).items()}}, path)
+  path = _write_tiny_fairseq2(reference, tmp_path / "omni_tiny.pt")
   workdir = tmp_path / "asr"
   args = ["--config=experiments/downstream/asr.py", f"--config.init={path}", f"--workdir={workdir}",
           f"--config.data.data_dir={synthetic_tiny_dir}", "--config.data.corpus=synthetic_speech/tiny",
@@ -331,3 +348,32 @@ def test_asr_fine_tuning_starts_from_a_fairseq2_checkpoint(reference, synthetic_
   # The feature encoder is frozen in the recipe: it is still the checkpoint's, bit for bit.
   jax.tree.map(np.testing.assert_array_equal, exported["wav2vec2"]["feature_extractor"],
                start["wav2vec2"]["feature_extractor"])
+
+
+def test_ctc_logits_equal_fairseq2_wav2vec2_asr(reference, tmp_path):
+  """A fine-tuned wav2vec2_asr checkpoint (omniASR-CTC-* layout: CTC head `final_proj`, no masker)
+  imports as encoder + CTC head, whose logits are fairseq2's."""
+  import json
+  import jax.numpy as jnp
+  from tests.fixtures import fairseq2_reference as fr
+  from xlsr_jax.downstream.heads import Wav2Vec2ForCTC
+  spec = [(k, tuple(s)) for k, s in json.loads(str(reference["asr/spec"]))]
+  assert not any(k.startswith(("masker.", "quantizer.")) for k, _ in spec)
+  weights = fr.make_weights(spec, seed=fr.SEED + 2)
+  np.testing.assert_allclose(sum(float(v.sum()) for v in weights.values()),
+                             reference["asr/weights_sum"], rtol=1e-6)
+  path = tmp_path / "ctc.pt"
+  torch.save({"model": {k: torch.from_numpy(v) for k, v in weights.items()}}, path)
+  params, cfg = fairseq2_import.import_fairseq2(str(path))  # tiny preset's encoder sizes: no heads
+  assert cfg == get_preset("tiny") and sorted(params) == ["lm_head", "wav2vec2"]
+  np.testing.assert_array_equal(params["wav2vec2"]["masked_spec_embed"], 0.0)
+  wave, padding, _ = fr.make_batch()
+  out = Wav2Vec2ForCTC(cfg, fr.VOCAB).apply({"params": params}, jnp.asarray(wave), jnp.asarray(padding))
+  valid = np.arange(wave.shape[1] // 320)[None, :19] < reference["asr/frames"][:, None]
+  np.testing.assert_array_equal(np.asarray(out["frame_valid"]), valid)
+  assert pu.rel_err(np.asarray(out["logits"])[valid], reference["asr/logits"][valid]) < 1e-4
+  # Downstream init takes its encoder; as for a fairseq fine-tuned .pt, the CTC head (whose
+  # vocabulary is a sentencepiece model not converted here) is left for a fresh one.
+  loaded = encoders.load_encoder(str(path))
+  assert loaded.source == "fairseq2" and loaded.ctc_head is None and loaded.config == cfg
+  jax.tree.map(np.testing.assert_array_equal, loaded.params, params["wav2vec2"])

@@ -49,6 +49,8 @@ def jaxpr_matmul_flops(jaxpr) -> int:
       if isinstance(value, (jax_core.ClosedJaxpr, jax_core.Jaxpr)):
         inner = value.jaxpr if isinstance(value, jax_core.ClosedJaxpr) else value
         total += repeats * jaxpr_matmul_flops(inner)
+    if name == "cond":  # one branch runs (e.g. the CPU-kernel switch, models.layers.cpu_or_xla)
+      total += max(jaxpr_matmul_flops(branch.jaxpr) for branch in eqn.params["branches"])
   return total
 
 

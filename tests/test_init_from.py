@@ -49,8 +49,8 @@ def trainer():
 
 def _reference_layout(masks, gumbel=None):
   """Our masks ([batch, M] positions, [batch, M, K] negatives into M) as HF's [batch, frames(, K)]."""
-  mask = np.asarray(masks["mask_time"])
-  idx, valid, neg = (np.asarray(masks[k]) for k in ("masked_indices", "valid", "negative_indices"))
+  mask = np.asarray(masks.mask_time)
+  idx, valid, neg = (np.asarray(x) for x in (masks.masked_indices, masks.valid, masks.negative_indices))
   batch, frames = mask.shape
   ref_neg = np.zeros((batch, frames, neg.shape[-1]), np.int64)
   noise = None if gumbel is None else np.zeros((batch, frames) + gumbel.shape[2:], np.float32)
@@ -97,7 +97,7 @@ def test_step0_losses_equal_the_reference_and_training_lowers_them(reference, tr
   # Validation at step 0 (argmax codes, no dropout): the masks/negatives of eval's key.
   eval_key = jax.random.key(1000)
   ours = jax.device_get(trainer.evaluate(state, batch, eval_key))
-  masks = ts.sample_masks(eval_key, jnp.asarray(lengths), model_cfg, objective, shapes)
+  masks = ts.sample_draws(eval_key, jnp.asarray(lengths), model_cfg, objective, shapes)
   mask, ref_neg, _ = _reference_layout(masks)
   _, ref_contrastive = _reference_loss(ref, wave, padding, mask, ref_neg, train=False)
   assert abs(ours["contrastive_loss"] - ref_contrastive) <= TOL * abs(ref_contrastive)
@@ -105,8 +105,8 @@ def test_step0_losses_equal_the_reference_and_training_lowers_them(reference, tr
   # The first training step's loss (Gumbel noise, tau at step 0, diversity term) on its own draws.
   key = jax.random.fold_in(state.rng, 0)
   mask_key, gumbel_key, _, _ = jax.random.split(key, 4)
-  masks = ts.sample_masks(mask_key, jnp.asarray(lengths), model_cfg, objective, shapes)
-  gumbel = np.asarray(jax.random.gumbel(gumbel_key, masks["masked_indices"].shape + (
+  masks = ts.sample_draws(mask_key, jnp.asarray(lengths), model_cfg, objective, shapes)
+  gumbel = np.asarray(jax.random.gumbel(gumbel_key, masks.masked_indices.shape + (
       model_cfg.num_codevector_groups, model_cfg.num_codevectors_per_group), jnp.float32))
   mask, ref_neg, noise = _reference_layout(masks, gumbel)
   ref_loss, ref_contrastive = _reference_loss(ref, wave, padding, mask, ref_neg, train=True,
@@ -234,3 +234,25 @@ def test_loop_starts_from_init_from_then_resumes_its_own_checkpoint(reference, t
   assert hf.source == "hf" and hf.config == loaded.config
   for a, b in zip(jax.tree.leaves(hf.params), jax.tree.leaves(loaded.params)):
     np.testing.assert_allclose(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("layout", ["export", "fairseq"])
+def test_export_and_fairseq_layouts_load_the_same_weights(reference, trainer, tmp_path, layout):
+  """Our export and a fairseq XLS-R .pt of the reference's weights load what the HF directory does."""
+  from tests.test_convert import to_fairseq, write_fairseq_checkpoint
+  from xlsr_jax.checkpoints import hf_layout, model_files
+  ref, _ = reference
+  state_dict = pu.state_dict_numpy(ref)
+  cfg = trainer.model.config
+  expected = hf_layout.hf_to_ours(state_dict, cfg)
+  if layout == "export":
+    path = str(tmp_path / "export")
+    model_files.save_model(path, expected, cfg)
+  else:
+    path = str(tmp_path / "checkpoint.pt")
+    write_fairseq_checkpoint(path, to_fairseq(state_dict, True), {
+        "encoder_attention_heads": 4, "layer_norm_first": True, "latent_groups": 2,
+        "conv_feature_layers": "[(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32, 2, 2)] * 2"})
+  values, counts = init_from.load_checked(path, unbox(trainer.abstract_state.params), cfg, [])
+  jax.tree.map(np.testing.assert_array_equal, values, expected)
+  assert counts["source"] == layout and counts["reinit_arrays"] == 0

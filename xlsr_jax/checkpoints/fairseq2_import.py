@@ -1,5 +1,9 @@
 """Import of fairseq2 wav2vec 2.0 checkpoints (the Omnilingual ASR omniASR-W2V-* encoders) into ours.
 
+Pretrained checkpoints (fairseq2's wav2vec2 family) give the full pretraining tree, quantizer and
+projections included; fine-tuned ones (wav2vec2_asr, e.g. omniASR-CTC-*) give
+{"wav2vec2": encoder, "lm_head": CTC head} (their vocabulary, a sentencepiece model, is not read).
+
 fairseq2 names its modules differently from fairseq (`fairseq2/models/wav2vec2/{model,frontend,
 factory}.py`, and the fairseq -> fairseq2 map in `fairseq2/models/wav2vec2/interop.py`): its keys are
 renamed to the Hugging Face layout here, then `hf_layout.hf_to_ours` does the tensor work and the
@@ -16,6 +20,8 @@ from __future__ import annotations
 
 import re
 from typing import Any
+
+import numpy as np
 
 from xlsr_jax.checkpoints import fairseq_import, hf_layout, safe_pickle
 from xlsr_jax.models.config import PRESETS, Wav2Vec2Config
@@ -91,13 +97,18 @@ def fairseq2_to_hf_keys(state_dict: dict[str, Any]) -> tuple[dict[str, Any], dic
   return renamed, leftovers
 
 
-def _sizes(hf_state: dict[str, Any], pre_ln: bool) -> dict[str, Any]:
-  """The architecture fields the tensors determine (all but the heads and the conv strides)."""
+_ENCODER_FIELDS = ("conv_dim", "conv_kernel", "conv_bias", "feat_extract_norm", "hidden_size",
+                   "num_hidden_layers", "intermediate_size", "num_conv_pos_embeddings",
+                   "num_conv_pos_embedding_groups")
+_HEAD_FIELDS = ("num_codevector_groups", "num_codevectors_per_group", "codevector_dim",
+                "proj_codevector_dim")
+
+
+def _sizes(hf_state: dict[str, Any], pre_ln: bool, pretraining: bool) -> dict[str, Any]:
+  """The architecture fields the tensors determine (all but the heads and the conv strides; the
+  quantizer's only for a pretraining checkpoint)."""
   inferred = fairseq_import.config_from_fairseq({}, hf_state, num_attention_heads=1)
-  keys = ("conv_dim", "conv_kernel", "conv_bias", "feat_extract_norm", "hidden_size",
-          "num_hidden_layers", "intermediate_size", "num_conv_pos_embeddings",
-          "num_conv_pos_embedding_groups", "num_codevector_groups", "num_codevectors_per_group",
-          "codevector_dim", "proj_codevector_dim")
+  keys = _ENCODER_FIELDS + (_HEAD_FIELDS if pretraining else ())
   return {**{k: getattr(inferred, k) for k in keys}, "do_stable_layer_norm": pre_ln}
 
 
@@ -106,8 +117,9 @@ def config_from_fairseq2(hf_state: dict[str, Any], pre_ln: bool,
   """Our config for a fairseq2 checkpoint: sizes from the tensors; the heads, dropouts and
   feature_grad_mult of the preset with those sizes (the omni_* ones first, so a 300M is
   omni_300m, not xlsr_300m), the heads replaced by `num_attention_heads` when given. A checkpoint
-  of no preset's sizes needs `num_attention_heads` (fairseq2 does not store it)."""
-  sizes = _sizes(hf_state, pre_ln)
+  of no preset's sizes needs `num_attention_heads` (fairseq2 does not store it). Encoder-only
+  (fine-tuned) checkpoints match on the encoder's sizes."""
+  sizes = _sizes(hf_state, pre_ln, pretraining="quantizer.codevectors" in hf_state)
   for name in sorted(PRESETS, key=lambda n: not n.startswith("omni_")):
     preset = PRESETS[name]
     if all(getattr(preset, k) == v for k, v in sizes.items()):
@@ -121,31 +133,52 @@ def config_from_fairseq2(hf_state: dict[str, Any], pre_ln: bool,
   return Wav2Vec2Config(num_attention_heads=int(num_attention_heads), **sizes)
 
 
+def _ctc_layout(hf_state: dict[str, Any], path: str) -> tuple[dict[str, Any], dict]:
+  """A fine-tuned (wav2vec2_asr, e.g. omniASR-CTC-*) checkpoint renamed as if pretraining: (its
+  encoder keys, the CTC head {"kernel" [dim, vocab], "bias" [vocab]}). Its `final_proj` is the CTC
+  head; without a masker (use_masking off, as in the Omnilingual CTC models) the mask embedding is
+  zeros, as a HF checkpoint saved with masking off gets (it is used only if fine-tuning masks)."""
+  if "project_q.weight" in hf_state or "project_hid.weight" not in hf_state:
+    raise hf_layout.ConversionError(
+        f"{path}: a fairseq2 checkpoint without the quantizer (quantizer.entries) and without a "
+        f"CTC head (final_proj alone): neither a pretrained wav2vec2 (omniASR-W2V-*) nor a "
+        f"fine-tuned wav2vec2_asr (omniASR-CTC-*) model")
+  state = dict(hf_state)
+  weight, bias = (hf_layout._to_numpy(state.pop(f"project_hid.{k}")) for k in ("weight", "bias"))
+  head = {"kernel": np.ascontiguousarray(weight.T), "bias": bias}
+  if "wav2vec2.masked_spec_embed" not in state:
+    dim = np.shape(state["wav2vec2.feature_projection.projection.weight"])[0]
+    state["wav2vec2.masked_spec_embed"] = np.zeros((dim,), np.float32)
+  return state, head
+
+
 def import_fairseq2_state_dict(state_dict: dict[str, Any], path: str,
                                num_attention_heads: int | None = None) -> tuple[dict, Wav2Vec2Config]:
-  """A fairseq2 wav2vec2 state dict -> (our Wav2Vec2ForPreTraining params, config)."""
+  """A fairseq2 wav2vec2 state dict -> (our params, config): the Wav2Vec2ForPreTraining tree for a
+  pretrained checkpoint, {"wav2vec2": encoder, "lm_head": CTC head} for a wav2vec2_asr one."""
   hf_state, leftovers = fairseq2_to_hf_keys(state_dict)
   if leftovers:
     raise hf_layout.ConversionError(
-        f"{path}: fairseq2 key(s) that are not part of a wav2vec 2.0 pretraining model "
-        f"{sorted(leftovers)[:20]} (a fine-tuned wav2vec2_asr checkpoint, or a stacked positional "
-        f"encoder? only the pretrained wav2vec2 family, e.g. omniASR-W2V-*, is read)")
-  if "quantizer.codevectors" not in hf_state:
-    raise hf_layout.ConversionError(
-        f"{path}: a fairseq2 checkpoint without the quantizer (quantizer.entries): only pretrained "
-        f"wav2vec2 checkpoints (omniASR-W2V-*) are read, not fine-tuned ones (omniASR-CTC-*)")
+        f"{path}: fairseq2 key(s) that are not part of a wav2vec 2.0 model {sorted(leftovers)[:20]} "
+        f"(a stacked positional encoder, a Conformer or an LLM-ASR model? the wav2vec2 and "
+        f"wav2vec2_asr families, e.g. omniASR-W2V-* and omniASR-CTC-*, are read)")
+  pretraining, head = "quantizer.codevectors" in hf_state, None
+  if not pretraining:
+    hf_state, head = _ctc_layout(hf_state, path)
   # fairseq2 puts a pre-LN model's last LayerNorm in the encoder, a post-LN one's in the front end.
   config = config_from_fairseq2(hf_state, "encoder.layer_norm.weight" in state_dict, num_attention_heads)
   try:
-    return hf_layout.hf_to_ours(hf_state, config, pretraining=True), config
+    params = hf_layout.hf_to_ours(hf_state, config, pretraining=pretraining)
   except hf_layout.ConversionError as e:  # name the checkpoint's own keys, not the HF ones
     hf_names = {hf: key for key in state_dict for hf in fairseq2_to_hf_keys({key: None})[0]}
+    hf_names.update({hf[len("wav2vec2."):]: key for hf, key in hf_names.items()})
     message = re.sub(r"[\w.]+", lambda m: hf_names.get(m.group(0), m.group(0)), str(e))
     raise hf_layout.ConversionError(f"{path}: {message}") from None
+  return (params, config) if pretraining else ({"wav2vec2": params, "lm_head": head}, config)
 
 
 def import_fairseq2(path: str, num_attention_heads: int | None = None) -> tuple[dict, Wav2Vec2Config]:
-  """A fairseq2 wav2vec2 .pt (omniASR-W2V-*) -> (our pretraining params, config)."""
+  """A fairseq2 wav2vec2 .pt (omniASR-W2V-*, or a fine-tuned omniASR-CTC-*) -> (our params, config)."""
   state = model_state_dict(safe_pickle.load_fairseq_checkpoint(path))
   if not is_fairseq2_state_dict(state):
     raise hf_layout.ConversionError(f"{path}: not a fairseq2 wav2vec2 checkpoint (no "
