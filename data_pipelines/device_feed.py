@@ -59,3 +59,18 @@ def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh,
                        f"shards of mesh axes {axes} {dict(mesh.shape)}")
     out[name] = jax.make_array_from_process_local_data(sharding, value)
   return out
+
+
+def process_rows(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """This process's rows of a batch that every process built whole (the downstream pipelines read
+  the whole split on each host): rows [p * n / P, (p + 1) * n / P) of process p of P, the rows
+  `global_batch` puts back in their place."""
+  index, count = jax.process_index(), jax.process_count()
+  out = {}
+  for name, value in batch.items():
+    if value.shape[0] % count:
+      raise ValueError(f"batch[{name!r}] has {value.shape[0]} rows, which do not divide over "
+                       f"{count} processes")
+    rows = value.shape[0] // count
+    out[name] = value[index * rows:(index + 1) * rows]
+  return out

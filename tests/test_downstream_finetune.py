@@ -82,3 +82,75 @@ def test_finetuning_lowers_cer_with_the_recipe_freezing(tmp_path):
   assert int(restored.step) == 120
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(unbox(restored.params)),
                jax.device_get(unbox(state.params)))
+
+
+def _select_update(tuner, frozen, grads, opt_state, params):
+  """The freeze as it was written before `finetune.update`: the full Adam update of every
+  parameter, then a jnp.where over each encoder parameter and Adam moment (the reference)."""
+  import jax.numpy as jnp
+  import optax
+  from xlsr_jax.checkpoints.manager import rebox
+  updates, new_opt = tuner.optimizer.update(grads, opt_state, params)
+  new_params = optax.apply_updates(params, updates)
+  keep = lambda lab, new, old: jnp.where(frozen, old, new) if lab == finetune.ENCODER else new
+  new_params = rebox(params, jax.tree.map(keep, unbox(tuner._labels_fn(params)),
+                                          unbox(new_params), unbox(params)))
+  inner = dict(new_opt.inner_states)
+  inner[finetune.ENCODER] = jax.tree.map(lambda n, o: jnp.where(frozen, o, n),
+                                         inner[finetune.ENCODER],
+                                         opt_state.inner_states[finetune.ENCODER])
+  return new_params, new_opt._replace(inner_states=inner)
+
+
+@pytest.fixture(scope="module")
+def lid_tuner():
+  c = defaults.get_default_config()
+  c.finetune.num_steps, c.finetune.freeze_transformer_steps = 4, 2
+  c.finetune.layerdrop = c.finetune.mask_prob = c.finetune.mask_channel_prob = 0.0
+  c.optimizer.peak_lr = 1e-2
+  cfg = get_preset("tiny").replace(feature_grad_mult=0.0)
+  model = heads.Wav2Vec2ForUtteranceClassification(cfg, 3, layer_weighting=False)
+  mesh = mesh_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+  return finetune.Finetuner(model, "lid", c, mesh, 4000, 4)
+
+
+def test_freeze_update_equals_the_select_implementation(lid_tuner):
+  t = lid_tuner
+  new = jax.jit(lambda frozen, *a: finetune.update(t.optimizer, *a, held=t.frozen_optimizer,
+                                                   frozen=frozen))
+  old = jax.jit(lambda *a: _select_update(t, *a))
+  state = t.create_state({})
+  a = b = (state.params, state.opt_state)
+  rng = np.random.default_rng(0)
+  for step in range(4):  # frozen, frozen, trainable, trainable: the same grads into both
+    grads = jax.tree.map(lambda p: rng.standard_normal(p.shape).astype(np.float32),
+                         unbox(state.params))
+    grads = jax.tree.map(lambda box, g: box.replace_boxed(g) if hasattr(box, "replace_boxed")
+                         else g, state.params, grads, is_leaf=lambda x: hasattr(x, "unbox"))
+    frozen = np.asarray(step < 2)
+    a = new(frozen, grads, a[1], a[0])
+    b = old(frozen, grads, b[1], b[0])
+    same = lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-9)
+    jax.tree.map(same, jax.device_get(unbox(a)), jax.device_get(unbox(b)))
+    enc, enc0 = (unbox(p)["wav2vec2"]["encoder"] for p in (a[0], state.params))
+    moved = jax.tree.leaves(jax.tree.map(lambda x, y: not np.array_equal(x, y), enc, enc0))
+    assert all(moved) if step >= 2 else not any(moved), step  # bit-identical while frozen
+
+
+def test_finetune_step_freezes_the_encoder_then_trains_it(lid_tuner):
+  rng = np.random.default_rng(0)
+  batch = dict(waveform=rng.standard_normal((4, 4000)).astype(np.float32),
+               padding_mask=np.zeros((4, 4000), bool), label=np.array([0, 1, 2, 1], np.int32),
+               example_valid=np.ones(4, bool))
+  state = lid_tuner.create_state({})
+  params = lambda s: jax.device_get(unbox(s.params))
+  start = params(state)
+  query = lambda p: p["wav2vec2"]["encoder"]["layers"]["attention"]["query_kernel"]
+  for step in range(4):
+    state, m = lid_tuner.step(state, batch)
+    p = params(state)
+    assert float(m["transformer_frozen"]) == (step < 2)
+    assert np.array_equal(query(p), query(start)) == (step < 2), step  # frozen: bit-identical
+    assert not np.array_equal(p["head"]["classifier"]["kernel"], start["head"]["classifier"]["kernel"])
+    jax.tree.map(np.testing.assert_array_equal, p["wav2vec2"]["feature_extractor"],
+                 start["wav2vec2"]["feature_extractor"])  # the feature encoder never changes

@@ -244,7 +244,7 @@ _TWO_PROCESS_SCRIPT = """
 import sys
 import jax, numpy as np
 from jax.sharding import AxisType
-from data_pipelines.device_feed import global_batch
+from data_pipelines.device_feed import global_batch, process_rows
 pid = int(sys.argv[1])
 jax.distributed.initialize(f"127.0.0.1:{sys.argv[2]}", num_processes=2, process_id=pid)
 mesh = jax.make_mesh((4, 2), ("data", "fsdp"), axis_types=(AxisType.Auto,) * 2)
@@ -254,12 +254,17 @@ assert out.shape == (8, 2), out.shape
 expected = np.stack([np.arange(8), -np.arange(8)], axis=1)
 for shard in out.addressable_shards:
   np.testing.assert_array_equal(shard.data, expected[shard.index])
+whole = np.stack([np.arange(8), -np.arange(8)], axis=1)  # a batch every process built whole
+out = global_batch(process_rows({"x": whole}), mesh)["x"]  # (the downstream feed)
+for shard in out.addressable_shards:
+  np.testing.assert_array_equal(shard.data, expected[shard.index])
 print("ok", pid, sorted(int(s.index[0].start) for s in out.addressable_shards))
 """
 
 
 def test_global_batch_with_two_processes():
-  """Two jax.distributed CPU processes of 4 devices: each hands over its rows of one batch."""
+  """Two jax.distributed CPU processes of 4 devices: each hands over its rows of one batch (or
+  its process_rows of a batch both built whole)."""
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]

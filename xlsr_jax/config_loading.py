@@ -131,27 +131,22 @@ def split_argv(argv: Sequence[str]) -> tuple[str | None, list[tuple[str, str]], 
   return path, overrides, rest
 
 
-def model_config_from(config: ml_collections.ConfigDict) -> Wav2Vec2Config:
-  """The Wav2Vec2Config of `config.model`: a preset plus field overrides (dtype names as strings)."""
-  from xlsr_jax.models.config import get_preset, PRESETS
-  import jax.numpy as jnp
+def model_config_from(config: ml_collections.ConfigDict, base: Wav2Vec2Config | None = None
+                      ) -> Wav2Vec2Config:
+  """The Wav2Vec2Config of `config.model`: its fields (dtype names as strings) written over `base`,
+  or over the preset `model.preset` when `base` is None (a loaded checkpoint's config is a base)."""
+  from xlsr_jax.models.config import PRESETS, UnknownFieldError, with_fields
   model = config.model
-  if model.preset not in PRESETS:
-    raise ConfigError(f"model.preset={model.preset!r} is not a preset; valid presets: {sorted(PRESETS)}")
-  fields = {f.name for f in dataclasses.fields(Wav2Vec2Config)}
-  overrides = {}
-  for key, value in model.items():
-    if key == "preset":
-      continue
-    if key not in fields:
-      raise ConfigError(f"model.{key} is not a model field; {_nearest(key, fields)}")
-    if key in ("dtype", "param_dtype"):
-      value = jnp.dtype(value)
-    elif isinstance(value, list):
-      value = tuple(value)
-    overrides[key] = value
+  if base is None:
+    if model.preset not in PRESETS:
+      raise ConfigError(f"model.preset={model.preset!r} is not a preset; valid presets: {sorted(PRESETS)}")
+    base = PRESETS[model.preset]
   try:
-    return get_preset(model.preset, **overrides)
+    return with_fields(base, {k: v for k, v in model.items() if k != "preset"})
+  except UnknownFieldError as e:
+    fields = [f.name for f in dataclasses.fields(Wav2Vec2Config)]
+    raise ConfigError(f"model.{e.unknown[0]} is not a model field; {_nearest(e.unknown[0], fields)}"
+                      ) from None
   except (ValueError, TypeError) as e:
     raise ConfigError(f"model: {e}") from e
 

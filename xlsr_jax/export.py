@@ -19,12 +19,12 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-import optax
 
 from xlsr_jax.checkpoints import manager as manager_lib
 from xlsr_jax.checkpoints import model_files
 from xlsr_jax.config_loading import model_config_from
 from xlsr_jax.models import Wav2Vec2ForPreTraining
+from xlsr_jax.models import params as params_lib
 from xlsr_jax.models.config import Wav2Vec2Config
 
 CONFIG_FILE = "config.json"
@@ -44,20 +44,14 @@ def read_run_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
-def abstract_params(model_config: Wav2Vec2Config, objective: ml_collections.ConfigDict) -> Any:
+def abstract_params(model_config: Wav2Vec2Config) -> Any:
   """Unboxed ShapeDtypeStructs of the pretraining model's parameters on one host (CPU) device."""
-  from xlsr_jax.training import state as state_lib
-  from xlsr_jax.training import train_step as ts
-  model = Wav2Vec2ForPreTraining(model_config)
-  shapes = ts.StepShapes.create(model_config, objective, num_samples=16_000)
-  state = jax.eval_shape(lambda: state_lib.init_state(model, optax.identity(), shapes, seed=0))
   try:
     device = jax.local_devices(backend="cpu")[0]
   except RuntimeError:  # JAX_PLATFORMS excludes the host backend: use the first accelerator
     device = jax.local_devices()[0]
-  sharding = jax.sharding.SingleDeviceSharding(device)
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                      manager_lib.unbox(state.params))
+  return params_lib.abstract_params(Wav2Vec2ForPreTraining(model_config), boxed=False,
+                                    sharding=jax.sharding.SingleDeviceSharding(device))
 
 
 def load_params(workdir: str, step: int | None = None) -> tuple[Any, Wav2Vec2Config, int]:
@@ -68,7 +62,7 @@ def load_params(workdir: str, step: int | None = None) -> tuple[Any, Wav2Vec2Con
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"no checkpoint directory {directory}")
   with manager_lib.CheckpointManager(directory, save_every=1, keep=1, read_only=True) as mngr:
-    target = abstract_params(model_config, config.objective)
+    target = abstract_params(model_config)
     try:
       params, step = mngr.restore_params(target, step)
     except manager_lib.CheckpointMismatchError as e:

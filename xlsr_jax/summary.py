@@ -9,10 +9,10 @@ import sys
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from xlsr_jax.models import PRESETS, Wav2Vec2ForPreTraining, get_preset
+from xlsr_jax.models import params as params_lib
 from xlsr_jax.models.config import Wav2Vec2Config
 
 COMPONENTS = (  # (label, path prefix in the params tree)
@@ -30,10 +30,7 @@ COMPONENTS = (  # (label, path prefix in the params tree)
 
 def abstract_params(config: Wav2Vec2Config):
   """Parameter shapes of the pretraining model (boxed with logical axis names), no memory allocated."""
-  frames = 49
-  return jax.eval_shape(lambda: Wav2Vec2ForPreTraining(config).init(
-      {"params": jax.random.key(0)}, jnp.zeros((1, 16000)), None, jnp.zeros((1, frames), bool),
-      jnp.zeros((1, 10), jnp.int32)))["params"]
+  return params_lib.abstract_params(Wav2Vec2ForPreTraining(config))
 
 
 def count_by_component(config: Wav2Vec2Config) -> list[tuple[str, int]]:

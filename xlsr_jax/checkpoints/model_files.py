@@ -34,18 +34,13 @@ def config_to_dict(config: Wav2Vec2Config) -> dict[str, Any]:
 
 
 def config_from_dict(values: dict[str, Any]) -> Wav2Vec2Config:
-  fields = {f.name for f in dataclasses.fields(Wav2Vec2Config)}
-  unknown = sorted(set(values) - fields)
-  if unknown:
-    raise ValueError(f"unknown model config field(s) {unknown}; valid fields: {sorted(fields)}")
-  kwargs = {}
-  for k, v in values.items():
-    if k in ("dtype", "param_dtype"):
-      v = jnp.dtype(v)
-    elif isinstance(v, list):
-      v = tuple(v)
-    kwargs[k] = v
-  return Wav2Vec2Config(**kwargs)
+  """What `config_to_dict` wrote, back as a Wav2Vec2Config (unknown fields are a ValueError)."""
+  from xlsr_jax.models.config import UnknownFieldError, with_fields
+  try:
+    return with_fields(Wav2Vec2Config(), values)
+  except UnknownFieldError as e:
+    fields = sorted(f.name for f in dataclasses.fields(Wav2Vec2Config))
+    raise ValueError(f"unknown model config field(s) {e.unknown}; valid fields: {fields}") from None
 
 
 def is_training_workdir(directory: str) -> bool:

@@ -30,6 +30,7 @@ from xlsr_jax.downstream.heads import stack_hidden_states
 from xlsr_jax.downstream.vocabulary import VOCAB_FILE, Vocabulary
 from xlsr_jax.models import Wav2Vec2Model
 from xlsr_jax.models.config import Wav2Vec2Config
+from xlsr_jax.models.params import init_params
 
 SOURCES = sources.SOURCES + ("random",)
 InitError = sources.InitError  # re-exported: callers catch it from here
@@ -75,10 +76,8 @@ def _split_tree(tree: dict) -> tuple[dict, dict | None, dict | None]:
 
 def random_encoder(config: Wav2Vec2Config, seed: int = 0) -> dict:
   """Freshly initialised `Wav2Vec2Model` params (unboxed numpy) for `config`."""
-  model = Wav2Vec2Model(config)
-  variables = jax.jit(lambda key: model.init(key, jnp.zeros((1, 16_000), jnp.float32)))(
-      jax.random.key(seed))
-  return jax.tree.map(np.asarray, _unbox(variables["params"]))
+  params = jax.jit(partial(init_params, Wav2Vec2Model(config)))(jax.random.key(seed))
+  return jax.tree.map(np.asarray, _unbox(params))
 
 
 def _unbox(tree: Any) -> Any:

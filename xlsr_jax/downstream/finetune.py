@@ -9,7 +9,7 @@ draws what an uninterrupted one would.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any
 
 import flax
 import flax.linen as nn
@@ -17,14 +17,15 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from xlsr_jax.checkpoints.manager import rebox, unbox
 from xlsr_jax.downstream import ctc
 from xlsr_jax.models.feature_encoder import frame_lengths
+from xlsr_jax.models.params import abstract_params, init_params
 from xlsr_jax.objectives import masking
 from xlsr_jax.sharding import mesh as mesh_lib
-from xlsr_jax.training.state import state_shardings
+from xlsr_jax.training import run
 
 FROZEN, ENCODER, HEAD = "frozen", "encoder", "head"
 
@@ -71,10 +72,12 @@ def param_labels(params: Any, *, freeze_feature_encoder: bool, freeze_encoder: b
   return jax.tree_util.tree_map_with_path(label, params)
 
 
-def make_optimizer(opt: ml_collections.ConfigDict, total_steps: int, labels: Any
-                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(opt: ml_collections.ConfigDict, total_steps: int, labels: Any, *,
+                   hold_encoder: bool = False) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """Adam(b1, b2, eps) [+ decoupled weight decay, + clipping] on the tri-stage schedule for the
-  "encoder" and "head" parameters; "frozen" ones never change."""
+  "encoder" and "head" parameters; "frozen" ones never change. With `hold_encoder` the "encoder"
+  parameters and their Adam state stay as they are (the same state layout: the optimizer of the
+  first freeze_transformer_steps updates)."""
   schedule = tri_stage_schedule(opt.peak_lr, total_steps, tuple(opt.phase_ratio),
                                 opt.init_lr_scale, opt.final_lr_scale)
   parts = []
@@ -83,8 +86,32 @@ def make_optimizer(opt: ml_collections.ConfigDict, total_steps: int, labels: Any
   parts.append(optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps,
                            weight_decay=opt.weight_decay))
   trainable = optax.chain(*parts)
-  return optax.multi_transform({ENCODER: trainable, HEAD: trainable, FROZEN: optax.set_to_zero()},
+  encoder = hold(trainable) if hold_encoder else trainable
+  return optax.multi_transform({ENCODER: encoder, HEAD: trainable, FROZEN: optax.set_to_zero()},
                                labels), schedule
+
+
+def hold(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+  """`inner`'s state layout without its update: zero updates, the state (moments, step count)
+  returned unchanged, and no optimizer arithmetic at all."""
+  def update(updates, state, params=None):
+    del params
+    return jax.tree.map(jnp.zeros_like, updates), state
+  return optax.GradientTransformation(inner.init, update)
+
+
+def update(optimizer: optax.GradientTransformation, grads: Any, opt_state: Any, params: Any, *,
+           held: optax.GradientTransformation | None = None, frozen: jax.Array | None = None
+           ) -> tuple[Any, Any]:
+  """(new params, new optimizer state). With `held` (the same optimizer, encoder held: see
+  `make_optimizer`) one of the two runs, chosen by the bool scalar `frozen` (lax.cond), instead of
+  updating everything and selecting the old values back leaf by leaf."""
+  if held is None:
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+  else:
+    updates, opt_state = jax.lax.cond(frozen, held.update, optimizer.update, grads, opt_state,
+                                      params)
+  return optax.apply_updates(params, updates), opt_state
 
 
 def sample_masks(rng: jax.Array, padding_mask: jax.Array, model_config, num_frames: int,
@@ -149,29 +176,25 @@ class Finetuner:
     self.freeze_transformer_steps = 0 if probe else f.freeze_transformer_steps
     self._labels_fn = lambda params: param_labels(
         params, freeze_feature_encoder=f.freeze_feature_encoder, freeze_encoder=probe)
-    self.abstract_params = self._abstract_params()
+    with jax.set_mesh(mesh), nn.logical_axis_rules(self.rules):
+      self.abstract_params = abstract_params(model, num_samples)
     labels = self._labels_fn(self.abstract_params)
     self.optimizer, self.schedule = make_optimizer(config.optimizer, f.num_steps, labels)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(self.rules):
-      self.abstract_state = jax.eval_shape(self._init_state, {})
-    self.state_sharding = state_shardings(self.abstract_state, mesh, self.rules)
+    self.frozen_optimizer, _ = make_optimizer(config.optimizer, f.num_steps, labels,
+                                              hold_encoder=True)
+    self.abstract_state, self.state_sharding = run.abstract_state(
+        lambda: self._init_state({}), mesh, self.rules)
     self.batch_sharding = mesh_lib.batch_sharding(mesh, self.rules)
-    replicated = NamedSharding(mesh, PartitionSpec())
-    self._train = jax.jit(self._train_step, in_shardings=(self.state_sharding, self.batch_sharding),
-                          out_shardings=(self.state_sharding, replicated), donate_argnums=0)
-    self._eval = jax.jit(self._eval_step, in_shardings=(self.state_sharding, self.batch_sharding),
-                         out_shardings=replicated)
-
-  def _abstract_params(self) -> Any:
-    x = jnp.zeros((1, self.num_samples), jnp.float32)
-    with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
-      return jax.eval_shape(lambda: self.model.init(jax.random.key(0), x)["params"])
+    # (state, batch) -> (state, metrics), and (state, batch) -> outputs: jitted, called under mesh.
+    self.step = run.jit_train_step(self._train_step, mesh, self.state_sharding,
+                                   self.batch_sharding)
+    self.evaluate = run.jit_eval_step(self._eval_step, mesh, self.state_sharding,
+                                      self.batch_sharding)
 
   def _init_state(self, loaded: Any) -> FinetuneState:
     """A fresh initialisation (key config.init_seed) with every subtree of `loaded` (a partial
     unboxed params tree: the pretrained encoder, a reused head) put in its place."""
-    x = jnp.zeros((1, self.num_samples), jnp.float32)
-    fresh = unbox(self.model.init(jax.random.key(self.config.init_seed), x)["params"])
+    fresh = unbox(init_params(self.model, jax.random.key(self.config.init_seed), self.num_samples))
     params = rebox(self.abstract_params, merge_params(fresh, loaded))
     return FinetuneState(step=jnp.zeros((), jnp.int32), params=params,
                          opt_state=self.optimizer.init(params),
@@ -208,20 +231,12 @@ class Finetuner:
       return task_loss(self.task, out, batch, self._label_smoothing)
 
     (loss, extra), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, new_opt = self.optimizer.update(grads, state.opt_state, state.params)
-    new_params = optax.apply_updates(state.params, updates)
     # fairseq freeze_finetune_updates: the Transformer (and projection) stay fixed, with their
     # optimizer moments, for the first N updates; only the head trains.
     frozen = state.step < self.freeze_transformer_steps
-    labels = self._labels_fn(state.params)
-    keep_old = lambda lab, new, old: jnp.where(frozen, old, new) if lab == ENCODER else new
-    new_params = jax.tree.map(keep_old, unbox(labels), unbox(new_params), unbox(state.params))
-    new_params = rebox(state.params, new_params)
-    inner = dict(new_opt.inner_states)
-    if ENCODER in inner:
-      inner[ENCODER] = jax.tree.map(lambda n, o: jnp.where(frozen, o, n), inner[ENCODER],
-                                    state.opt_state.inner_states[ENCODER])
-    new_opt = new_opt._replace(inner_states=inner)
+    new_params, new_opt = update(
+        self.optimizer, grads, state.opt_state, state.params, frozen=frozen,
+        held=self.frozen_optimizer if self.freeze_transformer_steps else None)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
                "learning_rate": self.schedule(state.step),
                "transformer_frozen": frozen.astype(jnp.float32), **extra}
@@ -260,14 +275,6 @@ class Finetuner:
         tokens = decoding.greedy_search(cfg, params, states, valid, max_length=t.max_decode_length,
                                         forced_bos_token_id=t.forced_bos_token_id)
     return {"tokens": tokens}
-
-  def step(self, state: FinetuneState, batch: dict) -> tuple[FinetuneState, dict]:
-    with jax.set_mesh(self.mesh):
-      return self._train(state, batch)
-
-  def evaluate(self, state: FinetuneState, batch: dict) -> dict:
-    with jax.set_mesh(self.mesh):
-      return self._eval(state, batch)
 
 
 def merge_params(fresh: dict, loaded: dict) -> dict:

@@ -1,7 +1,8 @@
 """Start-up checks of a downstream config: the ranges and relations of `downstream/defaults.py`.
 
-The same row constructors as pretraining (`xlsr_jax.training.validation`); `xlsr_jax.evaluate`
-runs `validate` right after loading the config, before data, models or the workdir are touched.
+The same row constructors as pretraining (`xlsr_jax.training.validation`);
+`xlsr_jax.downstream.evaluate` runs `validate` right after loading the config, before data,
+models or the workdir are touched.
 The encoder's own fields are checked when it is loaded (its config comes from the checkpoint).
 """
 from __future__ import annotations

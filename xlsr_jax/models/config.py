@@ -157,3 +157,27 @@ def get_preset(name: str, **overrides) -> Wav2Vec2Config:
   if unknown:
     raise KeyError(f"unknown Wav2Vec2Config field(s) {unknown}; valid fields: {sorted(fields)}")
   return PRESETS[name].replace(**overrides)
+
+
+DTYPE_FIELDS = ("dtype", "param_dtype")
+
+
+class UnknownFieldError(KeyError):
+  """Field names that Wav2Vec2Config does not have (`unknown`, sorted)."""
+
+  def __init__(self, unknown: list[str]):
+    super().__init__(unknown)
+    self.unknown = unknown
+
+
+def with_fields(base: Wav2Vec2Config, values: dict[str, Any]) -> Wav2Vec2Config:
+  """`base` with `values` written over it, the one place stored values become field types: dtype
+  names -> jnp.dtype, lists -> tuples (JSON and ConfigDicts hold them so). Unknown names raise
+  UnknownFieldError; a value the dataclass refuses raises its ValueError / TypeError."""
+  fields = {f.name for f in dataclasses.fields(Wav2Vec2Config)}
+  unknown = sorted(set(values) - fields)
+  if unknown:
+    raise UnknownFieldError(unknown)
+  changes = {k: jnp.dtype(v) if k in DTYPE_FIELDS else tuple(v) if isinstance(v, list) else v
+             for k, v in values.items()}
+  return base.replace(**changes)

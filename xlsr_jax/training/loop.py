@@ -13,9 +13,8 @@ import numpy as np
 
 from data_pipelines import device_feed, input_pipeline
 from xlsr_jax.config_loading import ConfigError, model_config_from
-from xlsr_jax.sharding import mesh as mesh_lib
 from xlsr_jax.training import metrics as metrics_lib
-from xlsr_jax.training import init_from, language_metrics, metrics_file
+from xlsr_jax.training import init_from, language_metrics, metrics_file, run
 from xlsr_jax.training.batch_size import (batch_multiple, bucket_spec, global_batch,
                                            largest_crop)
 from xlsr_jax.training.state import build_trainer
@@ -75,9 +74,7 @@ def ensure_synthetic_corpus(config: ml_collections.ConfigDict) -> None:
     multihost_utils.sync_global_devices("synthetic_corpus_built")
 
 
-def make_mesh_from_config(config: ml_collections.ConfigDict):
-  m = config.mesh
-  return mesh_lib.make_mesh(m.data, m.fsdp, m.tensor, dcn_data=m.dcn_data)
+make_mesh_from_config = run.make_mesh
 
 
 def device_peak_flops(config) -> float | None:
@@ -93,11 +90,88 @@ def device_peak_flops(config) -> float | None:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs pretraining to config.train.num_steps, resuming from workdir's latest checkpoint."""
-  from xlsr_jax.checkpoints.manager import CheckpointManager, restore_target
   workdir = os.path.abspath(workdir)
-  model_cfg = model_config_from(config)  # validates model fields before anything expensive
+  model_config_from(config)  # validates model fields before anything expensive
+  mesh = run.make_mesh(config)
+  multiple = data_multiple(config, mesh)
+  ensure_synthetic_corpus(config)
+  train_config = pipeline_config(config, config.data.split, multiple=multiple)
+  train_iter = input_pipeline.make_pretraining_iterator(
+      train_config, process_index=jax.process_index(), process_count=jax.process_count())
+  if train_config.bucket_lengths:
+    report_buckets(train_config, workdir)
+  trainer = build_trainer(config, mesh, largest_crop(config))
+  manager = run.open_checkpoints(workdir, config.train)
+  state, data_state = run.restore_or_init(  # a new run: random weights, or train.init_from's
+      manager, trainer.abstract_state, trainer.state_sharding,
+      lambda: init_from.initial_state(trainer, config),
+      resumed_note=" (train.init_from is for a new run: not loaded)" if config.train.init_from
+      else "")
+  if data_state is not None:
+    train_iter.set_state(data_state)
+  run.write_config(workdir, config)
 
-  mesh = make_mesh_from_config(config)
+  num_steps = config.train.num_steps
+  writer = metrics_lib.MetricWriter(workdir, num_steps)
+  accounting = StepAccounting(trainer.model.config, config.objective, device_peak_flops(config),
+                              jax.device_count(), jax.process_count())
+  start_step = int(state.step)
+  log = run.LogCadence(config.train.log_every, num_steps, start_step)
+  history, last_metrics = [], {}
+  real_seconds_seen = 0.0  # this segment's real audio (a resumed run counts from its restart)
+  eval_cache: list = []  # the validation batches, read once (the same batches at every eval)
+  language_cache: dict = {}  # the same for each language alone (train.eval_language_batches)
+
+  def save_history():
+    if jax.process_index() == 0:
+      metrics_file.write(workdir, start_step, history)
+
+  for step in range(start_step, num_steps):
+    local = next(train_iter)
+    batch = device_feed.global_batch(_feed(local), mesh, trainer.batch_sharding["waveform"].spec)
+    state, step_metrics = trainer.step(state, batch)
+    accounting.add(local["lengths"], local["waveform"].shape[1])
+    done = step + 1
+    if (interval := log.add(done, step_metrics)) is not None:
+      values = interval_values(interval, accounting, done, config.data.batch_seconds)
+      real_seconds_seen += values["real_audio_seconds_per_step"] * len(interval.rows)
+      values["real_hours_seen_this_run"] = real_seconds_seen / 3600
+      writer.write(done, values)
+      history.append(dict(step=done, **values))
+      last_metrics = values
+      if values.get("stop_nonfinite", 0) > 0:
+        manager.wait_until_finished()
+        raise FloatingPointError(
+            f"{config.train.max_nonfinite_steps} consecutive steps had a NaN/Inf loss or gradient "
+            f"at step {done} (total skipped {int(values['total_nonfinite'])}); the last good "
+            f"checkpoint is in {manager.directory}")
+    if config.train.eval_every and (done % config.train.eval_every == 0 or done == num_steps):
+      eval_metrics = evaluate(trainer, state, config, mesh, eval_cache)
+      writer.write(done, eval_metrics, prefix="eval")
+      history.append(dict(step=done, **{f"eval_{k}": v for k, v in eval_metrics.items()}))
+      if config.train.eval_language_batches:
+        per_language = language_metrics.flatten(evaluate_languages(trainer, state, config, mesh,
+                                                                   language_cache))
+        writer.write(done, per_language, prefix=language_metrics.PREFIX)
+        history.append(dict(step=done, **{f"{language_metrics.PREFIX}/{k}": v
+                                          for k, v in per_language.items()}))
+    if run.save_or_stop(manager, done, state, last=done == num_steps,
+                        data_state=train_iter.get_state, on_save=save_history):
+      break
+  run.close(manager)
+  writer.close()
+  save_history()
+  if jax.process_index() == 0:
+    plot = language_metrics.write_report(workdir, history)
+    if plot:
+      print(f"per-language validation: {plot}", flush=True)
+  return {"state": state, "history": history, "last": last_metrics, "workdir": workdir,
+          "tensorboard": writer.log_dir}
+
+
+def data_multiple(config: ml_collections.ConfigDict, mesh) -> int:
+  """What the global batch must be a multiple of (data x fsdp devices x grad_accum_steps, and the
+  processes); without buckets the configured batch is checked against it here."""
   data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
   multiple = batch_multiple(data_parallel, config.train.grad_accum_steps, jax.process_count())
   if not config.data.bucket_seconds:
@@ -109,99 +183,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       raise ConfigError(f"global batch {batch_size} (data.batch_seconds={config.data.batch_seconds})"
                         f" must divide over data x fsdp = {data_parallel} devices and "
                         f"{jax.process_count()} processes")
-  ensure_synthetic_corpus(config)
-  train_config = pipeline_config(config, config.data.split, multiple=multiple)
-  train_iter = input_pipeline.make_pretraining_iterator(
-      train_config, process_index=jax.process_index(), process_count=jax.process_count())
-  if train_config.bucket_lengths:
-    report_buckets(train_config, workdir)
-  trainer = build_trainer(config, mesh, largest_crop(config))
-  manager = CheckpointManager(os.path.join(workdir, "checkpoints"),
-                              save_every=config.train.checkpoint_every,
-                              keep=config.train.keep_checkpoints)
-  try:
-    restored = manager.restore_latest(restore_target(trainer.abstract_state, trainer.state_sharding))
-    if restored is None:  # a new run: random weights, or train.init_from's (never over a resume)
-      state = init_from.initial_state(trainer, config)
-  except BaseException:  # a refused resume or init: release Orbax's threads and the signal handlers
-    manager.close()
-    raise
-  if restored is not None:
-    state, data_state = restored
-    if data_state is not None:
-      train_iter.set_state(data_state)
-    ignored = " (train.init_from is for a new run: not loaded)" if config.train.init_from else ""
-    print(f"resumed from step {int(state.step)} in {manager.directory}{ignored}", flush=True)
-  if jax.process_index() == 0:  # only now: a refused resume leaves the workdir as it was
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json(indent=2))
+  return multiple
 
-  writer = metrics_lib.MetricWriter(workdir, config.train.num_steps)
-  accounting = StepAccounting(trainer.model.config, config.objective, device_peak_flops(config),
-                              jax.device_count(), jax.process_count())
-  start_step = int(state.step)
-  throughput = metrics_lib.Throughput(start_step)
-  history, pending, last_metrics = [], [], {}
-  real_seconds_seen = 0.0  # this segment's real audio (a resumed run counts from its restart)
-  eval_cache: list = []  # the validation batches, read once (the same batches at every eval)
-  language_cache: dict = {}  # the same for each language alone (train.eval_language_batches)
-  for step in range(start_step, config.train.num_steps):
-    local = next(train_iter)
-    batch = device_feed.global_batch(_feed(local), mesh, trainer.batch_sharding["waveform"].spec)
-    state, step_metrics = trainer.step(state, batch)
-    accounting.add(local["lengths"], local["waveform"].shape[1])
-    pending.append(step_metrics)
-    done = step + 1
-    is_last = done == config.train.num_steps
-    if done % config.train.log_every == 0 or is_last:
-      pending = jax.device_get(pending)  # one transfer per log interval
-      values = {k: float(np.mean([m[k] for m in pending])) for k in pending[-1]}
-      values["skipped_nonfinite"] = float(sum(m["skipped_nonfinite"] for m in pending))
-      values["real_frames_per_step"] = values.pop("real_frames")
-      steps_per_s, seconds = throughput.update(done)
-      values.update(accounting.flush(seconds), steps_per_second=steps_per_s)
-      real_seconds_seen += values["real_audio_seconds_per_step"] * len(pending)
-      values["real_hours_seen_this_run"] = real_seconds_seen / 3600
-      values["hours_seen"] = done * config.data.batch_seconds / 3600  # nominal: steps x batch_seconds
-      pending = []
-      writer.write(done, values)
-      history.append(dict(step=done, **values))
-      last_metrics = values
-      if values.get("stop_nonfinite", 0) > 0:
-        manager.wait_until_finished()
-        raise FloatingPointError(
-            f"{config.train.max_nonfinite_steps} consecutive steps had a NaN/Inf loss or gradient "
-            f"at step {done} (total skipped {int(values['total_nonfinite'])}); the last good "
-            f"checkpoint is in {manager.directory}")
-    if config.train.eval_every and (done % config.train.eval_every == 0 or is_last):
-      eval_metrics = evaluate(trainer, state, config, mesh, eval_cache)
-      writer.write(done, eval_metrics, prefix="eval")
-      history.append(dict(step=done, **{f"eval_{k}": v for k, v in eval_metrics.items()}))
-      if config.train.eval_language_batches:
-        per_language = language_metrics.flatten(evaluate_languages(trainer, state, config, mesh,
-                                                                   language_cache))
-        writer.write(done, per_language, prefix=language_metrics.PREFIX)
-        history.append(dict(step=done, **{f"{language_metrics.PREFIX}/{k}": v
-                                          for k, v in per_language.items()}))
-    preempted = manager.reached_preemption(done)  # a sync point under jax.distributed: once per step
-    if manager.should_save(done, last=is_last) or preempted:
-      manager.save(done, state, train_iter.get_state(), force=is_last or preempted)
-      if jax.process_index() == 0:
-        metrics_file.write(workdir, start_step, history)
-    if preempted:
-      manager.wait_until_finished()
-      print(f"preempted: saved step {done}; exiting", flush=True)
-      break
-  manager.wait_until_finished()
-  manager.close()
-  writer.close()
-  if jax.process_index() == 0:
-    metrics_file.write(workdir, start_step, history)
-    plot = language_metrics.write_report(workdir, history)
-    if plot:
-      print(f"per-language validation: {plot}", flush=True)
-  return {"state": state, "history": history, "last": last_metrics, "workdir": workdir,
-          "tensorboard": writer.log_dir}
+
+def interval_values(interval: run.Interval, accounting: StepAccounting, done: int,
+                    batch_seconds: float) -> dict[str, float]:
+  """The logged values of one interval: step metrics averaged (skipped steps summed), with the
+  real-audio accounting, MFU and speed."""
+  values = interval.mean()
+  values["skipped_nonfinite"] = float(sum(m["skipped_nonfinite"] for m in interval.rows))
+  values["real_frames_per_step"] = values.pop("real_frames")
+  values.update(accounting.flush(interval.seconds), steps_per_second=interval.steps_per_second)
+  values["hours_seen"] = done * batch_seconds / 3600  # nominal: steps x batch_seconds
+  return values
 
 
 def report_buckets(pipeline: input_pipeline.PipelineConfig, workdir: str) -> dict[str, Any]:

@@ -1,37 +1,28 @@
 """Creating the train state, its shardings from the logical-axis rules, and the jitted functions."""
 from __future__ import annotations
 
-from typing import Any
-
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding
 
 from xlsr_jax.models import Wav2Vec2ForPreTraining
+from xlsr_jax.models.params import init_params
 from xlsr_jax.sharding import mesh as mesh_lib
+from xlsr_jax.training import run
 from xlsr_jax.training import train_step as ts
+from xlsr_jax.training.run import state_shardings  # noqa: F401  (plan.py reads it here)
 
 
 def init_state(model: Wav2Vec2ForPreTraining, optimizer: optax.GradientTransformation,
                shapes: ts.StepShapes, seed: int) -> ts.TrainState:
   """Fresh parameters (boxed with logical names) and optimizer state; pure, for jit/eval_shape."""
   param_key, rng = jax.random.split(jax.random.key(seed))
-  batch, frames = 1, shapes.num_frames
-  params = model.init({"params": param_key}, jnp.zeros((batch, shapes.num_samples), jnp.float32),
-                      None, jnp.zeros((batch, frames), bool),
-                      jnp.zeros((batch, shapes.max_masked), jnp.int32))["params"]
+  params = init_params(model, param_key, shapes.num_samples)
   zero = jnp.zeros((), jnp.int32)
   return ts.TrainState(step=zero, params=params, opt_state=optimizer.init(params), rng=rng,
                        consecutive_nonfinite=zero, total_nonfinite=zero)
-
-
-def state_shardings(abstract_state: Any, mesh: Mesh, rules: tuple) -> Any:
-  """NamedShardings for every leaf of a (boxed) abstract state, following the logical rules."""
-  specs = nn.get_partition_spec(abstract_state)
-  return nn.logical_to_mesh_sharding(specs, mesh, rules)
 
 
 def batch_shardings(mesh: Mesh, rules: tuple) -> dict[str, NamedSharding]:
@@ -40,7 +31,7 @@ def batch_shardings(mesh: Mesh, rules: tuple) -> dict[str, NamedSharding]:
 
 
 class Trainer:
-  """Holds the jitted init / train / eval functions for one config on one mesh."""
+  """Holds the jitted init / train / eval functions for one config on one mesh (`training.run`)."""
 
   def __init__(self, model: Wav2Vec2ForPreTraining, config: ml_collections.ConfigDict, mesh: Mesh,
                rules: tuple, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
@@ -48,30 +39,16 @@ class Trainer:
     self.model, self.config, self.mesh, self.rules, self.shapes = model, config, mesh, rules, shapes
     seed = config.train.seed
     init_fn = lambda: init_state(model, optimizer, shapes, seed)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-      self.abstract_state = jax.eval_shape(init_fn)
-    self.state_sharding = state_shardings(self.abstract_state, mesh, rules)
+    self.abstract_state, self.state_sharding = run.abstract_state(init_fn, mesh, rules)
     self.batch_sharding = batch_shardings(mesh, rules)
-    replicated = NamedSharding(mesh, PartitionSpec())
-    self.init = jax.jit(init_fn, out_shardings=self.state_sharding)
-    step_fn = ts.make_train_step(model, optimizer, schedule, config, rules)
-    self.train_step = jax.jit(step_fn, in_shardings=(self.state_sharding, self.batch_sharding),
-                              out_shardings=(self.state_sharding, replicated), donate_argnums=0)
-    eval_fn = ts.make_eval_step(model, config, rules)
-    self.eval_step = jax.jit(eval_fn, in_shardings=(self.state_sharding, self.batch_sharding, replicated),
-                             out_shardings=replicated)
-
-  def create_state(self) -> ts.TrainState:
-    with jax.set_mesh(self.mesh):
-      return self.init()
-
-  def step(self, state: ts.TrainState, batch: dict) -> tuple[ts.TrainState, dict]:
-    with jax.set_mesh(self.mesh):
-      return self.train_step(state, batch)
-
-  def evaluate(self, state: ts.TrainState, batch: dict, rng: jax.Array) -> dict:
-    with jax.set_mesh(self.mesh):
-      return self.eval_step(state, batch, rng)
+    self.create_state = run.InMesh(jax.jit(init_fn, out_shardings=self.state_sharding), mesh)
+    self.step = run.jit_train_step(ts.make_train_step(model, optimizer, schedule, config, rules),
+                                   mesh, self.state_sharding, self.batch_sharding)
+    self.evaluate = run.jit_eval_step(ts.make_eval_step(model, config, rules), mesh,
+                                      self.state_sharding, self.batch_sharding, 1)
+    # The jax.jit objects (for .lower and the compile cache).
+    self.init, self.train_step, self.eval_step = (self.create_state.jitted, self.step.jitted,
+                                                  self.evaluate.jitted)
 
 
 def build_trainer(config: ml_collections.ConfigDict, mesh: Mesh, num_samples: int) -> Trainer:
