@@ -134,14 +134,17 @@ def test_plan_reports_useful_mfu_for_a_length_profile(tiny_plan):
 @pytest.mark.slow
 @needs_libtpu
 def test_bucketed_plan_compiles_every_bucket_and_weights_them_by_the_profile():
-  out = io.StringIO()
-  with contextlib.redirect_stdout(out):
-    code = plan.main(TINY + ["--topology=v5e-4", "--config.data.bucket_seconds=[0.4, 0.8]",
-                             "--config.data.max_sample_size=12800",
-                             "--config.data.min_sample_size=1600", "--config.data.batch_seconds=3.2",
-                             "--length_profile=babel", "--json"])
-  assert code == 0
-  r = json.loads(out.getvalue())
+  def run(method):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+      code = plan.main(TINY + ["--topology=v5e-4", "--config.data.bucket_seconds=[0.4, 0.8]",
+                               "--config.data.max_sample_size=12800",
+                               "--config.data.min_sample_size=1600",
+                               "--config.data.batch_seconds=3.2", "--length_profile=babel",
+                               f"--bucket_method={method}", "--json"])
+    assert code == 0
+    return json.loads(out.getvalue())
+  r = run("full")
   a, b = r["buckets"]
   assert (a["num_samples"], a["global_batch"], b["num_samples"], b["global_batch"]) == (
       6400, 8, 12800, 4)
@@ -152,3 +155,26 @@ def test_bucketed_plan_compiles_every_bucket_and_weights_them_by_the_profile():
   assert r["step_seconds"] == pytest.approx(a["step_probability"] * a["optimal_seconds"]
                                             + b["step_probability"] * b["optimal_seconds"])
   assert 0 < r["estimated_useful_mfu"] <= r["estimated_mfu"] < 1
+  # The layers method: the largest bucket's whole step (its memory is the plan's, its estimate
+  # the full method's), the other bucket's estimate from its layer compile and the largest
+  # bucket's non-layer part scaled by samples per step.
+  fast = run("layers")
+  fa, fb = fast["buckets"]
+  assert "not_compiled" in fa["memory"] and fast["largest_memory"] == b["memory"]
+  assert fb["optimal_seconds"] == pytest.approx(b["optimal_seconds"], rel=1e-6)
+  assert fa["xla_raw"]["layer_optimal_seconds"] == pytest.approx(
+      a["xla_raw"]["layer_optimal_seconds"], rel=1e-6)
+  assert fa["optimal_seconds"] == pytest.approx(a["optimal_seconds"], rel=0.25)
+  assert fast["step_seconds"] == pytest.approx(r["step_seconds"], rel=0.25)
+
+
+def test_layers_method_estimate_scales_the_non_layer_part_by_samples():
+  reference = dict(global_batch=4, num_samples=100, xla_raw=dict(
+      flops_per_chip=50.0, layer_flops_per_chip=10.0, optimal_seconds=5.0,
+      layer_optimal_seconds=1.0))
+  same = capacity.layers_method_estimate(reference, dict(flops=10.0, optimal_seconds=1.0), 400, 3, 1)
+  assert same == dict(flops=40.0 + 30.0, optimal_seconds=4.0 + 3.0)  # = raw + (layers - 1) x layer
+  half = capacity.layers_method_estimate(reference, dict(flops=6.0, optimal_seconds=0.5), 200, 3, 2)
+  assert half == dict(flops=2 * (20.0 + 18.0), optimal_seconds=2 * (2.0 + 1.5))
+  none = capacity.layers_method_estimate(reference, dict(flops=6.0, optimal_seconds=-7.0), 200, 3, 1)
+  assert none["optimal_seconds"] is None and none["flops"] == 20.0 + 18.0

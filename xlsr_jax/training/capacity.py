@@ -173,19 +173,15 @@ def compile_lowered(lowered: Any, options: dict | None) -> tuple[Any, str | None
 def xla_figures(compiled: Any, trainer: Any, micro_batch: int, chips: int) -> dict[str, Any]:
   """XLA's per-chip flops and optimal_seconds, raw and corrected for the layer scan."""
   cost = _cost(compiled)
-  start = time.perf_counter()
-  layer_fn, layer_args = layer_program(trainer, micro_batch)
-  with jax.set_mesh(trainer.mesh):
-    layer_cost = _cost(layer_fn.lower(*layer_args).compile(COST_OPTIONS))
-  layer_s = time.perf_counter() - start
-  fixed = corrected_cost(cost, layer_cost, trainer.model.config.num_hidden_layers,
+  layer, layer_s = layer_cost(trainer, micro_batch)
+  fixed = corrected_cost(cost, layer, trainer.model.config.num_hidden_layers,
                          trainer.config.train.grad_accum_steps)
   per_chip = fixed["flops"]
   return dict(
       xla_raw=dict(flops_per_chip=cost.get("flops"), optimal_seconds=cost.get("optimal_seconds"),
                    bytes_accessed_per_chip=cost.get("bytes accessed"),
-                   layer_flops_per_chip=layer_cost.get("flops"),
-                   layer_optimal_seconds=layer_cost.get("optimal_seconds")),
+                   layer_flops_per_chip=layer.get("flops"),
+                   layer_optimal_seconds=layer.get("optimal_seconds")),
       layer_compile_seconds=layer_s, xla_flops_per_chip=per_chip,
       xla_flops=None if per_chip is None else per_chip * chips,
       optimal_seconds=fixed["optimal_seconds"])
@@ -210,20 +206,58 @@ def useful_flops_per_row(config: ml_collections.ConfigDict, model_cfg: Any, leng
                         for n in picked])) if len(picked) else 0.0
 
 
-def plan_buckets(config: ml_collections.ConfigDict, topology: Topology, cost: bool = True,
-                 profile: str = "xlsr_mix") -> dict[str, Any]:
-  """Compile every duration bucket's step (config.data.bucket_seconds) for `topology`.
+def layer_cost(trainer: Any, micro_batch: int) -> tuple[dict[str, float], float]:
+  """XLA's per-chip cost of one scanned encoder layer's forward + backward (COST_OPTIONS), seconds."""
+  start = time.perf_counter()
+  fn, args = layer_program(trainer, micro_batch)
+  with jax.set_mesh(trainer.mesh):
+    cost = _cost(fn.lower(*args).compile(COST_OPTIONS))
+  return cost, time.perf_counter() - start
 
-  Memory is the largest bucket's; the step estimate and MFU are averages over the buckets
-  weighted by how often a step uses each for the `profile` length mix (data_pipelines/
-  length_profiles.py); useful MFU counts only the FLOPs of each row's real audio.
+
+def layers_method_estimate(reference: dict[str, Any], layer: dict[str, float], samples_per_step: int,
+                           layers: int, micro_steps: int) -> dict[str, float | None]:
+  """A bucket's step flops / optimal_seconds from its own layer cost and the reference bucket's
+  non-layer part (raw step minus its one counted layer body) scaled by samples per step."""
+  raw = reference["xla_raw"]
+  scale = samples_per_step / (reference["global_batch"] * reference["num_samples"])
+  out = {}
+  for key, raw_key, layer_key in (("flops", "flops_per_chip", "layer_flops_per_chip"),
+                                  ("optimal_seconds", "optimal_seconds", "layer_optimal_seconds")):
+    values = (raw.get(raw_key), raw.get(layer_key), layer.get(key))
+    if any(v is None or v < 0 for v in values):  # libtpu's "no estimate" (see corrected_cost)
+      out[key] = None
+    else:
+      out[key] = micro_steps * ((values[0] - values[1]) * scale + layers * values[2])
+  return out
+
+
+def plan_buckets(config: ml_collections.ConfigDict, topology: Topology, cost: bool = True,
+                 profile: str = "xlsr_mix", method: str = "layers") -> dict[str, Any]:
+  """Plan every duration bucket's step (config.data.bucket_seconds) for `topology`.
+
+  The step estimate and MFU are averages over the buckets weighted by how often a step uses each
+  for the `profile` length mix (data_pipelines/length_profiles.py); useful MFU counts only the
+  FLOPs of each row's real audio. Memory is the largest bucket's.
+
+  method="full" compiles every bucket's whole program twice (memory, cost): for xlsr_2b about
+  25 min of one CPU core per bucket. method="layers" does that for the largest bucket only (its
+  memory is the plan's: with the audio seconds per step fixed, attention's rows x frames^2 grows
+  with the crop) and, for every other bucket, compiles only the scanned encoder layer's forward +
+  backward (minutes). A bucket's estimate is then layers x its layer cost plus the largest
+  bucket's non-layer part (feature encoder, quantizer, loss, update: ~4% of xlsr_2b's step)
+  scaled by samples per step; exact for the largest bucket, and measured against the full
+  method for the smallest (README, TPU plan).
   """
   import copy
   import numpy as np
   from data_pipelines import buckets as buckets_lib
+  from xlsr_jax.sharding.mesh import make_mesh
+  from xlsr_jax.training.state import build_trainer
+  if method not in ("layers", "full"):
+    raise PlanError(f"--bucket_method={method!r}: expected layers or full")
   m, accum = config.mesh, config.train.grad_accum_steps
   found = topology_devices(topology, m.dcn_data)
-  from xlsr_jax.sharding.mesh import make_mesh
   mesh = make_mesh(m.data, m.fsdp, m.tensor, dcn_data=m.dcn_data, devices=found)
   spec = bucket_spec(config, batch_multiple(mesh.shape["data"] * mesh.shape["fsdp"], accum, 1))
   lengths = profile_lengths(profile, config.data.min_sample_size)
@@ -231,22 +265,53 @@ def plan_buckets(config: ml_collections.ConfigDict, topology: Topology, cost: bo
   counts = np.bincount(index[index >= 0], minlength=spec.num_buckets)
   probs = buckets_lib.step_probabilities({"all": 1.0}, {"all": counts / max(counts.sum(), 1)}, spec)
   model_cfg = model_config_from(config)
-  results = []
-  for b, (crop, rows) in enumerate(zip(spec.lengths, spec.batch_sizes)):
+
+  def bucket_config(b: int) -> ml_collections.ConfigDict:
     one = copy.deepcopy(config)
     one.data.bucket_seconds = []
-    one.data.max_sample_size = crop
-    one.data.batch_seconds = rows * crop / SAMPLE_RATE
-    r = plan(one, topology, cost)
+    one.data.max_sample_size = spec.lengths[b]
+    one.data.batch_seconds = spec.batch_sizes[b] * spec.lengths[b] / SAMPLE_RATE
+    return one
+
+  largest_b = spec.num_buckets - 1
+  reference = plan(bucket_config(largest_b), topology, cost) if method == "layers" else None
+  results = []
+  for b, (crop, rows) in enumerate(zip(spec.lengths, spec.batch_sizes)):
+    if b == largest_b and reference is not None:
+      r = reference
+    elif method == "full":
+      r = plan(bucket_config(b), topology, cost)
+    else:
+      one = bucket_config(b)
+      trainer = build_trainer(one, mesh, crop)
+      shapes = trainer.shapes
+      size = flops_lib.StepSize(rows, crop, shapes.max_masked, config.objective.num_negatives)
+      r = dict(global_batch=rows, num_samples=crop, num_frames=shapes.num_frames,
+               max_masked=shapes.max_masked, chips=reference["chips"],
+               peak_flops_per_chip=reference["peak_flops_per_chip"],
+               analytic_flops=flops_lib.train_step_flops(model_cfg, size),
+               memory=dict(not_compiled="layers method: the largest bucket's memory is the plan's"))
+      if cost and "xla_raw" in reference:
+        layer, seconds = layer_cost(trainer, rows // accum)
+        fixed = layers_method_estimate(reference, layer, rows * crop,
+                                       model_cfg.num_hidden_layers, accum)
+        r.update(layer_compile_seconds=seconds, estimate_method="layers",
+                 xla_raw=dict(layer_flops_per_chip=layer.get("flops"),
+                              layer_optimal_seconds=layer.get("optimal_seconds")),
+                 xla_flops_per_chip=fixed["flops"], optimal_seconds=fixed["optimal_seconds"])
+        if fixed["optimal_seconds"]:
+          r["estimated_mfu"] = r["analytic_flops"]["total"] / (
+              fixed["optimal_seconds"] * r["chips"] * r["peak_flops_per_chip"])
     r["step_probability"] = float(probs[b])
     r["useful_flops"] = rows * useful_flops_per_row(config, model_cfg, lengths[index == b], crop)
     results.append(r)
-  fits = all(r["memory"]["fits"] for r in results)
-  largest = max(results, key=lambda r: r["memory"].get("total_bytes", float("inf")))
+  compiled = [r["memory"] for r in results if "not_compiled" not in r["memory"]]
+  fits = all(mem["fits"] for mem in compiled)
+  largest = max(compiled, key=lambda mem: mem.get("total_bytes", float("inf")))
   out: dict[str, Any] = dict(
       topology=topology.name, model=config.model.preset, length_profile=profile,
-      bucket_mode=spec.mode, buckets=results, fits=fits, largest_memory=largest["memory"],
-      dropped_share=float(np.mean(index < 0)))
+      bucket_mode=spec.mode, bucket_method=method, buckets=results, fits=fits,
+      largest_memory=largest, dropped_share=float(np.mean(index < 0)))
   times = [r.get("optimal_seconds") for r in results]
   if all(times):
     chips, peak = results[0]["chips"], results[0]["peak_flops_per_chip"]
@@ -256,7 +321,6 @@ def plan_buckets(config: ml_collections.ConfigDict, topology: Topology, cost: bo
     out.update(step_seconds=step, estimated_mfu=flops / (step * chips * peak),
                estimated_useful_mfu=useful / (step * chips * peak))
   return out
-
 
 
 def plan(config: ml_collections.ConfigDict, topology: Topology, cost: bool = True,
