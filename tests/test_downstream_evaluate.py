@@ -115,3 +115,17 @@ def test_vocabulary_that_does_not_match_the_ctc_head_is_named(tiny_corpus, tmp_p
 def test_config_typo_is_named(capsys):
   assert evaluate.main(["--config=experiments/downstream/asr.py", "--config.finetune.mask_probb=0.5"]) == 2
   assert "nearest valid keys: mask_prob" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("task", ["asr", "ml_superb"])
+def test_transcripts_longer_than_max_label_length_stop_before_training(task, tiny_corpus, tmp_path,
+                                                                       capsys):
+  workdir = tmp_path / task
+  code = evaluate.main(_args(task, tiny_corpus, workdir, "random",
+                             "--config.asr.max_label_length=5", "--config.model.preset=tiny",
+                             "--config.data.max_sample_size=480000"))
+  err = capsys.readouterr().err
+  assert code == 2, err[-2000:]
+  assert "need more than asr.max_label_length=5 CTC labels" in err
+  assert "--config.asr.max_label_length=" in err
+  assert not (workdir / "checkpoints").exists()  # stopped at start-up, nothing trained

@@ -80,7 +80,7 @@ def get_config():
   c.finetune.mask_length = 9
   c.finetune.mask_channel_prob = 0.03
   c.finetune.mask_channel_length = 13
-  c.data.max_sample_size = 112_000  # 7 s: every synthetic_speech utterance (R: 20 s)
+  c.data.max_sample_size = 112_000  # 7 s; longer utterances are dropped from training (R: 20 s)
   c.data.batch_size = 8  # R batch_size 8 (x accum_grad 4)
   # Test transcripts of the default synthetic_speech build reach 401 characters (joined sentences,
   # up to 25 s); with the default 160 the test-split scoring stopped with a VocabularyError after

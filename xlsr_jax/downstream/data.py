@@ -91,12 +91,23 @@ class Labeler:
   vocabulary: Vocabulary | None = None
   max_label_length: int = 0
 
+  def label_text(self, transcript: str, language: str) -> str:
+    """The text an ASR example's CTC labels encode (the transcript itself here)."""
+    del language
+    return transcript
+
+  def label_length(self, transcript: str, language: str) -> int:
+    """Tokens of an ASR example's labels (checked against max_label_length before training)."""
+    return len(self.vocabulary.encode(self.label_text(transcript, language)))
+
   def __call__(self, ex: dict) -> dict:
     if self.task == "asr":
-      def encode(text):
-        labels, valid = self.vocabulary.encode_batch([text.decode("utf-8")], self.max_label_length)
+      def encode(text, language):
+        line = self.label_text(text.decode("utf-8"), language.decode())
+        labels, valid = self.vocabulary.encode_batch([line], self.max_label_length)
         return labels[0], valid[0]
-      labels, valid = tf.numpy_function(encode, [ex["transcript"]], [tf.int32, tf.bool])
+      labels, valid = tf.numpy_function(encode, [ex["transcript"], ex["language"]],
+                                        [tf.int32, tf.bool])
       return {"labels": tf.ensure_shape(labels, [self.max_label_length]),
               "label_valid": tf.ensure_shape(valid, [self.max_label_length])}
     table = tf.lookup.StaticHashTable(

@@ -37,7 +37,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   data = read_task_data(config)
   loaded = load_init(config)
   model, loaded_parts, labeler, label_info = build_task(config, loaded, data.train_index)
-  check_task_data(config, data, label_info)
+  check_task_data(config, data, label_info, labeler)
   print(f"{task}: init={config.init} ({loaded.source}), {len(data.train_index)} train / "
         f"{len(data.test_index)} test utterances, mode={config.finetune.mode}"
         + (f", solver={config.probe.solver}" if task in ("lid", "sid")

@@ -23,7 +23,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tensorflow as tf
 
 from xlsr_jax.downstream import data as data_lib
 from xlsr_jax.downstream import metrics as metrics_lib
@@ -95,17 +94,8 @@ class MLSuperbLabeler(data_lib.Labeler):
   `--lid true`: "[lang] TEXT")."""
   lid_tokens: tuple[tuple[str, str], ...] = ()
 
-  def __call__(self, ex: dict) -> dict:
-    tokens = dict(self.lid_tokens)
-
-    def encode(text, language):
-      line = f"{tokens.get(language.decode(), '')} {process_text(text.decode('utf-8'))}"
-      labels, valid = self.vocabulary.encode_batch([line], self.max_label_length)
-      return labels[0], valid[0]
-    labels, valid = tf.numpy_function(encode, [ex["transcript"], ex["language"]],
-                                      [tf.int32, tf.bool])
-    return {"labels": tf.ensure_shape(labels, [self.max_label_length]),
-            "label_valid": tf.ensure_shape(valid, [self.max_label_length])}
+  def label_text(self, transcript: str, language: str) -> str:
+    return f"{dict(self.lid_tokens).get(language, '')} {process_text(transcript)}"
 
 
 def sinusoidal_positions(length: int, dim: int) -> jax.Array:

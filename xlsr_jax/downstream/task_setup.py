@@ -209,15 +209,20 @@ def load_init(config: ml_collections.ConfigDict):
   return encoders.load_encoder(config.init)
 
 
-def check_task_data(config: ml_collections.ConfigDict, data: TaskData, label_info) -> None:
-  """TaskError when no training utterance fits; warnings for unseen test classes and for
-  ML-SUPERB languages under their budget."""
+def check_task_data(config: ml_collections.ConfigDict, data: TaskData, label_info,
+                    labeler=None) -> None:
+  """TaskError when no training utterance fits or a transcript's labels exceed
+  asr.max_label_length (checked here, before training, not when the test split is scored);
+  warnings for unseen test classes and for ML-SUPERB languages under their budget."""
   from xlsr_jax.downstream import data as data_lib
   task, d, train_index = config.task, config.data, data.train_index
   if task in ("asr", "ast") and not any(n <= d.max_sample_size for n in train_index.num_samples):
     raise TaskError(f"no training utterance is within data.max_sample_size={d.max_sample_size} "
                     f"samples (the shortest has {min(train_index.num_samples, default=0)}); "
                     f"{task} drops longer ones: raise data.max_sample_size")
+  if task in ("asr", "ml_superb") and labeler is not None:
+    check_label_lengths(labeler, train_index, "train", max_samples=d.max_sample_size)
+    check_label_lengths(labeler, data.test_index, "test")  # scored whole, whatever its length
   if task in ("lid", "sid"):
     data_lib.warn_unseen(label_info, data.test_index, task)
   if task == "ml_superb":
@@ -228,3 +233,25 @@ def check_task_data(config: ml_collections.ConfigDict, data: TaskData, label_inf
           f"{config.ml_superb.budget_minutes:g} min per language "
           f"({sum(label_info.seconds.values()) / 60:.1f} min in all); "
           f"{len(short)} language(s) have under 90% of it: {listing}", flush=True)
+
+
+def check_label_lengths(labeler, index, split: str, max_samples: int | None = None) -> None:
+  """TaskError naming the longest transcript (and how many) whose CTC labels exceed the
+  labeler's max_label_length; with max_samples only utterances training keeps are checked."""
+  from xlsr_jax.downstream.vocabulary import VocabularyError
+  limit = labeler.max_label_length
+  over, longest = 0, (0, "")
+  for text, language, samples in zip(index.transcripts, index.languages, index.num_samples):
+    if max_samples is not None and samples > max_samples:
+      continue
+    try:
+      length = labeler.label_length(text, language)
+    except VocabularyError as e:
+      raise TaskError(f"{split} split: {e}") from e
+    if length > limit:
+      over += 1
+      longest = max(longest, (length, text))
+  if over:
+    raise TaskError(f"{over} {split} transcript(s) need more than asr.max_label_length={limit} "
+                    f"CTC labels (the longest {longest[0]}: {longest[1][:60]!r}...); set "
+                    f"--config.asr.max_label_length={longest[0]} or more")
