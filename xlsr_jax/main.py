@@ -66,15 +66,15 @@ def default_platforms() -> None:
   jax.config.update("jax_platforms", "cuda,cpu" if glob.glob("/dev/nvidia[0-9]*") else "cpu")
 
 
-def main(argv: list[str] | None = None) -> int:
-  argv = sys.argv[1:] if argv is None else argv
-  parser = make_parser()
+def start_cli(argv: list[str], parser: argparse.ArgumentParser, parse_config_fn):
+  """The start of every training CLI: --help (exit 0), platforms, the config (a bad one: one line
+  on stderr, exit 2), the other flags, quiet library logs. Returns (config, args) or an exit code."""
   if "-h" in argv or "--help" in argv:
     parser.print_help()
     return 0
   default_platforms()
   try:
-    config, rest = parse_config(argv)
+    config, rest = parse_config_fn(argv)
   except ConfigError as e:
     print(f"config error: {e}", file=sys.stderr)
     return 2
@@ -82,6 +82,15 @@ def main(argv: list[str] | None = None) -> int:
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
   for noisy in ("absl", "tensorflow", "jax._src", "orbax"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
+  return config, args
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  started = start_cli(argv, make_parser(), parse_config)
+  if isinstance(started, int):
+    return started
+  config, args = started
   initialize_distributed(config)
   import jax
   from xlsr_jax.checkpoints.manager import CheckpointMismatchError, CheckpointSaveError

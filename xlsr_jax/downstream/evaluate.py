@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from typing import Any
@@ -124,7 +123,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, tuner, loaded_parts: 
 
 
 def main(argv: list[str] | None = None) -> int:
-  from xlsr_jax.main import default_platforms
+  from xlsr_jax.main import start_cli
   argv = sys.argv[1:] if argv is None else argv
   parser = argparse.ArgumentParser(prog="python -m xlsr_jax.evaluate", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -132,20 +131,11 @@ def main(argv: list[str] | None = None) -> int:
                       "experiments/downstream/lid.py; then --config.<section>.<key>=VALUE overrides "
                       "any key of xlsr_jax/downstream/defaults.py (--config.init=INIT: the encoder)")
   parser.add_argument("--workdir", default="", help="run directory (default workdir/downstream/<task>)")
-  if "-h" in argv or "--help" in argv:
-    parser.print_help()
-    return 0
-  default_platforms()
-  try:
-    config, rest = parse_config(argv)
-  except ConfigError as e:
-    print(f"config error: {e}", file=sys.stderr)
-    return 2
-  args = parser.parse_args(rest)
+  started = start_cli(argv, parser, parse_config)
+  if isinstance(started, int):
+    return started
+  config, args = started
   workdir = args.workdir or os.path.join("workdir", "downstream", config.task)
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-  for noisy in ("absl", "tensorflow", "jax._src", "orbax"):
-    logging.getLogger(noisy).setLevel(logging.WARNING)
   from xlsr_jax.checkpoints.hf_layout import ConversionError
   from xlsr_jax.checkpoints.safe_pickle import CheckpointFileError, UnsafeCheckpointError
   from xlsr_jax.downstream.encoders import InitError
