@@ -85,16 +85,7 @@ def model_state_dict(checkpoint: Any) -> dict[str, Any]:
 
 def fairseq2_to_hf_keys(state_dict: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
   """Rename fairseq2 keys to HF ones: (renamed, leftovers that matched no rule and are not IGNORED)."""
-  renamed, leftovers = {}, {}
-  for key, value in state_dict.items():
-    for pattern, repl in _RENAMES:
-      if re.match(pattern, key):
-        renamed[re.sub(pattern, repl, key)] = value
-        break
-    else:
-      if key not in IGNORED:
-        leftovers[key] = value
-  return renamed, leftovers
+  return fairseq_import.rename_keys(state_dict, _RENAMES, lambda k: k in IGNORED)
 
 
 _ENCODER_FIELDS = ("conv_dim", "conv_kernel", "conv_bias", "feat_extract_norm", "hidden_size",

@@ -47,19 +47,27 @@ _FINETUNE_PREFIX = "w2v_encoder.w2v_model."
 _IGNORED = ("_float_tensor", "encoder.version")
 
 
-def fairseq_to_hf_keys(state_dict: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-  """Rename fairseq keys to HF ones: (renamed, leftovers that matched no rule)."""
+def rename_keys(state_dict: dict[str, Any], renames, is_ignored, prefix: str = ""
+                ) -> tuple[dict[str, Any], dict[str, Any]]:
+  """Keys renamed by the first matching (regex, replacement) of `renames`, after stripping
+  `prefix`: (renamed, leftovers under their original keys that matched no rule and that
+  `is_ignored` does not accept). Shared by the fairseq and fairseq2 importers."""
   renamed, leftovers = {}, {}
   for key, value in state_dict.items():
-    k = key[len(_FINETUNE_PREFIX):] if key.startswith(_FINETUNE_PREFIX) else key
-    for pattern, repl in _RENAMES:
+    k = key[len(prefix):] if prefix and key.startswith(prefix) else key
+    for pattern, repl in renames:
       if re.match(pattern, k):
         renamed[re.sub(pattern, repl, k)] = value
         break
     else:
-      if not k.endswith(_IGNORED):
+      if not is_ignored(k):
         leftovers[key] = value
   return renamed, leftovers
+
+
+def fairseq_to_hf_keys(state_dict: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+  """Rename fairseq keys to HF ones: (renamed, leftovers that matched no rule)."""
+  return rename_keys(state_dict, _RENAMES, lambda k: k.endswith(_IGNORED), _FINETUNE_PREFIX)
 
 
 def _parse_conv_layers(spec: str) -> list[tuple[int, int, int]]:
