@@ -41,9 +41,9 @@ def run_args(data_dir, workdir, **extra):
           *[f"--config.{k}={v}" for k, v in values.items()]]
 
 
-def launch(args, devices=1, **popen):
+def launch(args, devices=1, env_extra=None, **popen):
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", **(env_extra or {}))
   return subprocess.Popen([sys.executable, "-m", "xlsr_jax.main", *args], cwd=REPO, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
 
@@ -324,15 +324,12 @@ def _limit_file_size():
 @pytest.mark.slow
 def test_failed_save_stops_the_run_naming_the_step_and_cause(data_dir, tmp_path):
   # Every file is limited to 64 KiB: the first checkpoint's array file cannot be written (a full
-  # disk in miniature). The compilation cache is off: its entries would hit the limit too.
+  # disk in miniature). The compilation cache is read (the Ctrl-C test's run compiled the same
+  # 400-step program) but never written: its entries would hit the limit too.
   args = run_args(data_dir, tmp_path / "w", **{"train.num_steps": 400, "train.checkpoint_every": 50,
                                                "train.log_every": 5})
-  env_cache = os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
-  try:
-    proc = launch(args, preexec_fn=_limit_file_size)
-  finally:
-    if env_cache is not None:
-      os.environ["JAX_COMPILATION_CACHE_DIR"] = env_cache
+  proc = launch(args, preexec_fn=_limit_file_size,
+                env_extra={"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "1e9"})
   code, out = finish(proc)
   assert code == 1, out[-3000:]
   error = [line for line in out.splitlines() if line.startswith("error:")]
