@@ -84,6 +84,18 @@ def test_tsv_without_its_clips_is_named(tmp_path):
         manual_dir=str(tmp_path), compute_stats=tfds.download.ComputeStatsMode.SKIP))
 
 
+def test_tsv_without_a_covost_column_is_named(tmp_path):
+  """The shared Common Voice TSV reader checks CoVoST's own columns (Common Voice's are optional)."""
+  from data_pipelines.corpora.common_voice import read_tsv
+  from data_pipelines.corpora.covost2 import COVOST_COLUMNS
+  tsv = tmp_path / "covost_v2.et_en.tsv"
+  tsv.write_text("path\tsentence\tsplit\nx.mp3\tTere.\ttrain\n")
+  with pytest.raises(ValueError, match=r"covost_v2\.et_en\.tsv: expected a column 'translation'"):
+    read_tsv(tsv, columns=COVOST_COLUMNS)
+  tsv.write_text("path\ttranslation\tsplit\nx.mp3\tHello.\ttrain\n")
+  assert read_tsv(tsv, columns=COVOST_COLUMNS) == [dict(path="x.mp3", translation="Hello.",
+                                                         split="train")]
+
 def test_translation_task_reads_the_translation_field(built):
   """The AST task's targets and labels come from CoVoST's translation, not the transcript."""
   from xlsr_jax.downstream import data as data_lib

@@ -25,11 +25,13 @@ class CommonVoiceConfig(base.CorpusConfig):
   train_tsv: str = "train"
 
 
-def read_tsv(path: epath.Path) -> list[dict[str, str]]:
-  """Rows of a Common Voice TSV as dicts (no quote handling: sentences contain stray quotes)."""
+def read_tsv(path: epath.Path, columns: tuple[str, ...] = ("client_id", "path", "sentence")
+             ) -> list[dict[str, str]]:
+  """Rows of a Common Voice TSV as dicts (no quote handling: sentences contain stray quotes), or
+  of a TSV made from one (CoVoST 2's); a missing column of `columns` is an error naming the file."""
   lines = path.read_text(encoding="utf-8").splitlines()
   rows = list(csv.DictReader(lines, delimiter="\t", quoting=csv.QUOTE_NONE))
-  for column in ("client_id", "path", "sentence"):
+  for column in columns:
     if rows and column not in rows[0]:
       raise ValueError(f"{path}: expected a column {column!r}, found columns {list(rows[0])}")
   return rows
@@ -81,7 +83,12 @@ class CommonVoice(base.CorpusBuilder, skip_registration=True):
       rows["train"] = [r for r in read_tsv(path) if r["path"] not in held_out]
     for split, split_rows in rows.items():
       for row in split_rows:
-        clip = row["path"] if row["path"].endswith(".mp3") else row["path"] + ".mp3"
+        clip = clip_name(row)
         yield base.Utterance(split=split, language=language, path=lang_dir / "clips" / clip,
                              id=f"{language}/{clip}", transcript=row["sentence"].strip(),
                              speaker=row["client_id"])
+
+
+def clip_name(row: dict[str, str]) -> str:
+  """The clip's file name in <lang>/clips/ from a row's path column (older releases omit .mp3)."""
+  return row["path"] if row["path"].endswith(".mp3") else row["path"] + ".mp3"

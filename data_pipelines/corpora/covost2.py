@@ -19,10 +19,11 @@ from etils import epath
 import tensorflow_datasets as tfds
 
 from data_pipelines.corpora import base
-from data_pipelines.corpora.common_voice import read_tsv
+from data_pipelines.corpora.common_voice import clip_name, read_tsv
 from data_pipelines.features import speech_features
 
 _SPLITS = {"train": "train", "train_covost": "train", "dev": "validation", "test": "test"}
+COVOST_COLUMNS = ("path", "translation", "split")  # what a covost_v2.<lang>_en.tsv must have
 _TSV = re.compile(r"^covost_v2\.(?P<lang>[A-Za-z-]+)_en\.tsv$")
 # The 21 X -> En directions of CoVoST 2 (the XLS-R paper's average is over these).
 X_TO_EN = ("fr", "de", "es", "ca", "it", "ru", "zh-CN", "pt", "fa", "et", "mn", "nl", "tr", "ar",
@@ -77,7 +78,7 @@ class Covost2(base.CorpusBuilder, skip_registration=True):
   def _utterances(self, language: str, source: tuple[epath.Path, epath.Path]
                   ) -> Iterator[TranslatedUtterance]:
     tsv, lang_dir = source
-    rows = read_covost_tsv(tsv)
+    rows = read_tsv(tsv, columns=COVOST_COLUMNS)
     validated = {}
     if rows and ("sentence" not in rows[0] or "client_id" not in rows[0]):
       path = lang_dir / "validated.tsv"
@@ -91,7 +92,7 @@ class Covost2(base.CorpusBuilder, skip_registration=True):
         raise ValueError(f"covost2: {tsv}: split {row['split']!r} of {row['path']} is not one of "
                          f"{sorted(_SPLITS)}")
       cv = validated.get(row["path"], {})
-      clip = row["path"] if row["path"].endswith(".mp3") else row["path"] + ".mp3"
+      clip = clip_name(row)
       yield TranslatedUtterance(
           split=split, language=language, path=lang_dir / "clips" / clip, id=f"{language}/{clip}",
           transcript=(row.get("sentence") or cv.get("sentence", "")).strip(),
@@ -104,13 +105,3 @@ class Covost2(base.CorpusBuilder, skip_registration=True):
       result["translation"] = utt.translation
     return result
 
-
-def read_covost_tsv(path: epath.Path) -> list[dict[str, str]]:
-  """Rows of a covost_v2.<lang>_en.tsv (no quote handling, as Common Voice's TSVs)."""
-  import csv
-  lines = path.read_text(encoding="utf-8").splitlines()
-  rows = list(csv.DictReader(lines, delimiter="\t", quoting=csv.QUOTE_NONE))
-  for column in ("path", "translation", "split"):
-    if rows and column not in rows[0]:
-      raise ValueError(f"{path}: expected a column {column!r}, found columns {list(rows[0])}")
-  return rows
