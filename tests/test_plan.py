@@ -5,6 +5,7 @@ import importlib.util
 import io
 import json
 
+import jax
 import pytest
 
 from xlsr_jax import plan
@@ -79,24 +80,40 @@ def test_scan_correction_adds_the_other_layers_and_micro_steps():
   assert unknown == {"flops": 40 * (10.0 + 23 * 2.0), "optimal_seconds": None}
 
 
+def _program_key(lowered, options=None) -> tuple[str, str]:
+  return hashlib.sha256(lowered.as_text().encode()).hexdigest(), json.dumps(options, sort_keys=True)
+
+
 @pytest.fixture(scope="module")
 def whole_step_compiles():
-  """This module's whole-step libtpu compiles, made once per program: {(program, options): result}.
+  """This module's libtpu compiles, made once per program: {(program, options): result} of the
+  whole steps (what it yields) and the same for the one-layer cost compiles.
 
   The persistent compilation cache (conftest) cannot serve them (an AOT TPU executable has no TPU
-  client to load into), and each takes ~25 s of CPU: the tiny plan's step is the bucketed plan's
-  0.4 s bucket, and both bucket methods compile the largest bucket's step. Keyed by the lowered
-  program's text and the compiler options, so only the same program gets the same result.
+  client to load into), and a whole step takes ~25 s of CPU: the tiny plan's step is the bucketed
+  plan's 0.4 s bucket, and both bucket methods compile the largest bucket's step (and each
+  bucket's layer). Keyed by the lowered program's text and the compiler options, so only the same
+  program gets the same result.
   """
-  compiles, real = {}, capacity.compile_lowered
+  compiles, layers = {}, {}
+  real_compile, real_layer_cost = capacity.compile_lowered, capacity.layer_cost
 
   def compile_once(lowered, options):
-    key = (hashlib.sha256(lowered.as_text().encode()).hexdigest(), json.dumps(options, sort_keys=True))
+    key = _program_key(lowered, options)
     if key not in compiles:
-      compiles[key] = real(lowered, options)
+      compiles[key] = real_compile(lowered, options)
     return compiles[key]
+
+  def layer_cost_once(trainer, micro_batch):
+    fn, args = capacity.layer_program(trainer, micro_batch)
+    with jax.set_mesh(trainer.mesh):
+      key = _program_key(fn.lower(*args))
+    if key not in layers:
+      layers[key] = real_layer_cost(trainer, micro_batch)
+    return layers[key]
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(capacity, "compile_lowered", compile_once)
+    patch.setattr(capacity, "layer_cost", layer_cost_once)
     yield compiles
 
 
