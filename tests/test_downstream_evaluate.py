@@ -112,6 +112,26 @@ def test_vocabulary_that_does_not_match_the_ctc_head_is_named(tiny_corpus, tmp_p
   assert code == 2 and "but the CTC head of" in err and "has 10 outputs" in err
 
 
+@pytest.mark.parametrize("path", sorted(
+    os.path.join("experiments", "downstream", f) for f in os.listdir("experiments/downstream")
+    if f.endswith(".py")))
+def test_every_downstream_experiment_config_loads_and_validates(path):
+  from xlsr_jax.config_loading import load_config_file
+  from xlsr_jax.downstream import defaults, validation
+  config = load_config_file(path)
+  validation.validate(config)
+  assert config.task in defaults.TASKS
+  assert set(config.keys()) == set(defaults.get_default_config().keys())
+
+
+def test_unbuilt_synthetic_config_names_the_build_command(tmp_path, capsys):
+  code = evaluate.main(["--config=experiments/downstream/ast.py", f"--workdir={tmp_path / 'w'}",
+                        f"--config.data.data_dir={tmp_path / 'empty'}",
+                        "--config.data.corpus=synthetic_speech/translation"])
+  err = capsys.readouterr().err
+  assert code == 2 and "--config=translation`" in err and "build_if_missing" in err
+
+
 def test_config_typo_is_named(capsys):
   assert evaluate.main(["--config=experiments/downstream/asr.py", "--config.finetune.mask_probb=0.5"]) == 2
   assert "nearest valid keys: mask_prob" in capsys.readouterr().err

@@ -221,3 +221,20 @@ def test_a_different_seed_gives_different_utterances():
   assert {s for _, s, _ in base} != {s for _, s, _ in other}
   assert all(a.shape != b.shape or not np.array_equal(a, b)
              for (_, _, a), (_, _, b) in zip(base, other))
+
+
+def test_translation_config_is_one_sentence_clips_with_english_renderings_unlike_default():
+  """The offline speech-translation corpus: equal minutes per language, one-sentence clips (no
+  joined sentences), every transcript with one English rendering, and texts and speakers that
+  differ from the default build the demo pretrains on (seed 1)."""
+  config = ss.SyntheticSpeech.builder_configs["translation"]
+  config.validate()
+  assert len(set(config.target_minutes().values())) == 1
+  for lang in config.languages:
+    plans = [p for _, p in zip(range(30), ss.language_plan(config, lang))]
+    assert all(len(p.sentences) == 1 for p in plans)
+    assert all(texts.english_rendering(lang, p.text) for p in plans)
+    default_texts = {p.text for _, p in zip(range(30), ss.language_plan(DEFAULT, lang))}
+    assert not default_texts & {p.text for p in plans}
+    assert ({s.id for s in ss.language_speakers(config, lang)}
+            != {s.id for s in ss.language_speakers(DEFAULT, lang)})

@@ -58,6 +58,64 @@ def test_translation_metrics_per_language_and_signature():
       np.mean([v["bleu"] for v in worse["per_language"].values()]))
 
 
+def test_labeler_source_characters_for_the_auxiliary_ctc():
+  import tensorflow as tf
+  from xlsr_jax.downstream.vocabulary import build_vocabulary
+  tok = text.train_tokenizer([texts.sentence(texts.LEXICONS["en"], np.random.default_rng(i), 6)
+                              for i in range(300)], 100)
+  source = "drei März Wasser"
+  vocab = build_vocabulary([source, "vier Montag heute"])
+  ds = tf.data.Dataset.from_tensors({"language": "de", "transcript": source})
+  label = lambda labeler: next(iter(ds.map(labeler).as_numpy_iterator()))  # as tf.data runs it
+  out = label(translation.TranslationLabeler(tok, 16, source_vocabulary=vocab, max_source_length=20))
+  valid = out["source_label_valid"]
+  assert out["label"] == 0 and valid.sum() == len(source)
+  assert vocab.decode(out["source_labels"][valid]) == source.lower()
+  assert tok.decode(list(out["labels"])) == "March three water"
+  too_long = translation.TranslationLabeler(tok, 16, source_vocabulary=vocab, max_source_length=10)
+  assert label(too_long)["label"] == -1  # dropped from training, like a too-long target
+  plain = label(translation.TranslationLabeler(tok, 16))  # no CTC: no source arrays
+  assert set(plain) == {"labels", "label"}
+
+
+def test_joint_ctc_attention_loss_against_torch():
+  """(1 - w) * label-smoothed CE + w * CTC per source character, CTC equal to torch's ctc_loss;
+  the CTC head reads the encoder's frames with their padding; w = 0 is the CE alone."""
+  import jax
+  import torch
+  from xlsr_jax.downstream.finetune import task_loss
+  from xlsr_jax.models.feature_encoder import frame_lengths
+  from xlsr_jax.models.speech_translation import (SpeechToText, label_smoothed_cross_entropy,
+                                                  translation_preset)
+  cfg = translation_preset("tiny", "tiny", ctc_vocab_size=9)
+  model = SpeechToText(cfg)
+  rng = np.random.default_rng(0)
+  wave = jnp.asarray(rng.standard_normal((2, 8000)).astype(np.float32))
+  padding = jnp.asarray(np.arange(8000)[None, :] >= np.array([[8000], [5000]]))
+  tokens = jnp.asarray(rng.integers(4, 200, (2, 5)))
+  params = model.init(jax.random.key(0), wave, padding, tokens)["params"]
+  assert "ctc_head" in params and "ctc_head" not in SpeechToText(
+      cfg.replace(ctc_vocab_size=0)).init(jax.random.key(0), wave, padding, tokens)["params"]
+  out = model.apply({"params": params}, wave, padding, tokens)
+  frames = np.asarray(frame_lengths(np.array([8000, 5000]), cfg.encoder))
+  assert out["ctc_logits"].shape == (2, int(frames[0]), 9)
+  np.testing.assert_array_equal(np.asarray(out["frame_valid"]).sum(-1), frames)
+  source = np.array([[3, 4, 5, 4, 0, 0], [6, 7, 8, 0, 0, 0]], np.int32)
+  source_valid = source > 0
+  batch = {"labels": tokens, "example_valid": jnp.ones(2, bool),
+           "source_labels": jnp.asarray(source), "source_label_valid": jnp.asarray(source_valid)}
+  joint, extra = task_loss("ast", out, batch, 0.1, ctc_weight=0.3)
+  ce, _ = label_smoothed_cross_entropy(out["logits"], tokens, 0.1)
+  log_probs = torch.log_softmax(torch.tensor(np.asarray(out["ctc_logits"])), -1)
+  ref_ctc = torch.nn.functional.ctc_loss(
+      log_probs.transpose(0, 1), torch.from_numpy(source), torch.tensor(frames),
+      torch.from_numpy(source_valid.sum(-1)), blank=0, reduction="sum").item() / source_valid.sum()
+  assert float(extra["ctc_loss"]) == pytest.approx(ref_ctc, rel=1e-5)
+  assert float(joint) == pytest.approx(0.7 * float(ce) + 0.3 * ref_ctc, rel=1e-5)
+  alone, extra = task_loss("ast", out, batch, 0.1)
+  assert float(alone) == pytest.approx(float(ce), rel=1e-6) and "ctc_loss" not in extra
+
+
 @pytest.fixture(scope="module")
 def tiny_corpus(synthetic_tiny_dir):
   return synthetic_tiny_dir
@@ -75,7 +133,8 @@ def test_evaluate_end_to_end_resume_and_exports(tiny_corpus, tmp_path, capsys):
           f"--config.data.data_dir={tiny_corpus}", "--config.data.corpus=synthetic_speech/tiny",
           "--config.finetune.num_steps=4", "--config.train.log_every=2",
           "--config.train.checkpoint_every=2", "--config.data.eval_batch_size=8",
-          "--config.translation.max_decode_length=12", "--config.translation.beam_width=2"]
+          "--config.translation.max_decode_length=12", "--config.translation.beam_width=2",
+          "--config.translation.ctc_weight=0.3"]  # trains the auxiliary CTC head; exports drop it
   assert evaluate.main(args) == 0
   out = capsys.readouterr().out
   assert "step 4/4" in out and "ast test: bleu=" in out
@@ -93,6 +152,7 @@ def test_evaluate_end_to_end_resume_and_exports(tiny_corpus, tmp_path, capsys):
   # transformers and gives our logits.
   params, cfg, tok, _ = translation.load_model(str(workdir / "model"))
   assert cfg.decoder.vocab_size == tok.vocab_size
+  assert cfg.ctc_vocab_size == 0 and "ctc_head" not in params
   assert encoders.load_encoder(str(workdir / "model")).config == cfg.encoder
   ref = transformers.SpeechEncoderDecoderModel.from_pretrained(str(workdir / "model" / "hf")).eval()
   wave = np.random.default_rng(0).standard_normal((2, 16000)).astype(np.float32)

@@ -13,7 +13,7 @@ from data_pipelines.synthetic_speech.builder import SPLITS, SyntheticSpeech
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory to build into.",
                                 required=True)
-_CONFIG = flags.DEFINE_string("config", "default", "Builder config: default or tiny.")
+_CONFIG = flags.DEFINE_string("config", "default", "Builder config: default, tiny or translation.")
 
 
 def main(argv) -> None:

@@ -257,6 +257,13 @@ class SyntheticSpeech(tfds.core.GeneratorBasedBuilder):
           languages=("en", "ru", "cmn"), head_minutes=1.5, zipf_exponent=2.0,
           speakers_per_language=2, short_tokens=(3, 8), long_tokens=(9, 22),
           max_sentence_tokens=8),
+      SyntheticSpeechConfig(
+          name="translation",
+          description="de, fr, es, it, pt: 40 minutes each of one-sentence clips (CoVoST 2's "
+                      "Common Voice shape), seed 1: audio and speakers disjoint from default's. "
+                      "The offline speech-translation task's corpus.",
+          languages=("de", "fr", "es", "it", "pt"), head_minutes=40.0, zipf_exponent=0.0,
+          short_tokens=(3, 12), long_share=0.0, seed=1),
   ]
   DEFAULT_CONFIG_NAME = "default"
 

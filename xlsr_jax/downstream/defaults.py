@@ -94,6 +94,11 @@ def get_default_config() -> ml_collections.ConfigDict:
       add_adapter=True, num_adapter_layers=3, adapter_kernel_size=3, adapter_stride=2,
       output_hidden_size=0,  # adapter width (0 = the encoder's)
       label_smoothing=0.1,
+      # Joint CTC/attention (ESPnet-ST, fairseq S2T): loss = (1 - w) * cross-entropy + w * CTC of
+      # the source transcript's characters from the encoder's frames (a training-only head that
+      # exports leave out). 0 = cross-entropy alone, the paper's recipe.
+      ctc_weight=0.0,
+      ctc_max_source_length=256,  # characters; training utterances with longer transcripts are dropped
       max_target_length=96,  # target pieces + </s>; longer training targets are dropped
       beam_width=5,  # 0 = greedy
       length_penalty=1.0,

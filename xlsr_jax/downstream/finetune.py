@@ -131,10 +131,11 @@ def sample_masks(rng: jax.Array, padding_mask: jax.Array, model_config, num_fram
   return out
 
 
-def task_loss(task: str, out: dict, batch: dict, label_smoothing: float = 0.0
-              ) -> tuple[jax.Array, dict[str, jax.Array]]:
+def task_loss(task: str, out: dict, batch: dict, label_smoothing: float = 0.0,
+              ctc_weight: float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Mean loss over the batch's real examples (CTC: per-utterance sum, sentence-averaged;
-  translation: label-smoothed cross-entropy per target token, with its plain NLL)."""
+  translation: label-smoothed cross-entropy per target token, with its plain NLL, and with
+  `ctc_weight` > 0 (1 - w) * that + w * the auxiliary CTC per source character)."""
   weight = batch["example_valid"].astype(jnp.float32)
   n = jnp.maximum(jnp.sum(weight), 1.0)
   if task == "ast":
@@ -142,7 +143,14 @@ def task_loss(task: str, out: dict, batch: dict, label_smoothing: float = 0.0
     labels = jnp.where(weight[:, None] > 0, batch["labels"], -100)
     loss, count = label_smoothed_cross_entropy(out["logits"], labels, label_smoothing)
     plain, _ = label_smoothed_cross_entropy(out["logits"], labels, 0.0)
-    return loss, {"nll": plain, "target_tokens": count.astype(jnp.float32)}
+    extra = {"nll": plain, "target_tokens": count.astype(jnp.float32)}
+    if ctc_weight > 0:
+      per = ctc.ctc_loss(out["ctc_logits"], out["frame_valid"], batch["source_labels"],
+                         batch["source_label_valid"])
+      chars = jnp.sum(batch["source_label_valid"] * weight[:, None])
+      extra["ctc_loss"] = jnp.sum(per * weight) / jnp.maximum(chars, 1.0)
+      loss = (1.0 - ctc_weight) * loss + ctc_weight * extra["ctc_loss"]
+    return loss, extra
   if task == "asr":
     valid = out["frame_valid"]
     if valid is None:
@@ -228,7 +236,8 @@ class Finetuner:
 
     def loss_fn(params):
       out = self._forward(params, batch, rng, deterministic=False)
-      return task_loss(self.task, out, batch, self._label_smoothing)
+      return task_loss(self.task, out, batch, self._label_smoothing,
+                       self.config.translation.ctc_weight if self.task == "ast" else 0.0)
 
     (loss, extra), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     # fairseq freeze_finetune_updates: the Transformer (and projection) stay fixed, with their

@@ -89,9 +89,10 @@ def open_corpus(config: ml_collections.ConfigDict):
     builder = SyntheticSpeech(config=builder_config or "default", data_dir=data_dir)
     if not builder.is_prepared():
       if not config.data.build_if_missing:
-        raise FileNotFoundError(f"{config.data.corpus} is not built in {data_dir}; build it with "
-                                f"`python -m data_pipelines.synthetic_speech --data_dir={data_dir}`"
-                                f" or set --config.data.build_if_missing=true")
+        raise TaskError(f"{config.data.corpus} is not built in {data_dir}; build it with "
+                        f"`python -m data_pipelines.synthetic_speech --data_dir={data_dir}"
+                        f"{' --config=' + builder_config if builder_config else ''}`"
+                        f" or set --config.data.build_if_missing=true")
       builder.download_and_prepare()
     return builder
   return tfds.builder(config.data.corpus, data_dir=data_dir)

@@ -30,6 +30,10 @@ class SpeechTranslationConfig:
   output_hidden_size: the adapter's width (0 = the encoder's hidden_size; otherwise a Linear +
   LayerNorm projects to it first). When the adapter's width differs from the decoder's d_model, a
   Linear `enc_to_dec_proj` maps it (SpeechEncoderDecoderModel does the same).
+
+  ctc_vocab_size: > 0 adds an auxiliary CTC head `ctc_head` (Linear over the encoder's frames,
+  before the adapter) predicting the source transcript: joint CTC/attention training as in ESPnet-ST
+  and fairseq S2T. Training only: not part of the reference architecture, exports drop it.
   """
   encoder: Wav2Vec2Config
   decoder: DecoderConfig
@@ -38,6 +42,7 @@ class SpeechTranslationConfig:
   adapter_kernel_size: int = 3
   adapter_stride: int = 2
   output_hidden_size: int = 0
+  ctc_vocab_size: int = 0
 
   def __post_init__(self):
     if self.add_adapter and (self.num_adapter_layers < 1 or self.adapter_stride < 1
@@ -132,15 +137,22 @@ class SpeechToText(nn.Module):
           cfg.decoder.d_model, ("embed", "mlp"), kernel_init=torch_linear_uniform(cfg.adapter_width),
           dtype=cfg.encoder.dtype, param_dtype=cfg.encoder.param_dtype)
     self.decoder = TextDecoder(cfg.decoder)
+    if cfg.ctc_vocab_size:
+      self.ctc_head = Dense(
+          cfg.ctc_vocab_size, ("embed", "vocab"), kernel_init=torch_linear_uniform(
+              cfg.encoder.hidden_size), dtype=cfg.encoder.dtype, param_dtype=cfg.encoder.param_dtype)
 
   def encode(self, waveform: jax.Array, padding_mask: jax.Array | None = None, *,
              mask_time: jax.Array | None = None, channel_mask: jax.Array | None = None,
              deterministic: bool = True) -> tuple[jax.Array, jax.Array]:
     """(states [batch, frames', d_model], valid bool [batch, frames'])."""
-    cfg = self.config
     out = self.wav2vec2(waveform, padding_mask, mask_time=mask_time, channel_mask=channel_mask,
                         deterministic=deterministic)
-    x = out["last_hidden_state"]
+    return self._adapt(out["last_hidden_state"], padding_mask)
+
+  def _adapt(self, x: jax.Array, padding_mask: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+    """Encoder frames [batch, frames, hidden] -> (decoder memory [batch, frames', d_model], valid)."""
+    cfg = self.config
     if cfg.add_adapter:
       x = self.adapter(x)
     if cfg.needs_projection:
@@ -161,15 +173,25 @@ class SpeechToText(nn.Module):
   def __call__(self, waveform: jax.Array, padding_mask: jax.Array | None = None,
                decoder_input_ids: jax.Array | None = None, *, mask_time: jax.Array | None = None,
                channel_mask: jax.Array | None = None, deterministic: bool = True) -> dict[str, Any]:
-    """Teacher forcing: {"logits" [batch, length, vocab], "encoder_states", "encoder_valid"}.
-    Without decoder_input_ids, the start token alone (what `init` needs)."""
+    """Teacher forcing: {"logits" [batch, length, vocab], "encoder_states", "encoder_valid"}, and
+    with a CTC head "ctc_logits" float32 [batch, frames, ctc_vocab] + "frame_valid" bool
+    [batch, frames]. Without decoder_input_ids, the start token alone (what `init` needs)."""
+    cfg = self.config
     if decoder_input_ids is None:
-      decoder_input_ids = jnp.full((waveform.shape[0], 1), self.config.decoder.decoder_start_token_id,
+      decoder_input_ids = jnp.full((waveform.shape[0], 1), cfg.decoder.decoder_start_token_id,
                                    jnp.int32)
-    states, valid = self.encode(waveform, padding_mask, mask_time=mask_time,
-                                channel_mask=channel_mask, deterministic=deterministic)
+    out = self.wav2vec2(waveform, padding_mask, mask_time=mask_time, channel_mask=channel_mask,
+                        deterministic=deterministic)
+    states, valid = self._adapt(out["last_hidden_state"], padding_mask)
     logits, _ = self.decode(decoder_input_ids, states, valid, deterministic=deterministic)
-    return {"logits": logits, "encoder_states": states, "encoder_valid": valid}
+    result = {"logits": logits, "encoder_states": states, "encoder_valid": valid}
+    if cfg.ctc_vocab_size:
+      frames = out["last_hidden_state"]
+      result["ctc_logits"] = self.ctc_head(frames).astype(jnp.float32)
+      result["frame_valid"] = (jnp.ones(frames.shape[:2], bool) if padding_mask is None else
+                               jnp.arange(frames.shape[1])[None, :] < frame_lengths(
+                                   jnp.sum(~padding_mask, axis=-1), cfg.encoder)[:, None])
+    return result
 
 
 def shift_tokens_right(labels: jax.Array, pad_token_id: int, decoder_start_token_id: int) -> jax.Array:

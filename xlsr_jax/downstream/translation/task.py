@@ -27,6 +27,7 @@ import numpy as np
 
 from data_pipelines.synthetic_speech import texts
 from xlsr_jax.checkpoints import hf_translation, model_files
+from xlsr_jax.downstream.vocabulary import Vocabulary, build_vocabulary
 from xlsr_jax.downstream.translation.text import SPM_FILE, Tokenizer, train_tokenizer
 from xlsr_jax.models.config import Wav2Vec2Config
 from xlsr_jax.models.speech_translation import SpeechToText, SpeechTranslationConfig
@@ -56,10 +57,14 @@ def targets(index) -> list[str | None]:
 class TranslationLabeler:
   """tf.data labels: labels int32 [max_target_length] (pieces + </s>, -100 after) and label int32
   (0, or -1 for an utterance without a target or with a target too long: the train iterator drops
-  label < 0)."""
+  label < 0). With a `source_vocabulary` (auxiliary CTC) also source_labels int32 and
+  source_label_valid bool [max_source_length]: the transcript's characters (a transcript longer
+  than max_source_length also gets label -1)."""
   tokenizer: Tokenizer
   max_target_length: int
   task: str = "ast"
+  source_vocabulary: Vocabulary | None = None
+  max_source_length: int = 0
 
   def __call__(self, ex: dict) -> dict:
     import tensorflow as tf
@@ -70,18 +75,26 @@ class TranslationLabeler:
       else:
         target = english_target(language.decode("utf-8"), transcript.decode("utf-8"))
       empty = np.full((self.max_target_length,), -100, np.int32)
-      if target is None:
-        return empty, np.int32(-1)
-      ids = self.tokenizer.encode(target)
-      if len(ids) > self.max_target_length:
-        return empty, np.int32(-1)
+      source = np.zeros((max(self.max_source_length, 1),), np.int32)
+      source_valid = np.zeros(source.shape, bool)
+      ids = [] if target is None else self.tokenizer.encode(target)
+      chars = ([] if self.source_vocabulary is None
+               else self.source_vocabulary.encode(transcript.decode("utf-8")))
+      if target is None or len(ids) > self.max_target_length or len(chars) > len(source):
+        return empty, np.int32(-1), source, source_valid
       empty[:len(ids)] = ids
-      return empty, np.int32(0)
+      source[:len(chars)], source_valid[:len(chars)] = chars, True
+      return empty, np.int32(0), source, source_valid
 
     inputs = [ex["language"], ex["transcript"]] + ([ex["translation"]] if "translation" in ex else [])
-    labels, label = tf.numpy_function(encode, inputs, [tf.int32, tf.int32])
-    return {"labels": tf.ensure_shape(labels, [self.max_target_length]),
-            "label": tf.ensure_shape(label, [])}
+    labels, label, source, source_valid = tf.numpy_function(
+        encode, inputs, [tf.int32, tf.int32, tf.int32, tf.bool])
+    out = {"labels": tf.ensure_shape(labels, [self.max_target_length]),
+           "label": tf.ensure_shape(label, [])}
+    if self.source_vocabulary is not None:
+      out["source_labels"] = tf.ensure_shape(source, [self.max_source_length])
+      out["source_label_valid"] = tf.ensure_shape(source_valid, [self.max_source_length])
+    return out
 
 
 def translation_config(config: ml_collections.ConfigDict, encoder: Wav2Vec2Config,
@@ -129,9 +142,18 @@ def _config_from_dict(encoder: Wav2Vec2Config, values: dict[str, Any]) -> Speech
   return SpeechTranslationConfig(encoder, DecoderConfig(**decoder), **values["adapter"])
 
 
+def without_ctc_head(params: dict, config: SpeechTranslationConfig
+                     ) -> tuple[dict, SpeechTranslationConfig]:
+  """The translation model alone: the training-only auxiliary CTC head removed."""
+  return ({k: v for k, v in params.items() if k != "ctc_head"},
+          config.replace(ctc_vocab_size=0))
+
+
 def save_model(directory: str, params: dict, config: SpeechTranslationConfig,
                tokenizer: Tokenizer | None, metadata: dict | None = None, *, hf: bool = True) -> None:
-  """Our layout (+ sentencepiece, if given) in `directory`, the Hugging Face one in `directory`/hf."""
+  """Our layout (+ sentencepiece, if given) in `directory`, the Hugging Face one in `directory`/hf;
+  without an auxiliary CTC head (`without_ctc_head`)."""
+  params, config = without_ctc_head(params, config)
   model_files.save_model(directory, params, config.encoder, metadata)
   path = os.path.join(directory, model_files.CONFIG_FILE)
   with open(path) as f:
@@ -215,6 +237,10 @@ def build(config: ml_collections.ConfigDict, loaded, encoder_config: Wav2Vec2Con
   tokenizer = tokenizer_for(config, tokenizer_dir, train_targets)
   if decoder is None or t.decoder_init:
     model_cfg = translation_config(config, encoder_config, tokenizer.vocab_size, decoder)
+  source_vocabulary = None
+  if t.ctc_weight > 0:  # joint CTC/attention: characters of the training transcripts
+    source_vocabulary = build_vocabulary(train_index.transcripts)
+    model_cfg = model_cfg.replace(ctc_vocab_size=source_vocabulary.size)
   if (model_cfg.decoder.vocab_size < tokenizer.vocab_size
       or (not tokenizer.offset and model_cfg.decoder.vocab_size != tokenizer.vocab_size)):
     raise ValueError(f"the decoder has {model_cfg.decoder.vocab_size} outputs but the "
@@ -222,8 +248,9 @@ def build(config: ml_collections.ConfigDict, loaded, encoder_config: Wav2Vec2Con
   counts = {"train_utterances": len(train_targets),
             "train_without_target": sum(x is None for x in train_targets),
             "vocab_size": tokenizer.vocab_size}
-  return (SpeechToText(model_cfg), loaded_parts, TranslationLabeler(tokenizer, t.max_target_length),
-          tokenizer, counts)
+  labeler = TranslationLabeler(tokenizer, t.max_target_length, source_vocabulary=source_vocabulary,
+                               max_source_length=t.ctc_max_source_length if source_vocabulary else 0)
+  return SpeechToText(model_cfg), loaded_parts, labeler, tokenizer, counts
 
 
 DECODER_FILE = "decoder_config.json"
