@@ -37,9 +37,14 @@ def overrides(data_dir, **extra):
   return [f"--config.{k}={v}" for k, v in values.items()]
 
 
-def run_main(args, devices=8, env_extra=None, **popen):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", **(env_extra or {}))
+def run_main(args, devices=8, env_extra=None, llvm_o0=False, **popen):
+  """`python -m xlsr_jax.main`; llvm_o0: compile at LLVM -O0 (as conftest) for a run that mostly
+  compiles (a few steps), not for one that mostly runs."""
+  flags = f"--xla_force_host_platform_device_count={devices}"
+  if llvm_o0:
+    flags += " --xla_backend_optimization_level=0"
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", XLA_FLAGS=flags,
+             **(env_extra or {}))
   return subprocess.Popen([sys.executable, "-m", "xlsr_jax.main", "--config=experiments/demo.py", *args],
                           cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           **popen)
@@ -114,7 +119,7 @@ def test_two_processes_train_save_and_restore(data_dir, tmp_path):
           "train.num_steps": num_steps, "train.checkpoint_every": 2,
           "distributed.enabled": "true", "distributed.coordinator_address": f"127.0.0.1:{port}",
           "distributed.num_processes": 2, "distributed.process_id": pid})]
-      procs.append(run_main(args, devices=4))
+      procs.append(run_main(args, devices=4, llvm_o0=True))
     outs = [p.communicate(timeout=600)[0] for p in procs]
     for p, out in zip(procs, outs):
       assert p.returncode == 0, out[-3000:]
