@@ -28,27 +28,19 @@ _SPLIT = flags.DEFINE_string("split", "test", "Split.")
 _MAX_SAMPLES = flags.DEFINE_integer("max_samples", 100_000, "Padded length of the batches.")
 
 
-def main(argv) -> None:
-  del argv
-  import tensorflow_datasets as tfds
+def audio_use(workdir: str, builder, names: list[str], max_samples: int) -> dict[str, float]:
+  """{"nll_own", "nll_other", "nll_silence", "first_accuracy", "later_accuracy", "pieces"} of the
+  export in workdir/model on the splits `names` of `builder` (teacher forcing, batches of 16)."""
   from xlsr_jax.downstream import data as data_lib
   from xlsr_jax.downstream.translation import task as translation
   from xlsr_jax.models.speech_translation import SpeechToText, shift_tokens_right
-  params, cfg, tok, _ = translation.load_model(os.path.join(_WORKDIR.value, "model"))
-  name, _, builder_config = _CORPUS.value.partition("/")
-  if name == "synthetic_speech":
-    from data_pipelines.synthetic_speech.builder import SyntheticSpeech
-    builder = SyntheticSpeech(config=builder_config or "default", data_dir=_DATA_DIR.value)
-  else:
-    builder = tfds.builder(_CORPUS.value, data_dir=_DATA_DIR.value)
-  names = [f"{_SPLIT.value}_{lang}" for lang in _LANGUAGES.value]
+  params, cfg, tok, _ = translation.load_model(os.path.join(workdir, "model"))
   model = SpeechToText(cfg)
   logits_fn = jax.jit(lambda w, p, d: model.apply({"params": params}, w, p, d)["logits"])
   sums = {k: 0.0 for k in ("own", "other", "silence")}
-  pieces, first = 0, [0, 0]
-  later = [0, 0]
+  pieces, first, later = 0, [0, 0], [0, 0]
   for b in data_lib.eval_batches(builder, names, translation.TranslationLabeler(tok, 96),
-                                 batch_size=16, max_samples=_MAX_SAMPLES.value, normalize=True):
+                                 batch_size=16, max_samples=max_samples, normalize=True):
     keep = b["example_valid"] & (b["label"] >= 0)
     labels = np.where(keep[:, None], b["labels"], -100)
     valid = labels != -100
@@ -66,11 +58,28 @@ def main(argv) -> None:
         first[0] += int(right[:, 0].sum()); first[1] += int(valid[:, 0].sum())
         later[0] += int(right[:, 1:].sum()); later[1] += int(valid[:, 1:].sum())
     pieces += int(valid.sum())
-  print(f"# {_WORKDIR.value}: {pieces} target pieces of {','.join(names)}; {machine_load()}")
+  n = max(pieces, 1)
+  return {"nll_own": sums["own"] / n, "nll_other": sums["other"] / n,
+          "nll_silence": sums["silence"] / n, "first_accuracy": first[0] / max(first[1], 1),
+          "later_accuracy": later[0] / max(later[1], 1), "pieces": pieces}
+
+
+def main(argv) -> None:
+  del argv
+  import tensorflow_datasets as tfds
+  name, _, builder_config = _CORPUS.value.partition("/")
+  if name == "synthetic_speech":
+    from data_pipelines.synthetic_speech.builder import SyntheticSpeech
+    builder = SyntheticSpeech(config=builder_config or "default", data_dir=_DATA_DIR.value)
+  else:
+    builder = tfds.builder(_CORPUS.value, data_dir=_DATA_DIR.value)
+  names = [f"{_SPLIT.value}_{lang}" for lang in _LANGUAGES.value]
+  r = audio_use(_WORKDIR.value, builder, names, _MAX_SAMPLES.value)
+  print(f"# {_WORKDIR.value}: {r['pieces']} target pieces of {','.join(names)}; {machine_load()}")
   print("| NLL own audio | NLL other audio | NLL silence | first-piece acc. | later pieces acc. |")
   print("|---|---|---|---|---|")
-  print(f"| {sums['own'] / pieces:.3f} | {sums['other'] / pieces:.3f} | {sums['silence'] / pieces:.3f}"
-        f" | {first[0] / max(first[1], 1):.3f} | {later[0] / max(later[1], 1):.3f} |")
+  print(f"| {r['nll_own']:.3f} | {r['nll_other']:.3f} | {r['nll_silence']:.3f}"
+        f" | {r['first_accuracy']:.3f} | {r['later_accuracy']:.3f} |")
 
 
 if __name__ == "__main__":
