@@ -161,3 +161,11 @@ def test_evaluate_end_to_end_resume_and_exports(tiny_corpus, tmp_path, capsys):
     theirs = ref(input_values=torch.from_numpy(wave), decoder_input_ids=torch.from_numpy(tokens)).logits
   ours = SpeechToText(cfg).apply({"params": params}, jnp.asarray(wave), None, jnp.asarray(tokens))
   np.testing.assert_allclose(np.asarray(ours["logits"]), theirs.numpy(), rtol=1e-4, atol=1e-4)
+
+  # The audio-use benchmark reads the export: teacher-forced NLLs and accuracies on the test split.
+  from benchmarks.translation_audio_use import audio_use
+  from data_pipelines.synthetic_speech.builder import SyntheticSpeech
+  use = audio_use(str(workdir), SyntheticSpeech(config="tiny", data_dir=str(tiny_corpus)),
+                  ["test_ru"], 16000 * 12)
+  assert use["pieces"] > 0 and all(0 < use[k] < 20 for k in ("nll_own", "nll_other", "nll_silence"))
+  assert 0 <= use["first_accuracy"] <= 1 and 0 <= use["later_accuracy"] <= 1
