@@ -5,7 +5,8 @@ import os
 # they run (a tiny model, a few steps), and -O0 halves the compile (the 2-layer train step: 16 s ->
 # 8 s on the loaded 2-core machine). Compute-heavy tests get slower (test_masking's 7,500-row
 # statistics: 3 s -> 27 s); 21 in-process test files measured: 15.1 -> 11.6 min in all. The
-# subprocess runs (test_main, test_faults) set their own XLA_FLAGS: the default -O2.
+# subprocess runs set their own XLA_FLAGS: -O0 for test_faults' and the two-process run's short
+# trainings, the default -O2 for the SIGKILL and demo-learning runs (they mostly execute).
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
                                    "--xla_backend_optimization_level=0")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
