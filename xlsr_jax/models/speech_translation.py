@@ -188,9 +188,8 @@ class SpeechToText(nn.Module):
     if cfg.ctc_vocab_size:
       frames = out["last_hidden_state"]
       result["ctc_logits"] = self.ctc_head(frames).astype(jnp.float32)
-      result["frame_valid"] = (jnp.ones(frames.shape[:2], bool) if padding_mask is None else
-                               jnp.arange(frames.shape[1])[None, :] < frame_lengths(
-                                   jnp.sum(~padding_mask, axis=-1), cfg.encoder)[:, None])
+      result["frame_valid"] = (jnp.ones(frames.shape[:2], bool) if out["frame_valid"] is None
+                               else out["frame_valid"])
     return result
 
 
