@@ -1,7 +1,6 @@
 """fairseq .pt import (safe unpickling, settings, key layout), our model files, and the CLI."""
 import os
 import re
-import subprocess
 import sys
 import types
 

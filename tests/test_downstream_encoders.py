@@ -1,5 +1,4 @@
 """Loading encoders from the three checkpoint formats, hidden states, and CTC parity with HF."""
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

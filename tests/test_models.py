@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from xlsr_jax import summary
-from xlsr_jax.models import Wav2Vec2ForPreTraining, Wav2Vec2Model, get_preset
+from xlsr_jax.models import Wav2Vec2Model, get_preset
 
 EXPECTED = {  # Wav2Vec2ForPreTraining of the reference with these sizes (spec/xlsr.md)
     "xlsr_300m": (317_390_592, 315_438_720),

@@ -1,5 +1,4 @@
 """Parity of our encoder with the Hugging Face PyTorch reference on converted random weights."""
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

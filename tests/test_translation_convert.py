@@ -1,11 +1,9 @@
 """`python -m xlsr_jax.convert` for speech translation: a transformers SpeechEncoderDecoderModel
 directory both ways, and an mBART decoder (with mBART's own sentencepiece layout)."""
 import io
-import os
 
 import jax.numpy as jnp
 import numpy as np
-import pytest
 import torch
 import transformers
 

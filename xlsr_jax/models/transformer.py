@@ -6,7 +6,6 @@ time stays flat with depth; per-layer rematerialisation follows `config.remat_po
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import flax.linen as nn
 import jax
