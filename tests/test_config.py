@@ -34,6 +34,16 @@ def test_main_reports_config_errors_and_exits_2(capsys):
   assert "num_steps" in capsys.readouterr().err
 
 
+def test_unbuilt_synthetic_source_names_its_build_command(tmp_path, capsys):
+  code = main.main([DEMO, f"--workdir={tmp_path / 'w'}", f"--config.data.data_dir={tmp_path / 'empty'}",
+                    "--config.data.sources=[['synthetic_speech/tiny', None]]",
+                    "--config.data.build_if_missing=false"])
+  err = capsys.readouterr().err
+  assert code == 2 and "synthetic_speech/tiny is not built" in err
+  assert "--config=tiny`" in err and "build_if_missing=true" in err
+  assert not (tmp_path / "empty").exists() or not any((tmp_path / "empty").rglob("*.tfrecord*"))
+
+
 @pytest.mark.parametrize("name", ["demo", "xlsr_300m", "xlsr_1b", "xlsr_2b"])
 def test_experiment_configs_validate(name):
   config, _ = main.parse_config([f"--config=experiments/{name}.py"])

@@ -318,3 +318,18 @@ class SyntheticSpeech(tfds.core.GeneratorBasedBuilder):
                      for lang in config.languages},
         "length_seconds": length_summary(seconds),
     }
+
+
+def corpus_builder(corpus: str, data_dir: str) -> SyntheticSpeech:
+  """The builder of `synthetic_speech[/<config>]` (config "default" when none is named) in data_dir."""
+  _, _, builder_config = corpus.partition("/")
+  return SyntheticSpeech(config=builder_config or "default", data_dir=data_dir)
+
+
+def not_built_message(corpus: str, data_dir: str) -> str:
+  """What to tell a user whose `synthetic_speech[/<config>]` is not in data_dir: the command that
+  builds that config, or the setting that builds it on first use."""
+  _, _, builder_config = corpus.partition("/")
+  return (f"{corpus} is not built in {data_dir}; build it with `python -m data_pipelines.synthetic_speech "
+          f"--data_dir={data_dir}{' --config=' + builder_config if builder_config else ''}` or set "
+          f"--config.data.build_if_missing=true")

@@ -83,16 +83,12 @@ def model_config(config: ml_collections.ConfigDict, loaded_config=None):
 def open_corpus(config: ml_collections.ConfigDict):
   import tensorflow_datasets as tfds
   data_dir = os.path.abspath(os.path.expanduser(config.data.data_dir))
-  name, _, builder_config = config.data.corpus.partition("/")
-  if name == "synthetic_speech":
-    from data_pipelines.synthetic_speech.builder import SyntheticSpeech
-    builder = SyntheticSpeech(config=builder_config or "default", data_dir=data_dir)
+  if config.data.corpus.partition("/")[0] == "synthetic_speech":
+    from data_pipelines.synthetic_speech.builder import corpus_builder, not_built_message
+    builder = corpus_builder(config.data.corpus, data_dir)
     if not builder.is_prepared():
       if not config.data.build_if_missing:
-        raise TaskError(f"{config.data.corpus} is not built in {data_dir}; build it with "
-                        f"`python -m data_pipelines.synthetic_speech --data_dir={data_dir}"
-                        f"{' --config=' + builder_config if builder_config else ''}`"
-                        f" or set --config.data.build_if_missing=true")
+        raise TaskError(not_built_message(config.data.corpus, data_dir))
       builder.download_and_prepare()
     return builder
   return tfds.builder(config.data.corpus, data_dir=data_dir)

@@ -48,21 +48,19 @@ def _sources(pairs) -> tuple:
 
 
 def ensure_synthetic_corpus(config: ml_collections.ConfigDict) -> None:
-  """Builds synthetic_speech/<config> into data.data_dir when a source names it and it is missing."""
+  """Builds synthetic_speech/<config> into data.data_dir when a source names it and it is missing;
+  ConfigError naming the build command when it is missing and data.build_if_missing is off."""
   import tensorflow_datasets as tfds
-  from data_pipelines.synthetic_speech.builder import SyntheticSpeech
+  from data_pipelines.synthetic_speech.builder import corpus_builder, not_built_message
   data_dir = os.path.expanduser(config.data.data_dir)
   for corpus, _ in list(config.data.sources) + list(config.data.replay_sources):
-    name, _, builder_config = corpus.partition("/")
-    if name != "synthetic_speech":
+    if corpus.partition("/")[0] != "synthetic_speech":
       continue
-    builder = SyntheticSpeech(config=builder_config or "default", data_dir=data_dir)
+    builder = corpus_builder(corpus, data_dir)
     if builder.is_prepared():
       continue
     if not config.data.build_if_missing:
-      raise FileNotFoundError(f"{corpus} is not built in {data_dir}; build it with `python -m "
-                              f"data_pipelines.synthetic_speech --data_dir={data_dir}` or set "
-                              f"--config.data.build_if_missing=true")
+      raise ConfigError(not_built_message(corpus, data_dir))
     if jax.process_index() == 0:
       logging.info("building %s into %s", corpus, data_dir)
       start = time.perf_counter()
