@@ -13,13 +13,11 @@ import resource
 import shutil
 import signal
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.main_process import start_main
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +41,7 @@ def run_args(data_dir, workdir, **extra):
 
 def launch(args, devices=1, env_extra=None, **popen):
   """`python -m xlsr_jax.main` with LLVM at -O0 (as conftest: these short runs mostly compile)."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
-                       "--xla_backend_optimization_level=0", **(env_extra or {}))
-  return subprocess.Popen([sys.executable, "-m", "xlsr_jax.main", *args], cwd=REPO, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+  return start_main(args, devices, llvm_o0=True, env_extra=env_extra, **popen)
 
 
 def finish(proc, timeout=600):

@@ -6,15 +6,12 @@ import random
 import re
 import signal
 import socket
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.main_process import start_main
 
 
 @pytest.fixture(scope="module")
@@ -37,16 +34,8 @@ def overrides(data_dir, **extra):
 
 
 def run_main(args, devices=8, env_extra=None, llvm_o0=False, **popen):
-  """`python -m xlsr_jax.main`; llvm_o0: compile at LLVM -O0 (as conftest) for a run that mostly
-  compiles (a few steps), not for one that mostly runs."""
-  flags = f"--xla_force_host_platform_device_count={devices}"
-  if llvm_o0:
-    flags += " --xla_backend_optimization_level=0"
-  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", XLA_FLAGS=flags,
-             **(env_extra or {}))
-  return subprocess.Popen([sys.executable, "-m", "xlsr_jax.main", "--config=experiments/demo.py", *args],
-                          cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          **popen)
+  """`python -m xlsr_jax.main --config=experiments/demo.py ARGS`."""
+  return start_main(["--config=experiments/demo.py", *args], devices, llvm_o0, env_extra, **popen)
 
 
 def final_params(workdir):
