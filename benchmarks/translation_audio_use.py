@@ -36,7 +36,7 @@ def audio_use(workdir: str, builder, names: list[str], max_samples: int) -> dict
   from xlsr_jax.models.speech_translation import SpeechToText, shift_tokens_right
   params, cfg, tok, _ = translation.load_model(os.path.join(workdir, "model"))
   model = SpeechToText(cfg)
-  logits_fn = jax.jit(lambda w, p, d: model.apply({"params": params}, w, p, d)["logits"])
+  logits_fn = jax.jit(lambda params, w, p, d: model.apply({"params": params}, w, p, d)["logits"])
   sums = {k: 0.0 for k in ("own", "other", "silence")}
   pieces, first, later = 0, [0, 0], [0, 0]
   for b in data_lib.eval_batches(builder, names, translation.TranslationLabeler(tok, 96),
@@ -50,7 +50,7 @@ def audio_use(workdir: str, builder, names: list[str], max_samples: int) -> dict
              "other": (np.roll(b["waveform"], 1, 0), np.roll(b["padding_mask"], 1, 0)),
              "silence": (np.zeros_like(b["waveform"]), b["padding_mask"])}
     for key, (wave, pad) in audio.items():
-      log_probs = np.asarray(jax.nn.log_softmax(logits_fn(wave, pad, decoder_in), -1))
+      log_probs = np.asarray(jax.nn.log_softmax(logits_fn(params, wave, pad, decoder_in), -1))
       picked = np.take_along_axis(log_probs, np.maximum(labels, 0)[..., None], -1)[..., 0]
       sums[key] -= float(picked[valid].sum())
       if key == "own":
@@ -67,10 +67,9 @@ def audio_use(workdir: str, builder, names: list[str], max_samples: int) -> dict
 def main(argv) -> None:
   del argv
   import tensorflow_datasets as tfds
-  name, _, builder_config = _CORPUS.value.partition("/")
-  if name == "synthetic_speech":
-    from data_pipelines.synthetic_speech.builder import SyntheticSpeech
-    builder = SyntheticSpeech(config=builder_config or "default", data_dir=_DATA_DIR.value)
+  if _CORPUS.value.partition("/")[0] == "synthetic_speech":
+    from data_pipelines.synthetic_speech.builder import corpus_builder
+    builder = corpus_builder(_CORPUS.value, _DATA_DIR.value)
   else:
     builder = tfds.builder(_CORPUS.value, data_dir=_DATA_DIR.value)
   names = [f"{_SPLIT.value}_{lang}" for lang in _LANGUAGES.value]
