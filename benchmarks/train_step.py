@@ -110,6 +110,7 @@ def ours_worker() -> None:
   from xlsr_jax.checkpoints.hf_layout import config_to_hf
   from xlsr_jax.config_loading import apply_override
   from xlsr_jax.sharding.mesh import make_mesh
+  from xlsr_jax.objectives import wav2vec2 as w2v
   from xlsr_jax.training import flops, train_step as ts
   from xlsr_jax.training.defaults import get_default_config
   from xlsr_jax.training.state import build_trainer
@@ -135,7 +136,7 @@ def ours_worker() -> None:
     lengths = np.full((batch,), samples, np.int32)
     # The masks the step itself draws at step 0 (same key derivation as train_step.step_fn).
     mask_key = jax.random.split(jax.random.fold_in(state.rng, state.step), 4)[0]
-    draws = jax.device_get(ts.sample_draws(mask_key, jax.numpy.asarray(lengths), trainer.model.config,
+    draws = jax.device_get(w2v.sample_draws(mask_key, jax.numpy.asarray(lengths), trainer.model.config,
                                            config.objective, trainer.shapes))
     np.savez(data_path, waveform=wave, mask_time=draws.mask_time, masked_indices=draws.masked_indices,
              valid=draws.valid, negative_indices=draws.negative_indices)

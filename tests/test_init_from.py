@@ -15,6 +15,7 @@ from xlsr_jax.checkpoints import sources
 from xlsr_jax.checkpoints.manager import CheckpointMismatchError, unbox
 from xlsr_jax.config_loading import ConfigError, model_config_from
 from xlsr_jax.sharding import mesh as mesh_lib
+from xlsr_jax.objectives import wav2vec2 as w2v
 from xlsr_jax.training import init_from, train_step as ts
 from xlsr_jax.training.state import build_trainer
 
@@ -46,7 +47,7 @@ def trainer():
   return build_trainer(_config(), mesh, SAMPLES)
 
 
-def _reference_layout(draws: ts.StepDraws):
+def _reference_layout(draws: w2v.StepDraws):
   """Our draws ([batch, M] positions, [batch, M, K] negatives into M, [batch, M, G, V] Gumbel noise)
   in HF's layout: [batch, frames] mask, [batch, frames, K] global negatives, [batch, frames, G, V]."""
   mask = np.asarray(draws.mask_time)
@@ -98,7 +99,7 @@ def test_step0_losses_equal_the_reference_and_training_lowers_them(reference, tr
   # Validation at step 0 (argmax codes, no dropout): the masks/negatives of eval's key.
   eval_key = jax.random.key(1000)
   ours = jax.device_get(trainer.evaluate(state, batch, eval_key))
-  draws = ts.sample_draws(eval_key, jnp.asarray(lengths), model_cfg, objective, shapes)
+  draws = w2v.sample_draws(eval_key, jnp.asarray(lengths), model_cfg, objective, shapes)
   mask, ref_neg, _ = _reference_layout(draws)
   _, ref_contrastive = _reference_loss(ref, wave, padding, mask, ref_neg, train=False)
   assert abs(ours["contrastive_loss"] - ref_contrastive) <= TOL * abs(ref_contrastive)
@@ -106,7 +107,7 @@ def test_step0_losses_equal_the_reference_and_training_lowers_them(reference, tr
   # The first training step's loss (Gumbel noise, tau at step 0, diversity term) on its own draws.
   key = jax.random.fold_in(state.rng, 0)
   mask_key, gumbel_key, _, _ = jax.random.split(key, 4)
-  draws = ts.sample_draws(mask_key, jnp.asarray(lengths), model_cfg, objective, shapes, gumbel_key)
+  draws = w2v.sample_draws(mask_key, jnp.asarray(lengths), model_cfg, objective, shapes, gumbel_key)
   mask, ref_neg, noise = _reference_layout(draws)
   ref_loss, ref_contrastive = _reference_loss(ref, wave, padding, mask, ref_neg, train=True,
                                               tau=objective.gumbel_start, noise=noise,

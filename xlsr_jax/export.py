@@ -6,7 +6,8 @@ DIR is a training workdir: DIR/config.json (the run's config, `config.to_json()`
 DIR/checkpoints/ (xlsr_jax.checkpoints.manager). Only the `params` item of the newest (or the
 given) step is read. `orbax` writes OUT/params + OUT/model_config.json (model_files.save_model,
 what downstream evaluation loads); `hf` writes the Hugging Face wav2vec2 layout (config.json +
-model.safetensors, loadable by transformers.Wav2Vec2ForPreTraining).
+model.safetensors, loadable by transformers.Wav2Vec2ForPreTraining; a BEST-RQ run's encoder by
+transformers.Wav2Vec2Model).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from xlsr_jax.config_loading import model_config_from
 from xlsr_jax.models import Wav2Vec2ForPreTraining
 from xlsr_jax.models import params as params_lib
 from xlsr_jax.models.config import Wav2Vec2Config
+from xlsr_jax.objectives import Objective, make_objective
 
 CONFIG_FILE = "config.json"
 CHECKPOINTS_DIR = "checkpoints"
@@ -44,31 +46,42 @@ def read_run_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
-def abstract_params(model_config: Wav2Vec2Config) -> Any:
-  """Unboxed ShapeDtypeStructs of the pretraining model's parameters on one host (CPU) device."""
+def abstract_params(model_config: Wav2Vec2Config, objective: Objective | None = None) -> Any:
+  """Unboxed ShapeDtypeStructs of the pretraining model's parameters (the objective's model,
+  wav2vec 2.0's by default) on one host (CPU) device."""
   try:
     device = jax.local_devices(backend="cpu")[0]
   except RuntimeError:  # JAX_PLATFORMS excludes the host backend: use the first accelerator
     device = jax.local_devices()[0]
-  return params_lib.abstract_params(Wav2Vec2ForPreTraining(model_config), boxed=False,
+  model = objective.make_model() if objective else Wav2Vec2ForPreTraining(model_config)
+  return params_lib.abstract_params(model, boxed=False,
                                     sharding=jax.sharding.SingleDeviceSharding(device))
 
 
+def run_objective(config: ml_collections.ConfigDict, model_config: Wav2Vec2Config) -> Objective:
+  """The objective a run trained with (objective.name; runs from before it existed: wav2vec2)."""
+  return make_objective(model_config, config.objective)
+
+
 def load_params(workdir: str, step: int | None = None) -> tuple[Any, Wav2Vec2Config, int]:
-  """(params as CPU arrays, model config, step) of the run in `workdir`; newest step by default."""
+  """(params as CPU arrays, model config, step) of the run in `workdir`; newest step by default.
+
+  The params are what the run's objective exports: all of wav2vec 2.0's pretraining model
+  (quantizer included, for continued pretraining), or BEST-RQ's encoder alone (Wav2Vec2Model)."""
   config = read_run_config(workdir)
   model_config = model_config_from(config)
+  objective = run_objective(config, model_config)
   directory = os.path.join(workdir, CHECKPOINTS_DIR)
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"no checkpoint directory {directory}")
   with manager_lib.CheckpointManager(directory, save_every=1, keep=1, read_only=True) as mngr:
-    target = abstract_params(model_config)
+    target = abstract_params(model_config, objective)
     try:
       params, step = mngr.restore_params(target, step)
     except manager_lib.CheckpointMismatchError as e:
       raise ValueError(f"the model of {os.path.join(workdir, CONFIG_FILE)} does not match the "
                        f"checkpoint: {e}") from e
-  return params, model_config, step
+  return objective.export_params(params), model_config, step
 
 
 def export(workdir: str, out: str, fmt: str = "orbax", step: int | None = None) -> int:
@@ -79,6 +92,9 @@ def export(workdir: str, out: str, fmt: str = "orbax", step: int | None = None) 
   if fmt == "orbax":
     model_files.save_model(out, params, model_config, metadata={
         "exported_from": os.path.abspath(workdir), "step": step})
+  elif model_config.frontend != "cnn":
+    raise ValueError(f"--format=hf: the Hugging Face wav2vec2 layout has only the CNN frontend; "
+                     f"this model's frontend is {model_config.frontend!r} (export --format=orbax)")
   else:
     model_files.save_hf(out, jax.tree.map(np.asarray, params), model_config)
   return step

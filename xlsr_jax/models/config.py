@@ -7,12 +7,14 @@ straight mapping; the parameter counts of the presets equal the reference's exac
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import jax.numpy as jnp
 
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims", "save_attention_and_ffn_out")
 ATTENTION_IMPLS = ("xla", "cudnn", "splash", "manual")
+FRONTENDS = ("cnn", "fbank")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +47,12 @@ class Wav2Vec2Config:
   num_codevectors_per_group: int = 320
   codevector_dim: int = 768
   proj_codevector_dim: int = 768  # fairseq final_dim
+  # What turns the waveform into 20 ms frames: "cnn" (wav2vec 2.0's convolutional feature encoder,
+  # the XLS-R presets and every released checkpoint) or "fbank" (normalised log-mel frames, two
+  # 10 ms frames stacked per 20 ms frame, models/fbank.py, into the feature projection: no CNN).
+  # conv_kernel / conv_stride still define the frame count, so masks and buckets are unchanged.
+  frontend: str = "cnn"
+  fbank_num_mel_bins: int = 80
   # Feature-encoder gradient multiplier (fairseq feature_grad_mult): 0.1 base, 1.0 large.
   feature_grad_mult: float = 1.0
   # Numerics and memory.
@@ -75,6 +83,12 @@ class Wav2Vec2Config:
       raise ValueError(f"remat_policy {self.remat_policy!r} is not one of {REMAT_POLICIES}")
     if self.attention_impl not in ATTENTION_IMPLS:
       raise ValueError(f"attention_impl {self.attention_impl!r} is not one of {ATTENTION_IMPLS}")
+    if self.frontend not in FRONTENDS:
+      raise ValueError(f"frontend {self.frontend!r} is not one of {FRONTENDS}")
+    if self.frontend == "fbank" and (self.conv_receptive_field, math.prod(self.conv_stride)) != (400, 320):
+      raise ValueError(f"frontend 'fbank' stacks two 10 ms frames per 20 ms frame: it needs the standard "
+                       f"framing (receptive field 400, stride 320 samples), got "
+                       f"{self.conv_receptive_field} and {math.prod(self.conv_stride)}")
     if self.splash_block_size <= 0 or self.splash_block_size % 128:
       raise ValueError(f"splash_block_size {self.splash_block_size} is not a positive multiple of 128")
 

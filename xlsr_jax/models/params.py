@@ -1,7 +1,7 @@
 """Parameters of any of our models from one dummy input: `init_params` (values) and
 `abstract_params` (shapes only, no memory), the one place a model is initialised.
 
-Works for the pretraining model (`Wav2Vec2ForPreTraining`, empty masks), the encoder
+Works for the pretraining models (`Wav2Vec2ForPreTraining`, `BestRqForPreTraining`, empty masks), the encoder
 (`Wav2Vec2Model`) and the downstream models whose `__call__` takes a waveform first (CTC, utterance
 classification, ML-SUPERB, speech translation). The values depend on the key only, not on
 `num_samples`: a longer dummy crop gives the same parameters.
@@ -20,10 +20,12 @@ INIT_SAMPLES = 16_000  # one second: the dummy waveform's length
 def init_params(model: nn.Module, key: jax.Array, num_samples: int = INIT_SAMPLES) -> Any:
   """Fresh parameters of `model`, boxed with their logical axis names (pure: jit / eval_shape it)."""
   from xlsr_jax.models.feature_encoder import frame_lengths
+  from xlsr_jax.models.best_rq import BestRqForPreTraining
   from xlsr_jax.models.wav2vec2 import Wav2Vec2ForPreTraining
   waveform = jnp.zeros((1, num_samples), jnp.float32)
   args = ()
-  if isinstance(model, Wav2Vec2ForPreTraining):  # (padding_mask, mask_time [1, T], indices [1, 1])
+  if isinstance(model, (Wav2Vec2ForPreTraining, BestRqForPreTraining)):
+    # (padding_mask, mask_time [1, T], indices [1, 1])
     frames = frame_lengths(num_samples, model.config)
     args = (None, jnp.zeros((1, frames), bool), jnp.zeros((1, 1), jnp.int32))
   return model.init({"params": key}, waveform, *args)["params"]

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from xlsr_jax.models.config import Wav2Vec2Config
+from xlsr_jax.models import fbank, feature_encoder
 from xlsr_jax.models.feature_encoder import FeatureEncoder, FeatureProjection, frame_lengths
 from xlsr_jax.models.layers import Dense, partitioned, scale_gradient, uniform01
 from xlsr_jax.models.quantizer import GumbelVectorQuantizer
@@ -39,7 +40,8 @@ def gather_frames(x: jax.Array, indices: jax.Array) -> jax.Array:
 
 
 class Wav2Vec2Model(nn.Module):
-  """The encoder: feature encoder, projection, optional time/channel masking, Transformer.
+  """The encoder: frontend (the CNN feature encoder, or stacked log-mel frames with
+  config.frontend = "fbank"), projection, optional time/channel masking, Transformer.
 
   Returns a dict: last_hidden_state [batch, frames, hidden]; layer_outputs [layers, batch, frames,
   hidden] and layer_input [batch, frames, hidden], the input of the first layer (only if
@@ -55,11 +57,19 @@ class Wav2Vec2Model(nn.Module):
                channel_mask: jax.Array | None = None, deterministic: bool = True,
                return_layer_outputs: bool = False) -> dict[str, Any]:
     cfg = self.config
-    raw = FeatureEncoder(cfg, name="feature_extractor")(waveform)
-    if cfg.feature_grad_mult == 0.0:
-      raw = jax.lax.stop_gradient(raw)
-    elif cfg.feature_grad_mult != 1.0:
-      raw = scale_gradient(raw, cfg.feature_grad_mult)
+    if cfg.frontend == "fbank":
+      num_frames = feature_encoder.frame_lengths(waveform.shape[1], cfg)
+      lengths = frame_lengths
+      if lengths is None and padding_mask is not None:
+        lengths = feature_encoder.frame_lengths(jnp.sum(~padding_mask, axis=-1), cfg)
+      raw = fbank.stacked_log_mel(waveform, num_frames, lengths, cfg.fbank_num_mel_bins)
+      raw = raw.astype(cfg.dtype)
+    else:
+      raw = FeatureEncoder(cfg, name="feature_extractor")(waveform)
+      if cfg.feature_grad_mult == 0.0:
+        raw = jax.lax.stop_gradient(raw)
+      elif cfg.feature_grad_mult != 1.0:
+        raw = scale_gradient(raw, cfg.feature_grad_mult)
     frame_valid = frame_valid_mask(padding_mask, raw.shape[1], cfg, frame_lengths)
     hidden, normed = FeatureProjection(cfg, name="feature_projection")(raw, deterministic)
     masked_spec_embed = self.param("masked_spec_embed", partitioned(uniform01, ("embed",)),

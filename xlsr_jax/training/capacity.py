@@ -34,6 +34,7 @@ import ml_collections
 
 from data_pipelines.features import SAMPLE_RATE
 from xlsr_jax.config_loading import model_config_from
+from xlsr_jax.objectives import make_objective
 from xlsr_jax.sharding.topologies import PlanError, Topology, topology_devices
 from xlsr_jax.training import devices as devices_lib
 from xlsr_jax.training import flops as flops_lib
@@ -197,12 +198,12 @@ def profile_lengths(name: str, min_sample_size: int, count: int = 20_000) -> Any
   return lengths[lengths >= min_sample_size]
 
 
-def useful_flops_per_row(config: ml_collections.ConfigDict, model_cfg: Any, lengths: Any,
-                         crop: int, sample: int = 400) -> float:
-  """Mean FLOPs of the real audio of one row when utterances of `lengths` are cut to `crop`."""
+def useful_flops_per_row(objective: Any, lengths: Any, crop: int, sample: int = 400) -> float:
+  """Mean FLOPs of the real audio of one row when utterances of `lengths` are cut to `crop`
+  (objective: the trainer's objectives.Objective)."""
   import numpy as np
   picked = np.asarray(lengths)[:sample]
-  return float(np.mean([flops_lib.row_train_flops(model_cfg, config.objective, int(min(n, crop)))
+  return float(np.mean([flops_lib.row_train_flops(objective, int(min(n, crop)))
                         for n in picked])) if len(picked) else 0.0
 
 
@@ -265,6 +266,7 @@ def plan_buckets(config: ml_collections.ConfigDict, topology: Topology, cost: bo
   counts = np.bincount(index[index >= 0], minlength=spec.num_buckets)
   probs = buckets_lib.step_probabilities({"all": 1.0}, {"all": counts / max(counts.sum(), 1)}, spec)
   model_cfg = model_config_from(config)
+  objective = make_objective(model_cfg, config.objective)
 
   def bucket_config(b: int) -> ml_collections.ConfigDict:
     one = copy.deepcopy(config)
@@ -289,7 +291,8 @@ def plan_buckets(config: ml_collections.ConfigDict, topology: Topology, cost: bo
       r = dict(global_batch=rows, num_samples=crop, num_frames=shapes.num_frames,
                max_masked=shapes.max_masked, chips=reference["chips"],
                peak_flops_per_chip=reference["peak_flops_per_chip"],
-               analytic_flops=flops_lib.train_step_flops(model_cfg, size),
+               analytic_flops=flops_lib.train_step_flops(
+                   model_cfg, size, trainer.objective.forward_flops(size)),
                memory=dict(not_compiled="layers method: the largest bucket's memory is the plan's"))
       if cost and "xla_raw" in reference:
         layer, seconds = layer_cost(trainer, rows // accum)
@@ -303,7 +306,7 @@ def plan_buckets(config: ml_collections.ConfigDict, topology: Topology, cost: bo
           r["estimated_mfu"] = r["analytic_flops"]["total"] / (
               fixed["optimal_seconds"] * r["chips"] * r["peak_flops_per_chip"])
     r["step_probability"] = float(probs[b])
-    r["useful_flops"] = rows * useful_flops_per_row(config, model_cfg, lengths[index == b], crop)
+    r["useful_flops"] = rows * useful_flops_per_row(objective, lengths[index == b], crop)
     results.append(r)
   compiled = [r["memory"] for r in results if "not_compiled" not in r["memory"]]
   fits = all(mem["fits"] for mem in compiled)
@@ -345,14 +348,15 @@ def plan(config: ml_collections.ConfigDict, topology: Topology, cost: bool = Tru
 
   model_cfg, shapes, accum = trainer.model.config, trainer.shapes, config.train.grad_accum_steps
   size = flops_lib.StepSize(batch, samples, shapes.max_masked, config.objective.num_negatives)
-  analytic = flops_lib.train_step_flops(model_cfg, size)
+  analytic = flops_lib.train_step_flops(model_cfg, size, trainer.objective.forward_flops(size))
   params = sum(math.prod(x.shape) for x in jax.tree.leaves(nn.unbox(trainer.abstract_state.params)))
   result: dict[str, Any] = dict(
       topology=topology.name, topology_shape=topology.topology_name, device_kind=kind,
       chips=chips, slices=slices, mesh=dict(mesh.shape), global_batch=batch,
       batch_per_shard=batch // (mesh.shape["data"] * mesh.shape["fsdp"] * accum),
       grad_accum_steps=accum, num_samples=samples, num_frames=shapes.num_frames,
-      max_masked=shapes.max_masked, model=config.model.preset, parameters=params,
+      max_masked=shapes.max_masked, model=config.model.preset, objective=trainer.objective.name,
+      parameters=params,
       dtype=str(jnp.dtype(model_cfg.dtype)), remat_policy=model_cfg.remat_policy,
       peak_flops_per_chip=peak, hbm_bytes=hbm, analytic_flops=analytic, lower_seconds=lower_s,
       compile_seconds=compile_s, compile_error=error,
@@ -372,6 +376,6 @@ def plan(config: ml_collections.ConfigDict, topology: Topology, cost: bool = Tru
   result["estimated_mfu"] = analytic["total"] / (optimal * chips * peak) if optimal else None
   if profile and optimal:  # the share of that work that was real audio, for a length mix
     lengths = profile_lengths(profile, config.data.min_sample_size)
-    useful = batch * useful_flops_per_row(config, model_cfg, lengths, samples)
+    useful = batch * useful_flops_per_row(trainer.objective, lengths, samples)
     result.update(length_profile=profile, estimated_useful_mfu=useful / (optimal * chips * peak))
   return result

@@ -16,8 +16,11 @@ def get_default_config() -> ml_collections.ConfigDict:
   # Model: a preset (tiny, base, xlsr_300m, xlsr_1b, xlsr_2b) plus any Wav2Vec2Config field.
   c.model = ml_collections.ConfigDict({"preset": "tiny"})
 
-  # Objective (fairseq wav2vec2 pretraining).
+  # Objective: name "wav2vec2" (fairseq wav2vec 2.0 pretraining: contrastive + Gumbel quantizer)
+  # or "best_rq" (cross-entropy on frozen random-projection codes of the log-mel, objectives/
+  # best_rq.py). Both use the span mask below; the Gumbel / negatives keys are wav2vec2's only.
   c.objective = ml_collections.ConfigDict(dict(
+      name="wav2vec2",
       # require_same_masks: trim every row to the batch's fewest masked frames (fairseq, for
       # equal counts on GPU); off, each row keeps its own mask (the static bound M with a per-row
       # valid mask makes equal counts unnecessary), so mixed lengths mask what the recipe means.
@@ -25,6 +28,11 @@ def get_default_config() -> ml_collections.ConfigDict:
       num_negatives=100, logit_temperature=0.1, diversity_weight=0.1,
       feature_penalty_weight=0.0,
       gumbel_start=2.0, gumbel_end=0.1, gumbel_decay=0.999995,  # tau = max(start*decay^step, end)
+      # BEST-RQ's quantizer (paper and NeMo defaults: one book of 8192 x 16 over 80 log-mel bins,
+      # two 10 ms frames stacked per 20 ms encoder frame); seed draws the frozen projection and
+      # codebook, identical on every host and stored in the checkpoint.
+      best_rq=ml_collections.ConfigDict(dict(
+          num_codebooks=1, codebook_size=8192, codebook_dim=16, num_mel_bins=80, seed=0)),
   ))
 
   # Optimizer: AdamW with linear warmup then linear decay to 0 at the last step.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from xlsr_jax.models import fbank
 from xlsr_jax.models.config import Wav2Vec2Config
 from xlsr_jax.models.feature_encoder import conv_lengths, frame_lengths
 
@@ -43,10 +44,14 @@ def forward_flops(config: Wav2Vec2Config, size: StepSize, *,
   conv_out = config.conv_dim[-1]
   final = config.proj_codevector_dim
 
-  encoder, channels = 0, 1
-  for out_ch, kernel, length in zip(config.conv_dim, config.conv_kernel, frames):
-    encoder += 2 * kernel * channels * out_ch * length
-    channels = out_ch
+  encoder = 0
+  if config.frontend == "fbank":  # the DFT and mel matmuls of models/fbank.py; no CNN
+    encoder, conv_out = fbank_flops(t, config.fbank_num_mel_bins), fbank.STACK * config.fbank_num_mel_bins
+  else:
+    channels = 1
+    for out_ch, kernel, length in zip(config.conv_dim, config.conv_kernel, frames):
+      encoder += 2 * kernel * channels * out_ch * length
+      channels = out_ch
   pos_kernel, groups = config.num_conv_pos_embeddings, config.num_conv_pos_embedding_groups
   # Padding K//2 on both sides gives T + 1 outputs for an even kernel; the last is dropped after.
   pos_frames = t + 2 * (pos_kernel // 2) - pos_kernel + 1
@@ -72,9 +77,45 @@ def forward_flops(config: Wav2Vec2Config, size: StepSize, *,
   }
 
 
-def train_step_flops(config: Wav2Vec2Config, size: StepSize) -> dict[str, int]:
-  """Model FLOPs of one optimizer step (forward + backward = 3x forward), per component and "total"."""
-  breakdown = {name: TRAIN_MULTIPLIER * value for name, value in forward_flops(config, size).items()}
+def fbank_flops(num_frames: int, num_mel_bins: int) -> int:
+  """Matmul FLOPs of `num_frames` encoder frames' stacked log-mel (models/fbank.py): the real DFT
+  (cos and sin) and the mel projection of fbank.STACK filterbank frames each."""
+  bins = fbank.WINDOW // 2 + 1
+  return 2 * fbank.STACK * num_frames * (2 * fbank.WINDOW * bins + bins * num_mel_bins)
+
+
+ENCODER_COMPONENTS = ("feature_encoder", "feature_projection", "positional_conv",
+                      "attention_projections", "attention_scores", "feed_forward")
+
+
+def best_rq_forward_flops(config: Wav2Vec2Config, size: StepSize, *, num_codebooks: int,
+                          codebook_size: int, codebook_dim: int, num_mel_bins: int
+                          ) -> dict[str, int]:
+  """Forward FLOPs of BestRqForPreTraining: the encoder's components (forward_flops), the
+  targets (log-mel of every frame, projection and codebook search at the M masked frames) and the
+  softmax heads at the M masked frames."""
+  encoder = forward_flops(config, size)
+  out = {name: encoder[name] for name in ENCODER_COMPONENTS}
+  b, m, t = size.batch, size.num_masked, frame_lengths(size.num_samples, config)
+  input_dim = fbank.STACK * num_mel_bins
+  out["targets"] = b * (fbank_flops(t, num_mel_bins)
+                        + 2 * m * num_codebooks * codebook_dim * (input_dim + codebook_size))
+  out["prediction_heads"] = b * 2 * m * config.hidden_size * num_codebooks * codebook_size
+  return out
+
+
+# Forward-only components: no gradient flows through them (BEST-RQ's frozen targets).
+NO_BACKWARD = ("targets",)
+
+
+def train_step_flops(config: Wav2Vec2Config, size: StepSize,
+                     forward: dict[str, int] | None = None) -> dict[str, int]:
+  """Model FLOPs of one optimizer step (forward + backward = 3x forward), per component and "total".
+
+  forward: the forward breakdown (an objective's `forward_flops`); default wav2vec 2.0's."""
+  forward = forward_flops(config, size) if forward is None else forward
+  breakdown = {name: (1 if name in NO_BACKWARD else TRAIN_MULTIPLIER) * value
+               for name, value in forward.items()}
   breakdown["total"] = sum(breakdown.values())
   return breakdown
 
@@ -90,15 +131,17 @@ def format_breakdown(breakdown: dict[str, int]) -> str:
   return "\n".join(lines)
 
 
-def row_train_flops(config: Wav2Vec2Config, objective, num_samples: int) -> float:
+def row_train_flops(objective, num_samples: int) -> float:
   """Model FLOPs of one row of `num_samples` samples in a train step, with the masked bound M of
-  that length (objective: mask_prob, mask_length, min_masks, num_negatives). For useful MFU: the
-  FLOPs a row's real audio needs, whatever crop it was computed in."""
+  that length (objective: an objectives.Objective; its config's mask_prob, mask_length, min_masks,
+  num_negatives). For useful MFU: the FLOPs a row's real audio needs, whatever crop it was
+  computed in."""
   from xlsr_jax.objectives import masking  # pylint: disable=import-outside-toplevel
+  config, settings = objective.model_config, objective.config
   frames = frame_lengths(num_samples, config)
   if frames < 1:
     return 0.0
   size = StepSize(batch=1, num_samples=num_samples, num_masked=masking.max_masked_frames(
-      frames, objective.mask_prob, objective.mask_length, objective.min_masks),
-      num_negatives=objective.num_negatives)
-  return float(train_step_flops(config, size)["total"])
+      frames, settings.mask_prob, settings.mask_length, settings.min_masks),
+      num_negatives=settings.num_negatives)
+  return float(train_step_flops(config, size, objective.forward_flops(size))["total"])

@@ -94,10 +94,15 @@ def merge(fresh: dict, loaded: dict, exclude: list[str], where: str) -> tuple[di
 
 
 def load_checked(path: str, abstract_params: dict, model_config: Wav2Vec2Config,
-                 exclude: list[str]) -> tuple[dict, dict]:
+                 exclude: list[str], objective_heads: tuple[str, ...] = ()) -> tuple[dict, dict]:
   """(values, counts): the checkpoint at `path` checked against the model's unboxed abstract params,
   before any device memory is used. `values` has the params' structure: the checkpoint's numpy
-  array, or for an excluded parameter its `abstract_params` leaf itself (see `merge`)."""
+  array, or for an excluded parameter its `abstract_params` leaf itself (see `merge`).
+
+  objective_heads: top-level parameter trees of the objective (BEST-RQ's quantizer and heads) that
+  start fresh when the checkpoint has none; the checkpoint's trees the model does not have
+  (another objective's, e.g. wav2vec 2.0's quantizer under BEST-RQ) are then left out.
+  """
   where = f"train.init_from={path}"
   try:
     loaded = sources.load_checkpoint(path)
@@ -105,8 +110,13 @@ def load_checked(path: str, abstract_params: dict, model_config: Wav2Vec2Config,
     raise ConfigError(f"{where}: {e}") from e
   check_architecture(loaded.config, model_config, where)
   tree, dropped = pretraining_tree(loaded.params)
+  fresh = [k for k in objective_heads if k not in tree]
+  if objective_heads:
+    dropped += [k for k in tree if k not in abstract_params]
+    tree = {k: v for k, v in tree.items() if k in abstract_params}
+    exclude = list(exclude) + [f"^{k}/" for k in fresh]
   values, counts = merge(abstract_params, tree, exclude, where)
-  counts.update(source=loaded.source, dropped_heads=dropped)
+  counts.update(source=loaded.source, dropped_heads=dropped, fresh_heads=fresh)
   return values, counts
 
 
@@ -131,11 +141,14 @@ def initial_state(trainer, config: ml_collections.ConfigDict) -> ts.TrainState:
     logging.info("initialised a new state")
     return trainer.create_state()
   abstract = unbox(trainer.abstract_state.params)
-  values, counts = load_checked(path, abstract, trainer.model.config, list(config.train.init_exclude))
+  values, counts = load_checked(path, abstract, trainer.model.config, list(config.train.init_exclude),
+                                trainer.objective.fresh_heads)
   state = place(values, abstract, trainer.create_state(), trainer.state_sharding)
   heads = f"; left out the downstream head(s) {counts['dropped_heads']}" if counts["dropped_heads"] else ""
+  fresh = (f"; the {trainer.objective.name} objective's {counts['fresh_heads']} start fresh"
+           if counts["fresh_heads"] else "")
   print(f"init_from {path} ({counts['source']}): loaded {counts['loaded_arrays']} arrays "
         f"({counts['loaded_parameters']:,} parameters), re-initialised {counts['reinit_arrays']} arrays "
         f"({counts['reinit_parameters']:,} parameters) matching train.init_exclude="
-        f"{list(config.train.init_exclude)}{heads}; optimizer and schedule start at step 0", flush=True)
+        f"{list(config.train.init_exclude)}{heads}{fresh}; optimizer and schedule start at step 0", flush=True)
   return state

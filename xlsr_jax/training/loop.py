@@ -111,8 +111,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   num_steps = config.train.num_steps
   writer = metrics_lib.MetricWriter(workdir, num_steps)
-  accounting = StepAccounting(trainer.model.config, config.objective, device_peak_flops(config),
-                              jax.device_count(), jax.process_count())
+  accounting = StepAccounting(trainer.objective, device_peak_flops(config), jax.device_count(),
+                              jax.process_count())
   start_step = int(state.step)
   log = run.LogCadence(config.train.log_every, num_steps, start_step)
   history, last_metrics = [], {}

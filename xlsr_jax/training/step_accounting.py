@@ -9,21 +9,20 @@ from __future__ import annotations
 
 import collections
 import functools
+from typing import Any
 
-import ml_collections
 import numpy as np
 
 from data_pipelines.features import SAMPLE_RATE
-from xlsr_jax.models.config import Wav2Vec2Config
 from xlsr_jax.training import flops as flops_lib
 
 
 class StepAccounting:
   """Accumulates per-step batch facts between log steps; `flush(seconds)` gives the metrics."""
 
-  def __init__(self, model: Wav2Vec2Config, objective: ml_collections.ConfigDict,
-               peak_flops: float | None, num_devices: int, process_count: int = 1):
-    self.model, self.objective = model, objective
+  def __init__(self, objective: Any, peak_flops: float | None, num_devices: int,
+               process_count: int = 1):
+    self.objective = objective  # an objectives.Objective (its model config and FLOPs)
     self.peak, self.num_devices, self.process_count = peak_flops, num_devices, process_count
     self._reset()
 
@@ -35,7 +34,7 @@ class StepAccounting:
   @functools.lru_cache(maxsize=4096)
   def row_flops(self, num_samples: int) -> float:
     """Model FLOPs of one row of `num_samples` samples (masked bound M of that length)."""
-    return flops_lib.row_train_flops(self.model, self.objective, num_samples)
+    return flops_lib.row_train_flops(self.objective, num_samples)
 
   def add(self, lengths: np.ndarray, crop: int) -> None:
     """One step: this process's rows' real samples `lengths` [local_batch] in crops of `crop`."""

@@ -165,6 +165,12 @@ RULES: list[Rule] = [
     at_least("model.feature_grad_mult", 0.0),
     positive("model.layer_norm_eps"),
     # Objective.
+    one_of("objective.name", ("wav2vec2", "best_rq")),
+    integer_at_least("objective.best_rq.num_codebooks", 1),
+    integer_at_least("objective.best_rq.codebook_size", 2),
+    integer_at_least("objective.best_rq.codebook_dim", 1),
+    integer_at_least("objective.best_rq.num_mel_bins", 1),
+    integer_at_least("objective.best_rq.seed", 0),
     in_range("objective.mask_prob", 0.0, 1.0),
     integer_at_least("objective.mask_length", 1),
     integer_at_least("objective.min_masks", 0),
