@@ -1,7 +1,9 @@
-"""Pretraining-step speed: our jitted `Trainer.step` against HF `Wav2Vec2ForPreTraining` + torch AdamW.
+"""Pretraining-step speed: our jitted `Trainer.step` against HF `Wav2Vec2ForPreTraining` + torch AdamW,
+and our BEST-RQ step against our wav2vec 2.0 step on the same encoder.
 
   python -m benchmarks.train_step                          # tiny and base, batch 4 x 4 s
   python -m benchmarks.train_step --presets=base --reps=9 --warmup=3
+  python -m benchmarks.train_step --objectives=wav2vec2,best_rq,best_rq_fbank
 
 Both sides train the same configuration (our preset, every dropout and layerdrop set to 0, HF config
 from `config_to_hf`) on the same float32 waveforms [batch, samples], forward + loss + backward +
@@ -46,6 +48,14 @@ _SET = flags.DEFINE_multi_string("set", [], "Config override for our side, e.g. 
                                   "--set=model.attention_impl=manual (dropouts stay 0 unless set).")
 _PROFILE = flags.DEFINE_bool("profile", False, "Also trace one of our steps (jax.profiler) and "
                               "print its time per model component and its slowest ops.")
+_OBJECTIVES = flags.DEFINE_list(
+    "objectives", ["wav2vec2", "best_rq"],
+    "Objectives our side times, each in its own worker with its repetitions alternating with the "
+    "others' (the reference is wav2vec 2.0): wav2vec2, best_rq, best_rq_fbank (the filterbank "
+    "frontend instead of the CNN).")
+# Our side's config overrides per objective (the first listed is the one the reference runs).
+OBJECTIVE_OVERRIDES = {"wav2vec2": [], "best_rq": ["objective.name=best_rq"],
+                       "best_rq_fbank": ["objective.name=best_rq", "model.frontend=fbank"]}
 _WORKER = flags.DEFINE_enum("worker", None, ["ours", "ref"], "Internal: run as a worker process.")
 
 
@@ -168,9 +178,12 @@ def ours_worker() -> None:
                 xla_flops=float(xla_flops), xla_flops_raw=float(cost["flops"]),
                 xla_layer_flops=float(layer_cost["flops"]), layers=model_cfg.num_hidden_layers,
                 temp_mib=memory.temp_size_in_bytes / 2**20,
-                model_flops=float(flops.train_step_flops(model_cfg, size)["total"]),
+                model_flops=float(flops.train_step_flops(
+                    model_cfg, size, trainer.objective.forward_flops(size))["total"]),
                 program_flops=float(flops.TRAIN_MULTIPLIER * sum(
-                    flops.forward_flops(model_cfg, size, similarity_matrix=True).values())),
+                    flops.forward_flops(model_cfg, size, similarity_matrix=True).values()))
+                if trainer.objective.name == "wav2vec2" else None,
+                objective=trainer.objective.name,
                 remat_policy=model_cfg.remat_policy,
                 frames=trainer.shapes.num_frames, max_masked=trainer.shapes.max_masked,
                 devices=f"{len(jax.devices())} x {jax.devices()[0].device_kind}")
@@ -269,6 +282,16 @@ def measure(preset: str, batch: int, samples: int, data_dir: str) -> dict:
   info.update(ref.call("setup", hf_config=info["hf_config"], data_path=data_path,
                        optimizer=info["optimizer"]))
   sides = {"ours": ours, "ref": ref}
+  info["objectives"] = {}
+  for name in _OBJECTIVES.value:
+    if name == "wav2vec2":
+      continue
+    worker = common.Worker(f"ours {name}", "benchmarks.train_step", args + ["--worker=ours"], env=env)
+    info["objectives"][name] = worker.call(
+        "setup", preset=preset, batch=batch, samples=samples, seed=_SEED.value,
+        data_path=os.path.join(data_dir, f"{preset}_{name}.npz"),
+        overrides=_SET.value + OBJECTIVE_OVERRIDES[name])
+    sides[name] = worker
   counts, times, losses = {}, {name: [] for name in sides}, {}
   for name, worker in sides.items():
     first = worker.call("steps", count=1)["seconds"]  # ours: includes the jit-cache compile
@@ -309,6 +332,16 @@ def report(preset: str, batch: int, samples: int, r: dict) -> str:
         f"{achieved / 1e9:>9.1f}{100 * achieved / peak:>7.1f}%{mem['peak_rss_mib']:>7.0f} MiB"
         f"{mem['after_import_mib']:>10.0f} MiB{reps:>14}")
   ours_t, ref_t = r["times"]["ours"], r["times"]["ref"]
+  for name, other in info["objectives"].items():
+    t, mem, count = r["times"][name], r["memory"][name], r["counts"][name]
+    achieved = other["model_flops"] / t["median"]
+    lines.append(
+        f"{name:<14}{1e3 * t['median']:>9.1f} ms/step ({1e3 * t['q1']:.1f}-{1e3 * t['q3']:.1f}), "
+        f"{audio / t['median']:.2f} audio s/s, {achieved / 1e9:.1f} GFLOP/s, "
+        f"{mem['peak_rss_mib']:.0f} MiB peak, {count} x {t['n']}; wav2vec 2.0 / {name}: "
+        f"{ours_t['median'] / t['median']:.2f}x (median), model FLOPs/step "
+        f"{other['model_flops'] / 1e9:.2f} G ({other['model_flops'] / info['model_flops']:.2f}x "
+        f"wav2vec 2.0's), compile {other['compile_s']:.1f} s")
   lines += [
       f"ratio ref/ours: {ref_t['median'] / ours_t['median']:.2f}x (median); "
       f"{ref_t['min'] / ours_t['min']:.2f}x (min)",

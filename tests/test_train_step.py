@@ -3,11 +3,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
 from xlsr_jax.sharding.mesh import make_mesh
 from tests.configs import small_config
+from xlsr_jax.training.optimizer import make_optimizer
 from xlsr_jax.training.state import build_trainer
 
 SAMPLES = 6400  # 19 frames
@@ -98,6 +100,25 @@ def test_nonfinite_step_is_skipped_and_counted(one_device_run):
   assert m["skipped_nonfinite"] == 1 and int(new_state.total_nonfinite) == 1
   assert int(new_state.step) == int(state.step) + 1
   jax.tree.map(np.testing.assert_array_equal, before, jax.device_get(nn.unbox(new_state.params)))
+
+
+def test_skipped_step_keeps_the_learning_rate_schedule_with_the_step(one_device_run):
+  """After k skipped steps the rate applied is schedule(step), the one logged (#24: optax's
+  schedule count stayed behind, so the applied rate lagged by k and never reached its end)."""
+  trainer, state, _ = one_device_run
+  bad = batch_for(trainer)
+  bad["waveform"] = bad["waveform"].at[0, 0].set(jnp.nan)
+  is_schedule = lambda node: isinstance(node, optax.ScaleByScheduleState)
+  counts = lambda s: [int(n.count) for n in jax.tree.leaves(s.opt_state, is_leaf=is_schedule)
+                      if is_schedule(n)]
+  assert counts(state) == [int(state.step)]
+  skipped, _ = trainer.step(jax.tree.map(jnp.copy, state), bad)
+  skipped, _ = trainer.step(skipped, bad)
+  step = int(skipped.step)
+  assert counts(skipped) == [int(state.step) + 2] == [step]
+  _, m = trainer.step(skipped, batch_for(trainer))  # donates `skipped`
+  schedule = make_optimizer(trainer.config.optimizer, trainer.config.train.num_steps)[1]
+  np.testing.assert_allclose(m["learning_rate"], schedule(step), rtol=1e-6)
 
 
 def test_contrastive_loss_runs_per_batch_shard_in_the_sharded_step(sharded_run):

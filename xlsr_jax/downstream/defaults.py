@@ -65,6 +65,9 @@ def get_default_config() -> ml_collections.ConfigDict:
       holdout_fraction=0.1,
       max_iter=2000, tol=1e-6,  # L-BFGS iterations, and the largest gradient entry to stop at
       cache_features=True,
+      # The same probe on hand-made features beside the encoder's (downstream/handmade.py):
+      # FBANK (80 log-mel, SUPERB's baseline) and MFCC (13 + deltas), mean + std pooled.
+      handmade_baselines=True,
   ))
   # ML-SUPERB (task=ml_superb; values and their sources in experiments/downstream/ml_superb.py).
   c.ml_superb = ml_collections.ConfigDict(dict(

@@ -59,7 +59,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     return {"task": task, "preempted_at": int(state.step)}
   results, report_kwargs = scoring.evaluate_split(tuner, state, data.builder, data.test_names,
                                           data.test_index, labeler, label_info, config)
-  scoring.add_task_results(results, config, data, label_info, loaded)
+  scoring.add_task_results(results, config, data, label_info, loaded, labeler, workdir)
   writer.write(config.finetune.num_steps,
                {k: v for k, v in results.items() if isinstance(v, float)}, prefix="test")
   writer.close()

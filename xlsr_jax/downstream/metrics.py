@@ -10,7 +10,7 @@ every reference is empty the rate is 0 if every hypothesis is empty too, else in
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -146,3 +146,20 @@ def baselines(train_labels: Sequence[int], test_labels: Sequence[int], num_class
                              "macro_f1": m["macro_f1"], "class": majority},
           "chance": {"accuracy": recall, "balanced_accuracy": recall,
                      "macro_f1": float(np.mean(f1)) if len(f1) else 0.0}}
+
+
+# metrics.json baseline keys and their names, in table order (the hand-made ones when present).
+BASELINE_NAMES = (("fbank", "FBANK probe"), ("mfcc", "MFCC probe"),
+                  ("majority_class", "majority class"), ("chance", "chance"))
+
+
+def baselines_line(results: Mapping[str, Any]) -> str:
+  """One console line: the test scores and each baseline's (hand-made probes when present)."""
+  def scores(m):
+    return f"{m['accuracy']:.4f} / {m['balanced_accuracy']:.4f} / {m['macro_f1']:.4f}"
+  b = results["baselines"]
+  parts = [f"{name} {scores(b[key])}" for key, name in BASELINE_NAMES[:3] if key in b]
+  return (f"accuracy={results['accuracy']:.4f}, balanced_accuracy={results['balanced_accuracy']:.4f}"
+          f", macro_f1={results['macro_f1']:.4f} ({'; '.join(parts)}; chance "
+          f"{b['chance']['accuracy']:.4f})")
+

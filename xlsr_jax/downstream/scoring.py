@@ -17,16 +17,21 @@ from xlsr_jax.downstream.task_setup import TaskData
 
 
 def add_task_results(results: dict, config: ml_collections.ConfigDict, data: TaskData,
-                     label_info, loaded) -> None:
-  """The run's facts beside the scores: the prior-only baselines (LID / SID), the init and the
-  training utterances without an English target (speech translation)."""
+                     label_info, loaded, labeler, workdir: str) -> None:
+  """The run's facts beside the scores: the baselines (LID / SID: the same L-BFGS probe on FBANK
+  and MFCC features, majority class, chance), the init and the training utterances without an
+  English target (speech translation)."""
   task = config.task
-  if task in ("lid", "sid"):  # the prior-only classifiers beside the probe (majority class, chance)
+  if task in ("lid", "sid"):
+    from xlsr_jax.downstream import linear_probe
     from xlsr_jax.downstream import metrics as metrics_lib
     ids = {name: i for i, name in enumerate(label_info)}
     train_ids = np.asarray([ids[x] for x in data.train_index.labels(task)])
     test_ids = np.asarray([ids[x] for x in data.test_index.labels(task) if x in ids])
     results["baselines"] = metrics_lib.baselines(train_ids, test_ids, len(label_info))
+    if config.probe.handmade_baselines:
+      results["baselines"].update(linear_probe.handmade_baselines(
+          config, workdir, data.builder, labeler, tuple(label_info)))
   results.update(task=task, init=config.init, init_source=loaded.source,
                  steps=config.finetune.num_steps, mode=config.finetune.mode)
   if task == "ast":  # training utterances left out for want of a single English target

@@ -2,10 +2,10 @@
 
 BEST-RQ's targets (objectives/best_rq.py) and the filterbank frontend (`Wav2Vec2Config.frontend =
 "fbank"`) read the same features: 25 ms Hann windows every 10 ms (400 / 160 samples at 16 kHz, no
-centering), power spectrum, librosa's Slaney mel filters, log, normalised per utterance over its
-real frames, then STACK consecutive frames stacked so that encoder frame t (samples
-[320 t, 320 t + 400)) gets filterbank frames 2t and 2t + 1. The DFT is a matmul (the MXU on TPU;
-precision HIGHEST), the mel matrix a constant from librosa.
+centering), power spectrum (XLA's FFT: 10x faster on CPU than the DFT as a matmul, measured on
+8 x 3 s), librosa's Slaney mel filters (a constant; matmul at precision HIGHEST), log, normalised
+per utterance over its real frames, then STACK frames stacked so that encoder frame t (samples
+[320 t, 320 t + 400)) gets filterbank frames 2t and 2t + 1.
 """
 from __future__ import annotations
 
@@ -24,12 +24,9 @@ NORM_EPS = 1e-5   # std floor of the per-utterance normalisation
 
 
 @functools.lru_cache(maxsize=None)
-def _dft_matrices(window: int) -> tuple[np.ndarray, np.ndarray]:
-  """Hann-windowed real DFT as two [window, window // 2 + 1] float32 matrices (cos, -sin)."""
-  hann = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(window) / window)  # periodic, as librosa's
-  angles = 2 * np.pi * np.outer(np.arange(window), np.arange(window // 2 + 1)) / window
-  return ((hann[:, None] * np.cos(angles)).astype(np.float32),
-          (-hann[:, None] * np.sin(angles)).astype(np.float32))
+def hann_window(window: int = WINDOW) -> np.ndarray:
+  """The periodic Hann window (librosa's "hann"), float32 [window]."""
+  return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(window) / window)).astype(np.float32)
 
 
 @functools.lru_cache(maxsize=None)
@@ -56,13 +53,11 @@ def log_mel(waveform: jax.Array, num_frames: int, num_mel_bins: int) -> jax.Arra
   if x.shape[1] < needed:
     x = jnp.pad(x, ((0, 0), (0, needed - x.shape[1])))
   starts = np.arange(frames) * HOP
-  windows = x[:, starts[:, None] + np.arange(WINDOW)[None, :]]              # [batch, F, WINDOW]
-  cos, sin = _dft_matrices(WINDOW)
-  hi = jax.lax.Precision.HIGHEST
-  real = jnp.einsum("bfw,wk->bfk", windows, cos, precision=hi)
-  imag = jnp.einsum("bfw,wk->bfk", windows, sin, precision=hi)
-  power = jnp.square(real) + jnp.square(imag)
-  mel = jnp.einsum("bfk,km->bfm", power, mel_matrix(num_mel_bins), precision=hi)
+  windows = x[:, starts[:, None] + np.arange(WINDOW)[None, :]] * hann_window()  # [batch, F, WINDOW]
+  spectrum = jnp.fft.rfft(windows, axis=-1)
+  power = jnp.square(jnp.real(spectrum)) + jnp.square(jnp.imag(spectrum))
+  mel = jnp.einsum("bfk,km->bfm", power, mel_matrix(num_mel_bins),
+                   precision=jax.lax.Precision.HIGHEST)
   return jnp.log(mel + LOG_EPS)
 
 

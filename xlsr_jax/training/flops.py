@@ -45,7 +45,7 @@ def forward_flops(config: Wav2Vec2Config, size: StepSize, *,
   final = config.proj_codevector_dim
 
   encoder = 0
-  if config.frontend == "fbank":  # the DFT and mel matmuls of models/fbank.py; no CNN
+  if config.frontend == "fbank":  # the mel matmul of models/fbank.py; no CNN
     encoder, conv_out = fbank_flops(t, config.fbank_num_mel_bins), fbank.STACK * config.fbank_num_mel_bins
   else:
     channels = 1
@@ -78,10 +78,10 @@ def forward_flops(config: Wav2Vec2Config, size: StepSize, *,
 
 
 def fbank_flops(num_frames: int, num_mel_bins: int) -> int:
-  """Matmul FLOPs of `num_frames` encoder frames' stacked log-mel (models/fbank.py): the real DFT
-  (cos and sin) and the mel projection of fbank.STACK filterbank frames each."""
+  """Matmul FLOPs of `num_frames` encoder frames' stacked log-mel (models/fbank.py): the mel
+  projection of fbank.STACK power spectra each (the FFT is not a matmul and is not counted)."""
   bins = fbank.WINDOW // 2 + 1
-  return 2 * fbank.STACK * num_frames * (2 * fbank.WINDOW * bins + bins * num_mel_bins)
+  return 2 * fbank.STACK * num_frames * bins * num_mel_bins
 
 
 ENCODER_COMPONENTS = ("feature_encoder", "feature_projection", "positional_conv",
