@@ -13,6 +13,8 @@ per unit of compute.
 3. Probe each export and the random-init encoder of each frontend with the L-BFGS probe
    (experiments/downstream/{lid,sid}.py): LID and SID on the 5 held-out languages alone, and on
    the 20 seen ones; the first probe of each kind also fits the FBANK and MFCC probes.
+   Each stage's output stays in W (calibration.json, each run's workdir and export, each probe's
+   metrics.json): the same command again resumes where it stopped.
 4. Write OUT.json (every figure, the validation curves, the command, commit, machine, load) and
    OUT.md (the table), and print the table.
 """
@@ -242,8 +244,17 @@ def main(argv: list[str] | None = None) -> int:
   started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
   load_start = os.getloadavg()
 
-  print("calibrating step times (same process, back to back)", flush=True)
-  calibration = calibrate(variants, data_dir)
+  print("calibrating step times (every variant and bucket compiled, then their steps alternating)",
+        flush=True)
+  calibration_path = os.path.join(workdir, "calibration.json")
+  if os.path.exists(calibration_path):  # a resumed benchmark keeps its steps
+    with open(calibration_path) as f:
+      calibration = json.load(f)
+    print(f"  read {calibration_path}", flush=True)
+  else:
+    calibration = calibrate(variants, data_dir)
+    with open(calibration_path, "w") as f:
+      json.dump(calibration, f, indent=1)
   reference = calibration.get("wav2vec2", calibration[variants[0]])["step_seconds"]
   steps = {v: max(1, round(args.reference_steps * reference / c["step_seconds"]))
            for v, c in calibration.items()}
