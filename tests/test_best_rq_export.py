@@ -87,7 +87,8 @@ def test_best_rq_continues_from_a_wav2vec2_export_with_fresh_heads(run, tmp_path
   best_rq = build_trainer(config, make_mesh(1, 1, 1, devices=jax.devices()[:1]), SAMPLES)
   state = init_from.initial_state(best_rq, config)
   out = capsys.readouterr().out
-  assert "left out the downstream head(s) ['quantizer', 'project_q', 'project_hid']" in out, out
+  assert "left out the downstream head(s)" in out and "re-initialised 4 arrays" in out, out
+  assert all(name in out for name in ("'quantizer'", "'project_q'", "'project_hid'")), out
   assert "the best_rq objective's ['random_quantizer', 'heads'] start fresh" in out
   got = jax.device_get(ckpt.unbox(state.params))
   jax.tree.map(np.testing.assert_array_equal, got["wav2vec2"],
@@ -109,7 +110,7 @@ def test_downstream_tasks_run_on_a_best_rq_export(run, synthetic_tiny_dir, tmp_p
   out = capsys.readouterr().out
   assert "lid test: accuracy=" in out and "FBANK probe" in out and "MFCC probe" in out
   assert evaluate.main(["--config=experiments/downstream/asr.py", f"--workdir={tmp_path / 'asr'}",
-                        "--config.finetune.num_steps=2", "--config.data.batch_size=4",
+                        "--config.finetune.num_steps=2", "--config.data.batch_size=8",
                         "--config.data.max_sample_size=32000", "--config.train.log_every=1",
                         *common]) == 0
   assert "cer" in capsys.readouterr().out.lower()

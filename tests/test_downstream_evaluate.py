@@ -67,9 +67,12 @@ def test_lid_lbfgs_probe_default_reports_baselines_and_caches_features(tiny_corp
   for key in ("accuracy", "balanced_accuracy", "macro_f1"):
     assert 0.0 <= result[key] <= 1.0
     assert key in result["baselines"]["majority_class"] and key in result["baselines"]["chance"]
+    assert 0.0 <= result["baselines"]["fbank"][key] <= 1.0  # the hand-made-feature probes
+    assert 0.0 <= result["baselines"]["mfcc"][key] <= 1.0
   assert result["baselines"]["chance"]["accuracy"] == pytest.approx(1 / 3)
   report = (workdir / "report" / "report.md").read_text()
   assert "| metric | this model | majority class | chance |" in report and "## Per class" in report
+  assert "| metric | this model | FBANK probe | MFCC probe |" in report
   # Again: the cached features are read, the fit is the same.
   assert evaluate.main(_args("lid", tiny_corpus, workdir, "random", grid)) == 0
   assert "[features] read from" in capsys.readouterr().out
