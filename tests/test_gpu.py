@@ -1,0 +1,123 @@
+"""The GPU program path, checked on this CPU machine: the attention kernel choice, the program
+lowered for CUDA (cuDNN's fused attention, no CPU kernel), the GPU XLA flags, and the GPU check's
+dry run (benchmarks/gpu_check.py)."""
+import os
+import re
+import subprocess
+import sys
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from xlsr_jax.models import transformer
+from xlsr_jax.models.config import get_preset
+from xlsr_jax.models.wav2vec2 import Wav2Vec2Model
+from xlsr_jax.training import devices
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def cudnn_9_10(monkeypatch):
+  """jax as if its CUDA plugin could read a cuDNN version (9.10). Tracing cuDNN attention asks the
+  plugin for libcudnn's version (jax._src.cudnn.fused_attention_stablehlo.check_cudnn_version);
+  without the plugin and libcudnn (600 MB, GPU-only) that raises, so on CPU this one answer is
+  stubbed and everything else (tracing, autodiff, the CUDA lowering rules) is jax's own."""
+  from jax._src.cudnn import fused_attention_stablehlo
+  monkeypatch.setattr(fused_attention_stablehlo, "cuda_versions",
+                      types.SimpleNamespace(cudnn_get_version=lambda: 91000))
+
+
+def test_attention_kernel_choice(monkeypatch):
+  bf16, f32 = jnp.bfloat16, jnp.float32
+  tiny = get_preset("tiny")  # head dim 16
+  choose = transformer.attention_kernel
+  monkeypatch.setattr(transformer, "cudnn_version", lambda: 91000)
+  assert tiny.attention_impl == "auto"
+  assert choose(tiny, bf16, dropout=False) == "cudnn_or_xla"
+  assert choose(tiny, f32, dropout=False) == "xla"  # cuDNN flash attention takes no float32
+  assert choose(tiny, bf16, dropout=True) == "manual"
+  odd_heads = tiny.replace(hidden_size=60, num_attention_heads=4, num_conv_pos_embedding_groups=2)
+  assert choose(odd_heads, bf16, dropout=False) == "xla"  # head dim 15: not a multiple of 8
+  for impl in ("xla", "splash", "manual"):
+    assert choose(tiny.replace(attention_impl=impl), bf16, dropout=False) == impl
+  assert choose(tiny.replace(attention_impl="cudnn"), bf16, dropout=False) == "cudnn"
+  with pytest.raises(ValueError, match="float32"):
+    choose(tiny.replace(attention_impl="cudnn"), f32, dropout=False)
+  for name in ("base", "xlsr_300m", "xlsr_1b", "xlsr_2b", "omni_3b"):
+    assert transformer.cudnn_unsupported(bf16, get_preset(name).head_dim) is None, name
+  monkeypatch.setattr(transformer, "cudnn_version", lambda: None)  # jax without a CUDA plugin
+  assert choose(tiny, bf16, dropout=False) == "xla"
+
+
+def test_cudnn_version_is_none_without_the_cuda_plugin():
+  if transformer.cudnn_version() is not None:
+    pytest.skip("jax here has a CUDA plugin with cuDNN")
+  assert transformer.cudnn_version() is None
+
+
+def test_cudnn_padding_and_key_lengths_equal_the_masked_attention():
+  """cudnn_attention's odd-frame padding and key lengths, run through XLA: equal to the masked
+  attention on every row (values and gradients), odd and even frame counts."""
+  rng = np.random.default_rng(0)
+  for frames in (9, 10):
+    q, k, v = (jnp.asarray(rng.standard_normal((2, frames, 2, 8)), jnp.float32) for _ in range(3))
+    valid = jnp.asarray(np.arange(frames)[None] < np.array([frames, 5])[:, None])
+    for key_valid in (valid, None):
+      ours = lambda q, k, v: transformer.cudnn_attention(q, k, v, key_valid, implementation="xla")
+      ref = lambda q, k, v: transformer.xla_attention(q, k, v, key_valid)
+      np.testing.assert_allclose(ours(q, k, v), ref(q, k, v), rtol=1e-6, atol=1e-6)
+      loss = lambda f: lambda *a: jnp.sum(f(*a) ** 2)
+      for a, b in zip(jax.grad(loss(ours), (0, 1, 2))(q, k, v), jax.grad(loss(ref), (0, 1, 2))(q, k, v)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _lowered_train_grad(platform: str) -> str:
+  """StableHLO of the gradient of the tiny bf16 model (remat as xlsr_300m, padded rows, 9 frames:
+  odd) lowered for `platform` on this CPU machine."""
+  cfg = get_preset("tiny", dtype=jnp.bfloat16, remat_policy="dots_with_no_batch_dims")
+  model = Wav2Vec2Model(cfg)
+  params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((2, 3200)))["params"])
+
+  def loss(p, wave, padding_mask):
+    out = model.apply({"params": p}, wave, padding_mask=padding_mask)["last_hidden_state"]
+    return jnp.sum(out.astype(jnp.float32) ** 2)
+
+  args = (params, jax.ShapeDtypeStruct((2, 3200), jnp.float32),
+          jax.ShapeDtypeStruct((2, 3200), jnp.bool_))
+  return jax.jit(jax.grad(loss)).trace(*args).lower(lowering_platforms=(platform,)).as_text()
+
+
+def test_cuda_program_holds_cudnn_fused_attention_and_no_cpu_kernel(cudnn_9_10):
+  cuda, cpu = _lowered_train_grad("cuda"), _lowered_train_grad("cpu")
+  calls = lambda text: sorted(set(re.findall(r"__cudnn\$fmha\w*", text)))
+  assert calls(cuda) == ["__cudnn$fmhaSoftmax", "__cudnn$fmhaSoftmaxBackward"]
+  assert calls(cpu) == []  # the CPU program keeps XLA's attention
+  # The CPU kernel (models.layers.grouped_conv1d_cpu, a loop over kernel positions) is one while
+  # loop more than the layer scans (forward, backward): absent from the CUDA program.
+  assert cuda.count("stablehlo.while") == 2 and cpu.count("stablehlo.while") == 3
+
+
+def test_cuda_program_without_cudnn_falls_back_to_xla_attention():
+  if transformer.cudnn_version() is not None:
+    pytest.skip("jax here has a CUDA plugin with cuDNN")
+  cuda = _lowered_train_grad("cuda")
+  assert "__cudnn" not in cuda and cuda.count("stablehlo.while") == 2
+
+
+def test_gpu_xla_flags_are_known_to_this_xla():
+  """XLA aborts on an unknown flag in XLA_FLAGS; start it with ours (on CPU, where it parses the
+  GPU flags all the same) and check the process lives."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  flags = devices.apply_gpu_xla_flags(env)
+  assert flags == " ".join(devices.GPU_XLA_FLAGS)
+  proc = subprocess.run([sys.executable, "-c", "import jax; print(jax.devices()[0].platform)"],
+                        env=env, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0 and proc.stdout.strip() == "cpu", proc.stderr[-2000:]
+  # A flag the user set wins: ours is left out, theirs kept.
+  env = {"XLA_FLAGS": "--xla_gpu_enable_triton_gemm=true"}
+  flags = devices.apply_gpu_xla_flags(env).split()
+  assert "--xla_gpu_enable_triton_gemm=true" in flags and "--xla_gpu_enable_triton_gemm=false" not in flags
