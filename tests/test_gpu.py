@@ -121,3 +121,39 @@ def test_gpu_xla_flags_are_known_to_this_xla():
   env = {"XLA_FLAGS": "--xla_gpu_enable_triton_gemm=true"}
   flags = devices.apply_gpu_xla_flags(env).split()
   assert "--xla_gpu_enable_triton_gemm=true" in flags and "--xla_gpu_enable_triton_gemm=false" not in flags
+
+
+def test_gpu_check_rows_are_sized_to_the_card():
+  from benchmarks import gpu_check
+  h100, h200 = devices.lookup("NVIDIA H100 80GB HBM3"), devices.lookup("NVIDIA H200")
+  assert gpu_check.rows_for("xlsr_300m", 20.0, h100.hbm_bytes) == 32
+  assert gpu_check.rows_for("xlsr_300m", 5.0, h100.hbm_bytes) == 128  # same audio per step
+  assert gpu_check.rows_for("xlsr_300m", 20.0, h200.hbm_bytes) == 56  # 141 GB: 1.76x the audio
+  assert gpu_check.rows_for("tiny", 1.0, None) == 2
+  assert gpu_check.card_name(types.SimpleNamespace(device_kind="NVIDIA H100 80GB HBM3",
+                                                   platform="gpu")) == "nvidia_h100_80gb_hbm3"
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_writes_every_figure(tmp_path):
+  """benchmarks/gpu_check.sh --dry_run on CPU: the tiny preset through every stage the GPU run
+  has (bf16 parity against float32, one bucket's compile and steps), into the results file."""
+  out = tmp_path / "gpu_check.json"
+  env = dict(os.environ, PYTHON=sys.executable)
+  proc = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--dry_run", f"--out={out}"], cwd=ROOT,
+                        env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  assert "tiny 1 s x 2 rows: step" in proc.stdout  # printed as it goes
+  import json
+  r = json.loads(out.read_text())
+  assert r["dry_run"] and r["platform"] == "cpu" and r["commit"] and r["jax"] == jax.__version__
+  assert "--xla_gpu_enable_latency_hiding_scheduler=true" in r["xla_flags"]
+  bf16 = r["parity_vs_cpu"]["device_bf16"]
+  assert bf16["ok"] and 0 < bf16["hidden_rel_l2_err"] < bf16["hidden_rtol"]  # bf16 is not f32
+  (t,) = r["timings"]
+  assert (t["preset"], t["bucket_s"], t["rows"], t["dtype"]) == ("tiny", 1.0, 2, "bfloat16")
+  assert t["attention_kernel"] == "xla"  # a CPU program never holds the cuDNN call
+  assert t["compile_s"] > 0 and t["step_s"]["median"] > 0 and np.isfinite(t["loss"])
+  assert t["audio_seconds_per_s"] == pytest.approx(2 * 1.0 / t["step_s"]["median"])
+  assert t["mfu"] is None  # no peak FLOP/s for a CPU
+  assert r["total_s"] > 0
