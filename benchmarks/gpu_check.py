@@ -21,7 +21,7 @@ Stages:
    masks and negatives: the draws come from one key), and the GPU in float32 against the CPU.
 4. Train-step speed, for each preset (--presets) and duration bucket (longest first): bf16
    compute, float32 parameters and AdamW state, the remat policy of the preset's experiment
-   (REMAT), dropouts 0 (as benchmarks/train_step.py: one deterministic program; attention dropout
+   (experiments/<preset>.py, e.g. xlsr_300m: dots_with_no_batch_dims; none without one), dropouts 0 (as benchmarks/train_step.py: one deterministic program; attention dropout
    would also leave cuDNN attention for the manual path), rows per bucket holding the same audio
    per step, sized to the card (AUDIO_SECONDS_PER_STEP for 80 GB, scaled by the card's memory).
    Per bucket: compile seconds, median step seconds, model FLOPs (training.flops, analytic),
@@ -67,8 +67,6 @@ _PARITY_PRESET = flags.DEFINE_string("parity_preset", "base", "Preset of the bf1
 # plus the feature encoder's activations), so this leaves room on an 80 GB card; base (no remat)
 # saves every activation of 12 layers at 768 wide, about as much.
 AUDIO_SECONDS_PER_STEP = {"base": 640.0, "xlsr_300m": 640.0, "tiny": 2.0}
-# Remat policy per preset: the preset's experiment (experiments/xlsr_300m.py); base and tiny none.
-REMAT = {"xlsr_300m": "dots_with_no_batch_dims", "base": "none", "tiny": "none"}
 # bf16-vs-CPU tolerances: bfloat16 keeps 8 bits of mantissa (relative rounding 2^-9 per value),
 # compounded over 12 layers; float32 on the GPU at full precision differs by summation order.
 BF16_HIDDEN_RTOL, BF16_LOSS_RTOL = 5e-2, 2e-2
@@ -125,15 +123,24 @@ def rows_for(preset: str, bucket_s: float, hbm_bytes: float | None) -> int:
 
 # ------------------------------------------------------------------------------ stage helpers
 
-def make_config(preset: str, dtype: str, remat: str):
-  from xlsr_jax.training.defaults import get_default_config
+def make_config(preset: str, dtype: str, remat: str | None = None):
+  """The preset's experiment config (experiments/<preset>.py: its remat policy and objective)
+  where there is one, else the defaults with model.preset; dropouts 0, compute `dtype`, and
+  `remat` (None: the experiment's policy, "none" without an experiment)."""
   from benchmarks.common import DROPOUT_FIELDS
-  config = get_default_config()
-  config.model.preset = preset
+  from xlsr_jax.config_loading import load_config_file
+  from xlsr_jax.training.defaults import get_default_config
+  experiment = os.path.join(ROOT, "experiments", f"{preset}.py")
+  if os.path.exists(experiment):
+    config = load_config_file(experiment)
+  else:
+    config = get_default_config()
+    config.model.preset = preset
   for field in DROPOUT_FIELDS:
     config.model[field] = 0.0
   config.model.dtype = dtype
-  config.model.remat_policy = remat
+  if remat is not None or "remat_policy" not in config.model:
+    config.model.remat_policy = remat or "none"
   return config
 
 
@@ -257,7 +264,7 @@ def time_preset(results: Results, device, preset: str, buckets: list[float], dry
   from xlsr_jax.training.state import build_trainer
 
   dtype = "bfloat16"
-  config = make_config(preset, dtype, REMAT[preset])
+  config = make_config(preset, dtype)
   longest = round(max(buckets) * SAMPLE_RATE)
   trainer = build_trainer(config, make_mesh(1, 1, 1, devices=[device]), longest)
   state = trainer.create_state()

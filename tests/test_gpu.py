@@ -157,3 +157,42 @@ def test_gpu_check_dry_run_writes_every_figure(tmp_path):
   assert t["audio_seconds_per_s"] == pytest.approx(2 * 1.0 / t["step_s"]["median"])
   assert t["mfu"] is None  # no peak FLOP/s for a CPU
   assert r["total_s"] > 0
+
+
+def test_xla_drops_the_other_platform_branch_saved_values():
+  """platform_dependent under autodiff makes each branch also return zero-filled copies of what
+  the other branch saves for the backward pass (a CUDA program: XLA attention's [batch, heads,
+  frames, frames] probabilities, for every layer of the scan). XLA must drop them: emulated on CPU
+  with a flash-like attention (custom VJP, saves only q, k, v, out) as the kept branch and XLA's
+  attention as the other, the compiled scan's temporaries equal those of the flash-like one alone."""
+  batch, frames, heads, dim, layers = 2, 256, 4, 16, 3
+
+  @jax.custom_vjp
+  def flash(q, k, v):
+    return transformer.xla_attention(q, k, v, None)
+
+  def flash_fwd(q, k, v):
+    out = flash(q, k, v)
+    return out, (q, k, v, out)
+
+  def flash_bwd(saved, g):
+    q, k, v, _ = saved
+    return jax.vjp(lambda *a: transformer.xla_attention(*a, None), q, k, v)[1](g)
+
+  flash.defvjp(flash_fwd, flash_bwd)
+  xla = lambda q, k, v: transformer.xla_attention(q, k, v, None)
+
+  def temp_bytes(attend):
+    def layer(x, w):
+      q, k, v = (jnp.reshape(x @ w * s, (batch, frames, heads, dim)) for s in (1.0, 0.5, 0.25))
+      return x + jnp.reshape(attend(q, k, v), x.shape), None
+
+    loss = lambda w, x: jnp.sum(jax.lax.scan(layer, x, w)[0] ** 2)
+    args = (jax.ShapeDtypeStruct((layers, heads * dim, heads * dim), jnp.float32),
+            jax.ShapeDtypeStruct((batch, frames, heads * dim), jnp.float32))
+    return jax.jit(jax.grad(loss)).trace(*args).lower().compile().memory_analysis().temp_size_in_bytes
+
+  switch = lambda q, k, v: jax.lax.platform_dependent(q, k, v, cpu=flash, default=xla)
+  probs = layers * batch * heads * frames * frames * 4  # what XLA attention's backward keeps
+  assert temp_bytes(xla) > temp_bytes(flash) + probs // 2
+  assert temp_bytes(switch) == temp_bytes(flash)
