@@ -23,11 +23,12 @@ Stages:
    compute, float32 parameters and AdamW state, the remat policy of the preset's experiment
    (experiments/<preset>.py, e.g. xlsr_300m: dots_with_no_batch_dims; none without one), dropouts 0 (as benchmarks/train_step.py: one deterministic program; attention dropout
    would also leave cuDNN attention for the manual path), rows per bucket holding the same audio
-   per step, sized to the card (AUDIO_SECONDS_PER_STEP for 80 GB, scaled by the card's memory).
-   Per bucket: compile seconds, median step seconds, model FLOPs (training.flops, analytic),
-   MFU against the card's peak dense bf16 (training.devices), real audio seconds per second (every
-   row is a full crop of real audio), XLA's temporaries for the program, peak device memory so
-   far, and which attention kernel the compiled program holds. A bucket that runs out of memory
+   per step, sized to the card (AUDIO_SECONDS_PER_STEP for 80 GB, scaled by the card's memory),
+   bucket by bucket (longest first) and within a bucket preset by preset. Per bucket: compile
+   seconds, median step seconds, model FLOPs (training.flops, analytic), MFU against the card's
+   peak dense bf16 (training.devices), real audio seconds per second (every row is a full crop of
+   real audio), the program's memory (XLA's memory analysis: arguments, outputs, temporaries),
+   the device's peak memory so far, and which attention kernel the compiled program holds. A bucket that runs out of memory
    is retried once with half the rows; a bucket that would not finish within --budget_s is skipped
    (and recorded as skipped).
 """
@@ -257,47 +258,50 @@ def attention_kernel_in(hlo_text: str) -> str:
   return "cudnn" if "__cudnn$fmha" in hlo_text else "xla"
 
 
-def time_preset(results: Results, device, preset: str, buckets: list[float], dry_run: bool,
-                started: float, spec) -> None:
-  """Stage 4 for one preset: one trainer for the longest crop, one compiled step per bucket."""
+def time_steps(results: Results, device, presets: list[str], buckets: list[float], dry_run: bool,
+               started: float, spec) -> None:
+  """Stage 4: one trainer per preset (for the longest crop), one compiled step per bucket, bucket
+  by bucket (longest first, every preset), so a cut-off run has the long crops of each preset."""
   from xlsr_jax.sharding.mesh import make_mesh
   from xlsr_jax.training.state import build_trainer
 
   dtype = "bfloat16"
-  config = make_config(preset, dtype)
   longest = round(max(buckets) * SAMPLE_RATE)
-  trainer = build_trainer(config, make_mesh(1, 1, 1, devices=[device]), longest)
-  state = trainer.create_state()
-  model_cfg = trainer.model.config
-  log(f"{preset}: {dtype} compute, float32 params and AdamW state, remat {model_cfg.remat_policy}, "
-      f"attention_impl {model_cfg.attention_impl}")
-  last_cost = 0.0
+  runs = {}
+  for preset in presets:
+    trainer = build_trainer(make_config(preset, dtype), make_mesh(1, 1, 1, devices=[device]), longest)
+    runs[preset] = dict(trainer=trainer, state=trainer.create_state(), last_cost=0.0)
+    cfg = trainer.model.config
+    log(f"{preset}: {dtype} compute, float32 params and AdamW state, remat {cfg.remat_policy}, "
+        f"attention_impl {cfg.attention_impl}")
   for bucket_s in buckets:
-    elapsed = time.perf_counter() - started
-    if elapsed + last_cost > _BUDGET.value:
-      log(f"{preset} {bucket_s:g} s: skipped (elapsed {elapsed:.0f} s + last bucket {last_cost:.0f} s "
-          f"> budget {_BUDGET.value:.0f} s)")
-      results.append("timings", dict(preset=preset, bucket_s=bucket_s, skipped="budget"))
-      continue
-    bucket_start = time.perf_counter()
-    rows = 2 if dry_run else rows_for(preset, bucket_s, spec.hbm_bytes if spec else None)
-    for attempt in range(2):
-      try:
-        record, state = _time_bucket(trainer, state, device, preset, bucket_s, rows, dry_run, spec)
-        break
-      except Exception as e:  # pylint: disable=broad-except
-        text = f"{type(e).__name__}: {e}"
-        if attempt == 0 and ("RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()):
-          log(f"{preset} {bucket_s:g} s x {rows} rows: out of memory; retrying with {rows // 2} rows")
-          rows //= 2
-          state = trainer.create_state()  # the failed call may have consumed the donated state
-          continue
-        log(f"{preset} {bucket_s:g} s x {rows} rows: FAILED: {text[:500]}")
-        record = dict(preset=preset, bucket_s=bucket_s, rows=rows, error=text[:2000])
-        state = trainer.create_state()
-        break
-    results.append("timings", record)
-    last_cost = time.perf_counter() - bucket_start
+    for preset, run in runs.items():
+      trainer = run["trainer"]
+      elapsed = time.perf_counter() - started
+      if elapsed + run["last_cost"] > _BUDGET.value:
+        log(f"{preset} {bucket_s:g} s: skipped (elapsed {elapsed:.0f} s + its last bucket "
+            f"{run['last_cost']:.0f} s > budget {_BUDGET.value:.0f} s)")
+        results.append("timings", dict(preset=preset, bucket_s=bucket_s, skipped="budget"))
+        continue
+      bucket_start = time.perf_counter()
+      rows = 2 if dry_run else rows_for(preset, bucket_s, spec.hbm_bytes if spec else None)
+      for attempt in range(2):
+        try:
+          record, run["state"] = _time_bucket(trainer, run["state"], device, preset, bucket_s, rows,
+                                              dry_run, spec)
+          break
+        except Exception as e:  # pylint: disable=broad-except
+          text = f"{type(e).__name__}: {e}"
+          run["state"] = trainer.create_state()  # a failed call may have consumed the donated state
+          if attempt == 0 and ("RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()):
+            log(f"{preset} {bucket_s:g} s x {rows} rows: out of memory; retrying with {rows // 2} rows")
+            rows //= 2
+            continue
+          log(f"{preset} {bucket_s:g} s x {rows} rows: FAILED: {text[:500]}")
+          record = dict(preset=preset, bucket_s=bucket_s, rows=rows, error=text[:2000])
+          break
+      results.append("timings", record)
+      run["last_cost"] = time.perf_counter() - bucket_start
 
 
 def _time_bucket(trainer, state, device, preset, bucket_s, rows, dry_run, spec):
@@ -350,13 +354,18 @@ def _time_bucket(trainer, state, device, preset, bucket_s, rows, dry_run, spec):
       mfu=(model_flops / step_s / spec.peak_flops) if spec else None,
       audio_seconds_per_s=rows * samples / SAMPLE_RATE / step_s,
       xla_temp_gib=memory.temp_size_in_bytes / 2**30 if memory else None,
-      peak_device_gib=peak / 2**30 if peak else None, peak_rss_mib=peak_rss_mib(),
+      # The program's own memory (arguments, outputs not aliased to them, temporaries), and the
+      # device's peak since this process started (every earlier bucket and preset included).
+      program_gib=(memory.argument_size_in_bytes + memory.output_size_in_bytes
+                   - memory.alias_size_in_bytes + memory.temp_size_in_bytes) / 2**30 if memory else None,
+      peak_device_gib_so_far=peak / 2**30 if peak else None, peak_rss_mib=peak_rss_mib(),
       loss=float(metrics["loss"]))
   log(f"{preset} {bucket_s:g} s x {rows} rows: step {1e3 * step_s:.1f} ms (median of {count}), "
       f"compile {compile_s:.1f} s, attention {kernel}, "
       + (f"MFU {100 * record['mfu']:.1f}%, " if record["mfu"] is not None else "")
-      + f"{record['audio_seconds_per_s']:.0f} audio-s/s, XLA temp {record['xla_temp_gib'] or 0:.2f} GiB, "
-      + (f"peak {record['peak_device_gib']:.2f} GiB, " if peak else "")
+      + f"{record['audio_seconds_per_s']:.0f} audio-s/s, program {record['program_gib'] or 0:.2f} GiB "
+      + f"(XLA temp {record['xla_temp_gib'] or 0:.2f}), "
+      + (f"device peak so far {record['peak_device_gib_so_far']:.2f} GiB, " if peak else "")
       + f"loss {record['loss']:.3f}")
   return record, state
 
@@ -411,8 +420,7 @@ def main(argv) -> None:
       f"{header['cudnn_version']}; results: {out}")
   results.set("parity_f32_pytest", pytest_record)
   bf16_parity(results, device, "tiny" if dry_run else _PARITY_PRESET.value, dry_run)
-  for preset in presets:
-    time_preset(results, device, preset, buckets, dry_run, started, spec)
+  time_steps(results, device, presets, buckets, dry_run, started, spec)
   results.set("total_s", round(time.perf_counter() - started, 1))
   log(f"done in {results.data['total_s']} s; results in {out}")
 

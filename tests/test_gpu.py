@@ -63,16 +63,18 @@ def test_cudnn_padding_and_key_lengths_equal_the_masked_attention():
   """cudnn_attention's odd-frame padding and key lengths, run through XLA: equal to the masked
   attention on every row (values and gradients), odd and even frame counts."""
   rng = np.random.default_rng(0)
-  for frames in (9, 10):
+  for frames, padded in ((9, True), (10, False)):
     q, k, v = (jnp.asarray(rng.standard_normal((2, frames, 2, 8)), jnp.float32) for _ in range(3))
-    valid = jnp.asarray(np.arange(frames)[None] < np.array([frames, 5])[:, None])
-    for key_valid in (valid, None):
-      ours = lambda q, k, v: transformer.cudnn_attention(q, k, v, key_valid, implementation="xla")
-      ref = lambda q, k, v: transformer.xla_attention(q, k, v, key_valid)
-      np.testing.assert_allclose(ours(q, k, v), ref(q, k, v), rtol=1e-6, atol=1e-6)
-      loss = lambda f: lambda *a: jnp.sum(f(*a) ** 2)
-      for a, b in zip(jax.grad(loss(ours), (0, 1, 2))(q, k, v), jax.grad(loss(ref), (0, 1, 2))(q, k, v)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    key_valid = (jnp.asarray(np.arange(frames)[None] < np.array([frames, 5])[:, None])
+                 if padded else None)
+    ours = lambda q, k, v: transformer.cudnn_attention(q, k, v, key_valid, implementation="xla")
+    ref = lambda q, k, v: transformer.xla_attention(q, k, v, key_valid)
+    value_and_grads = lambda f: jax.jit(jax.value_and_grad(lambda *a: jnp.sum(f(*a) ** 2), (0, 1, 2)))
+    (got, got_grads), (want, want_grads) = value_and_grads(ours)(q, k, v), value_and_grads(ref)(q, k, v)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    for a, b in zip(got_grads, want_grads):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(ours(q, k, v), ref(q, k, v), rtol=1e-6, atol=1e-6)
 
 
 def _lowered_train_grad(platform: str) -> str:
