@@ -42,10 +42,12 @@ print(' '.join(p for m, p in (x.split('=') for x in sys.argv[1:]) if importlib.u
   if [ -n "$missing" ]; then
     echo "gpu_check.sh: installing $missing"
     if [ -d .whl ]; then
-      "$PY" -m pip install -q --no-index --no-deps --find-links .whl $missing
+      pip_args=(--no-index --no-deps --find-links .whl)  # no network needed (nor tried)
     else
-      "$PY" -m pip install -q $missing
+      pip_args=()
     fi
+    "$PY" -m pip install -q ${pip_args[@]+"${pip_args[@]}"} $missing \
+      || echo "gpu_check.sh: could not install all of: $missing (the stages that need them say so)"
   fi
 fi
 exec timeout --signal=INT --kill-after=10 "${GPU_CHECK_TIMEOUT_S:-470}" "$PY" -m benchmarks.gpu_check "$@"
