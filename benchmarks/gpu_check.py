@@ -11,8 +11,9 @@ benchmarks/results/gpu_check_<card>.json) with everything so far.
 Stages:
 1. Environment: jax / jaxlib versions, the device, the cuDNN version jax reads, XLA_FLAGS (the
    GPU flags of training.devices.GPU_XLA_FLAGS are set before jax starts), commit, machine load.
-2. Float32 parity against the Hugging Face reference on the GPU: the parity tests
-   (tests/test_parity_hf.py, tests/test_parity_loss.py: model outputs, logits, losses, gradients)
+2. Float32 parity against the Hugging Face reference on the GPU: the parity tests that compare
+   against it (tests/test_parity_hf.py, tests/test_parity_loss.py -k match_reference: model
+   outputs, logits, losses, gradients)
    run by pytest with JAX_PLATFORMS=cuda and float32 matmuls at full precision
    (JAX_DEFAULT_MATMUL_PRECISION=highest; the GPU's default would use TF32 for float32 matmuls).
 3. bf16 parity against this CPU: the same parameters and batch (two rows, one half padded), the
