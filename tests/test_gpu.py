@@ -53,12 +53,6 @@ def test_attention_kernel_choice(monkeypatch):
   assert choose(tiny, bf16, dropout=False) == "xla"
 
 
-def test_cudnn_version_is_none_without_the_cuda_plugin():
-  if transformer.cudnn_version() is not None:
-    pytest.skip("jax here has a CUDA plugin with cuDNN")
-  assert transformer.cudnn_version() is None
-
-
 def test_cudnn_padding_and_key_lengths_equal_the_masked_attention():
   """cudnn_attention's odd-frame padding and key lengths, run through XLA: equal to the masked
   attention on every row (values and gradients), odd and even frame counts."""

@@ -76,9 +76,9 @@ def cudnn_version() -> int | None:
 def cudnn_unsupported(dtype, head_dim: int) -> str | None:
   """Why cuDNN flash attention cannot run this attention (None: it can), from dtype and shape:
   bfloat16 / float16 inputs and a head dim that is a multiple of 8 and at most 128 (every preset's
-  is: 64, 80, 120 or 128). Attention dropout never gets here (attention_kernel). Key padding is passed as per-row key lengths
-  (wav2vec 2.0's valid frames are a prefix), so odd frame counts are fine (a boolean mask would
-  become a bias, which cuDNN's backward refuses for odd lengths)."""
+  is: 64, 80, 120 or 128). Attention dropout never gets here (attention_kernel). Key padding goes
+  in as per-row key lengths (wav2vec 2.0's valid frames are a prefix), not as a boolean mask,
+  which jax would turn into a bias."""
   if jnp.dtype(dtype) not in CUDNN_DTYPES:
     return f"compute dtype {jnp.dtype(dtype).name} (cuDNN flash attention takes bfloat16 or float16)"
   if head_dim % 8 or head_dim > CUDNN_MAX_HEAD_DIM:
