@@ -97,6 +97,27 @@ def test_cuda_program_holds_cudnn_fused_attention_and_no_cpu_kernel(cudnn_9_10):
   assert cuda.count("stablehlo.while") == 2 and cpu.count("stablehlo.while") == 3
 
 
+def test_xlsr_300m_train_step_lowers_for_cuda_with_cudnn_attention(cudnn_9_10):
+  """The step the GPU check times: xlsr_300m as its experiment configures it (bf16, remat
+  dots_with_no_batch_dims), 32 crops of 20 s (999 frames: odd), the whole jitted train step
+  (masking, loss, AdamW) lowered for CUDA on this CPU machine."""
+  from benchmarks.gpu_check import make_config
+  from xlsr_jax.sharding.mesh import make_mesh
+  from xlsr_jax.training.state import build_trainer
+  samples = 320_000
+  trainer = build_trainer(make_config("xlsr_300m", "bfloat16"),
+                          make_mesh(1, 1, 1, devices=jax.devices()[:1]), samples)
+  assert trainer.shapes.num_frames == 999 and trainer.model.config.remat_policy != "none"
+  batch = {"waveform": jax.ShapeDtypeStruct((32, samples), jnp.float32,
+                                            sharding=trainer.batch_sharding["waveform"]),
+           "lengths": jax.ShapeDtypeStruct((32,), jnp.int32, sharding=trainer.batch_sharding["lengths"])}
+  with jax.set_mesh(trainer.mesh):
+    text = trainer.train_step.trace(trainer.abstract_state, batch).lower(
+        lowering_platforms=("cuda",)).as_text()
+  assert sorted(set(re.findall(r"__cudnn\$fmha\w*", text))) == ["__cudnn$fmhaSoftmax",
+                                                                "__cudnn$fmhaSoftmaxBackward"]
+
+
 def test_cuda_program_without_cudnn_falls_back_to_xla_attention():
   if transformer.cudnn_version() is not None:
     pytest.skip("jax here has a CUDA plugin with cuDNN")
