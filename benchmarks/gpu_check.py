@@ -64,10 +64,12 @@ _TIME_S = flags.DEFINE_float("time_s", 3.0, "Seconds of timed steps per bucket (
 _PYTEST_TIMEOUT = flags.DEFINE_integer("pytest_timeout_s", 120, "Limit of the float32 parity stage.")
 _PARITY_PRESET = flags.DEFINE_string("parity_preset", "base", "Preset of the bf16 parity stage.")
 
-# Audio per step on an 80 GB card (scaled by the card's memory): 32 rows of 20 s. xlsr_300m in
-# bf16 with its remat policy keeps about 0.5 GB per 20 s row (the saved projections of 24 layers
-# plus the feature encoder's activations), so this leaves room on an 80 GB card; base (no remat)
-# saves every activation of 12 layers at 768 wide, about as much.
+# Audio per step on an 80 GB card (scaled by the card's memory): 32 rows of 20 s. The nearest
+# measured figure: the ahead-of-time TPU plan of xlsr_300m (benchmarks/results/
+# plan_xlsr_300m_v5p-64_memory.json: same remat policy, bf16, 20 rows of 20 s per chip) needs
+# 26 GB of temporaries, about 1.3 GB per row with XLA attention; cuDNN attention keeps no
+# [frames, frames] probabilities, so 32 rows should stay well under 80 GB. base (no remat) saves
+# every activation of 12 layers 768 wide, about as much per row. Out of memory: retried at half.
 AUDIO_SECONDS_PER_STEP = {"base": 640.0, "xlsr_300m": 640.0, "tiny": 2.0}
 # bf16-vs-CPU tolerances: bfloat16 keeps 8 bits of mantissa (relative rounding 2^-9 per value),
 # compounded over 12 layers; float32 on the GPU at full precision differs by summation order.
@@ -155,6 +157,16 @@ def make_batch(rows: int, samples: int, seed: int, half_padded: bool):
     lengths[-1] = samples // 2
     wave[-1, samples // 2:] = 0.0
   return wave, lengths
+
+
+def gpu_processes() -> str:
+  """What else runs on the GPUs (nvidia-smi's compute processes), for the record."""
+  try:
+    return subprocess.run(["nvidia-smi", "--query-compute-apps=pid,process_name,used_memory",
+                           "--format=csv,noheader"], capture_output=True, text=True,
+                          timeout=30).stdout.strip() or "none"
+  except (OSError, subprocess.SubprocessError) as e:
+    return f"unknown (nvidia-smi: {e})"
 
 
 def parity_tests() -> dict:
@@ -382,6 +394,7 @@ def main(argv) -> None:
   dry_run = _DRY_RUN.value
   xla_flags = devices_lib.apply_gpu_xla_flags()  # before jax starts a backend
   log(f"XLA_FLAGS={xla_flags}")
+  other_gpu_processes = gpu_processes()  # before this process or its tests use the GPU
   if dry_run:
     pytest_record = "skipped in the dry run (the test suite runs these tests on CPU)"
   else:
@@ -411,8 +424,7 @@ def main(argv) -> None:
       command=" ".join([os.path.basename(sys.executable), "-m", "benchmarks.gpu_check"] + sys.argv[1:]),
       commit=git_commit(), date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
       host=platform.node(), cpu_count=os.cpu_count(), load_avg=os.getloadavg(),
-      other_load="the machine ran nothing else of ours (a lent machine, started for this run)"
-      if not dry_run else "dry run on a shared CPU machine",
+      other_gpu_processes=other_gpu_processes if not dry_run else "dry run on a CPU machine",
       jax=jax.__version__, jaxlib=jaxlib.__version__, python=platform.python_version(),
       device=device.device_kind, platform=device.platform, device_count=len(jax.devices()),
       peak_bf16_tflops=spec.peak_flops / 1e12 if spec else None,
