@@ -403,8 +403,8 @@ def main(argv) -> None:
   import jaxlib
   from xlsr_jax.models import transformer
 
-  if dry_run:
-    device = jax.devices("cpu")[0]
+  if dry_run:  # the last CPU device: with several (the tests' 8), the "device" is not the CPU
+    device = jax.devices("cpu")[-1]  # reference's, so arrays cross devices as they would on a GPU
   else:
     gpus = [d for d in jax.devices() if d.platform == "gpu"]
     if not gpus:
