@@ -86,15 +86,18 @@ GPU_XLA_FLAGS = (
     # GEMM autotuning, a large part of a GPU compile.
     "--xla_gpu_enable_triton_gemm=false",
     # Multi-GPU FSDP (the presets' mesh): collectives on the highest-priority stream, combined
-    # into large transfers, all-gathers / reduce-scatters pipelined across the layer scan (double
-    # buffered, so layer i+1's weights arrive while layer i computes). No effect on one GPU.
+    # into large transfers, all-gathers / reduce-scatters pipelined across the layer scan (layer
+    # i+1's weights arrive while layer i computes). They act on collectives only: none on one GPU.
     "--xla_gpu_enable_highest_priority_async_stream=true",
     "--xla_gpu_all_gather_combine_threshold_bytes=134217728",
     "--xla_gpu_reduce_scatter_combine_threshold_bytes=67108864",
     "--xla_gpu_all_reduce_combine_threshold_bytes=134217728",
     "--xla_gpu_enable_pipelined_all_gather=true",
     "--xla_gpu_enable_pipelined_reduce_scatter=true",
-    "--xla_gpu_enable_while_loop_double_buffering=true",
+    # Not set: --xla_gpu_enable_while_loop_double_buffering (MaxText's FSDP runs). It unrolls
+    # every loop with a known trip count, the layer scans included, on one GPU as on many: a longer
+    # compile and more live memory, for an overlap that only a multi-GPU mesh has. Worth measuring
+    # there: XLA_FLAGS=--xla_gpu_enable_while_loop_double_buffering=true
     # Not set: command buffers (CUDA graphs). MaxText turns them off (--xla_gpu_enable_command_buffer=)
     # for its multi-host runs; XLA's default keeps them on, which suits one GPU here: the step
     # launches many small kernels (7 feature-encoder convolutions, norms, masking, the loss) whose
