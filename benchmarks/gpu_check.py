@@ -229,12 +229,14 @@ def bf16_parity(results: Results, device, preset: str, dry_run: bool) -> None:
     state = jax.device_put(reference, trainer.state_sharding)
     batch = {"waveform": jax.device_put(wave, trainer.batch_sharding["waveform"]),
              "lengths": jax.device_put(lengths, trainer.batch_sharding["lengths"])}
-    metrics = jax.device_get(trainer.evaluate(state, batch, eval_key))
     model = Wav2Vec2Model(trainer.model.config)
     params = nn.unbox(state.params)["wav2vec2"]
     padding = np.arange(samples)[None, :] >= lengths[:, None]
     forward = jax.jit(lambda p, w, m: model.apply({"params": p}, w, m)["last_hidden_state"])
-    hidden = forward(params, jax.device_put(wave, dev), jax.device_put(padding, dev))
+    # float32 runs at full float32 precision (a GPU's default would use TF32 for the matmuls).
+    with jax.default_matmul_precision("highest" if dtype == "float32" else "default"):
+      metrics = jax.device_get(trainer.evaluate(state, batch, eval_key))
+      hidden = forward(params, jax.device_put(wave, dev), jax.device_put(padding, dev))
     hidden = np.asarray(jax.device_get(hidden), np.float32)
     valid = _frame_valid(padding, trainer.model.config)
     out[name] = dict(loss=float(metrics["loss"]), hidden=hidden, valid=valid,
