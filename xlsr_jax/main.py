@@ -59,11 +59,16 @@ def initialize_distributed(config) -> None:
 
 def default_platforms() -> None:
   """With libtpu installed (for AOT plans) but no TPU attached, JAX would try and fail to open one:
-  pick the platforms this machine has unless JAX_PLATFORMS is set."""
+  pick the platforms this machine has unless JAX_PLATFORMS is set. On a machine with NVIDIA GPUs,
+  also the GPU XLA flags (training.devices.GPU_XLA_FLAGS), before any backend starts."""
+  gpu = bool(glob.glob("/dev/nvidia[0-9]*"))
+  if gpu:
+    from xlsr_jax.training.devices import apply_gpu_xla_flags  # pylint: disable=import-outside-toplevel
+    apply_gpu_xla_flags()
   if os.environ.get("JAX_PLATFORMS") or glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"):
     return
   import jax
-  jax.config.update("jax_platforms", "cuda,cpu" if glob.glob("/dev/nvidia[0-9]*") else "cpu")
+  jax.config.update("jax_platforms", "cuda,cpu" if gpu else "cpu")
 
 
 def start_cli(argv: list[str], parser: argparse.ArgumentParser, parse_config_fn):

@@ -13,7 +13,7 @@ from typing import Any
 import jax.numpy as jnp
 
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims", "save_attention_and_ffn_out")
-ATTENTION_IMPLS = ("xla", "cudnn", "splash", "manual")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash", "manual")
 FRONTENDS = ("cnn", "fbank")
 
 
@@ -59,9 +59,11 @@ class Wav2Vec2Config:
   dtype: Any = jnp.float32  # compute dtype
   param_dtype: Any = jnp.float32  # storage dtype of parameters
   remat_policy: str = "none"  # one of REMAT_POLICIES, applied per Transformer layer
-  # "xla" (jax.nn.dot_product_attention), "cudnn" (its GPU flash kernel), "splash" (Pallas splash
-  # attention for TPU; interpret mode elsewhere, see models/splash.py), or "manual" (einsum softmax).
-  attention_impl: str = "xla"
+  # "auto" (cuDNN flash attention in CUDA programs where it can run, XLA's jax.nn.
+  # dot_product_attention otherwise), "xla", "cudnn" (the GPU flash kernel, required), "splash"
+  # (Pallas splash attention for TPU; interpret mode elsewhere, see models/splash.py), or "manual"
+  # (einsum softmax). The choice: models.transformer.attention_kernel.
+  attention_impl: str = "auto"
   splash_block_size: int = 512  # largest splash-attention tile (frames); a multiple of 128
 
   def __post_init__(self):

@@ -52,6 +52,93 @@ class PositionalConvEmbedding(nn.Module):
     return gelu(y)
 
 
+# ------------------------------------------------------------------ the attention kernel choice
+
+CUDNN_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+CUDNN_MAX_HEAD_DIM = 128  # cuDNN flash attention before Hopper; Hopper (9.0+) takes up to 256
+
+
+def cudnn_version() -> int | None:
+  """The cuDNN version jax reads when it traces cuDNN attention, or None where it cannot read one.
+
+  `jax.nn.dot_product_attention(implementation="cudnn")` asks for it at trace time, whatever
+  platform the program is later lowered for: it comes from the CUDA plugin (jax[cuda12]) calling
+  into libcudnn, so a jax without the plugin ("cuDNN is not detected"), or a plugin without
+  libcudnn ("cuDNN not found"), cannot trace that kernel at all.
+  """
+  try:
+    from jax._src.cudnn import fused_attention_stablehlo  # pylint: disable=import-outside-toplevel
+    return int(fused_attention_stablehlo.check_cudnn_version())
+  except (ImportError, AttributeError, RuntimeError):
+    return None
+
+
+def cudnn_unsupported(dtype, head_dim: int) -> str | None:
+  """Why cuDNN flash attention cannot run this attention (None: it can), from dtype and shape:
+  bfloat16 / float16 inputs and a head dim that is a multiple of 8 and at most 128 (every preset's
+  is: 64, 80, 120 or 128). Attention dropout never gets here (attention_kernel). Key padding goes
+  in as per-row key lengths (wav2vec 2.0's valid frames are a prefix), not as a boolean mask,
+  which jax would turn into a bias."""
+  if jnp.dtype(dtype) not in CUDNN_DTYPES:
+    return f"compute dtype {jnp.dtype(dtype).name} (cuDNN flash attention takes bfloat16 or float16)"
+  if head_dim % 8 or head_dim > CUDNN_MAX_HEAD_DIM:
+    return f"head dim {head_dim} (cuDNN needs a multiple of 8, at most {CUDNN_MAX_HEAD_DIM})"
+  return None
+
+
+def attention_kernel(cfg: Wav2Vec2Config, dtype, dropout: bool) -> str:
+  """The one place the attention kernel is chosen, from `cfg.attention_impl`, the compute dtype
+  and whether attention dropout is active. Returns:
+  - "manual": einsum softmax (asked for, or attention dropout active);
+  - "splash": Pallas splash attention (TPU kernel; interpret mode elsewhere, models/splash.py);
+  - "xla": jax.nn.dot_product_attention's XLA implementation;
+  - "cudnn": cuDNN flash attention, asked for by name (an error if it cannot run this attention);
+  - "cudnn_or_xla" (from "auto"): cuDNN flash attention in a program lowered for CUDA, XLA's on
+    every other platform, chosen by the lowering platform (`jax.lax.platform_dependent`, as
+    models.layers.cpu_or_xla chooses the CPU kernels), so a CPU or TPU program never holds the
+    cuDNN call. "auto" gives plain "xla" where cuDNN cannot run this attention (cudnn_unsupported)
+    or cannot be traced here (no CUDA plugin with cuDNN: cudnn_version).
+  """
+  impl = cfg.attention_impl
+  if impl == "manual" or dropout:
+    return "manual"
+  if impl in ("splash", "xla"):
+    return impl
+  reason = cudnn_unsupported(dtype, cfg.head_dim)
+  if impl == "cudnn":
+    if reason is not None:
+      raise ValueError(f"attention_impl='cudnn' cannot run this model's attention: {reason}; "
+                       f"use attention_impl='auto' (cuDNN where it can run, XLA otherwise)")
+    return "cudnn"
+  return "cudnn_or_xla" if reason is None and cudnn_version() is not None else "xla"
+
+
+def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Array | None) -> jax.Array:
+  """XLA's dot-product attention with padded keys masked; q, k, v, out: [batch, frames, heads, head_dim]."""
+  mask = None if key_valid is None else key_valid[:, None, None, :]  # [batch, 1, 1, frames]
+  return jax.nn.dot_product_attention(q, k, v, mask=mask)
+
+
+def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Array | None,
+                    implementation: str = "cudnn") -> jax.Array:
+  """cuDNN flash attention (fused forward and backward custom calls, no [frames, frames] scores in
+  memory); the padded keys (key_valid [batch, frames], a prefix of valid frames) as key lengths.
+
+  An odd frame count (999 for a 20 s crop) gets one padding frame, masked as a padded key, and its
+  output row dropped: jax's cuDNN training rule (jax 0.10.2) counts its placeholder bias as a bias
+  and refuses odd lengths in training ("Unsupported sequence length Q 9, KV 9"). `implementation`
+  "xla" runs the same padding and key lengths through XLA (how the tests check them on CPU).
+  """
+  batch, frames = q.shape[:2]
+  lengths = (jnp.full((batch,), frames, jnp.int32) if key_valid is None
+             else jnp.sum(key_valid, axis=-1, dtype=jnp.int32))
+  pad = frames % 2
+  q, k, v = (jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))) for x in (q, k, v))
+  out = jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=lengths,
+                                     implementation=implementation)
+  return out[:, :frames]
+
+
 class SelfAttention(nn.Module):
   """Multi-head self-attention with a key padding mask: [batch, frames, hidden] -> same."""
   config: Wav2Vec2Config
@@ -74,20 +161,24 @@ class SelfAttention(nn.Module):
     q, k, v = project("query"), project("key"), project("value")
     q = nn.with_logical_constraint(q, ("activation_batch", "activation_length", "activation_heads",
                                        "activation_kv"))
-    mask = None if key_valid is None else key_valid[:, None, None, :]  # [batch, 1, 1, frames]
     use_dropout = cfg.attention_dropout > 0.0 and not self.deterministic
-    if cfg.attention_impl == "manual" or use_dropout:
+    kernel = attention_kernel(cfg, q.dtype, use_dropout)
+    if kernel == "manual":
+      mask = None if key_valid is None else key_valid[:, None, None, :]  # [batch, 1, 1, frames]
       scores = jnp.einsum("bqhk,bshk->bhqs", q, k).astype(jnp.float32) / math.sqrt(head_dim)
       if mask is not None:
         scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
       probs = jax.nn.softmax(scores, axis=-1)
       probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=self.deterministic)
       out = jnp.einsum("bhqs,bshk->bqhk", probs.astype(cfg.dtype), v)
-    elif cfg.attention_impl == "splash":
+    elif kernel == "splash":
       out = splash_attention(q, k, v, key_valid, cfg.splash_block_size)
+    elif kernel == "cudnn":
+      out = cudnn_attention(q, k, v, key_valid)
+    elif kernel == "cudnn_or_xla":
+      out = jax.lax.platform_dependent(q, k, v, key_valid, cuda=cudnn_attention, default=xla_attention)
     else:
-      out = jax.nn.dot_product_attention(
-          q, k, v, mask=mask, implementation=None if cfg.attention_impl == "xla" else "cudnn")
+      out = xla_attention(q, k, v, key_valid)
     out_kernel = self.param("out_kernel", partitioned(nn.initializers.normal(0.02),
                                                       ("heads", "kv", "embed")),
                             (heads, head_dim, cfg.hidden_size), cfg.param_dtype)

@@ -70,3 +70,47 @@ def peak_flops_per_device(device_kind: str, override_tflops: float = 0.0) -> flo
   if override_tflops > 0:
     return override_tflops * 1e12
   return lookup(device_kind).peak_flops
+
+
+# XLA flags for NVIDIA GPU runs, the ones MaxText sets for its GPU runs that help this model; set
+# once (apply_gpu_xla_flags, before JAX starts its GPU backend) by every training CLI on a machine
+# with NVIDIA devices (xlsr_jax.main.default_platforms) and by benchmarks/gpu_check.py. Flags the
+# user already put in XLA_FLAGS come after ours and win (XLA reads them in order). Each exists in
+# jaxlib 0.10.2 (tests/test_gpu.py starts XLA with them: an unknown flag aborts the process).
+GPU_XLA_FLAGS = (
+    # Schedule asynchronous work (the FSDP all-gathers and reduce-scatters of a multi-GPU mesh) to
+    # overlap compute; with one GPU there is nothing to overlap and it changes nothing.
+    "--xla_gpu_enable_latency_hiding_scheduler=true",
+    # bf16 GEMMs through cuBLAS(Lt) rather than Triton-generated GEMMs: MaxText and NVIDIA's
+    # JAX-Toolbox found cuBLAS as fast or faster for transformer shapes, and it skips the Triton
+    # GEMM autotuning, a large part of a GPU compile.
+    "--xla_gpu_enable_triton_gemm=false",
+    # Multi-GPU FSDP (the presets' mesh): collectives on the highest-priority stream, combined
+    # into large transfers, all-gathers / reduce-scatters pipelined across the layer scan (layer
+    # i+1's weights arrive while layer i computes). They act on collectives only: none on one GPU.
+    "--xla_gpu_enable_highest_priority_async_stream=true",
+    "--xla_gpu_all_gather_combine_threshold_bytes=134217728",
+    "--xla_gpu_reduce_scatter_combine_threshold_bytes=67108864",
+    "--xla_gpu_all_reduce_combine_threshold_bytes=134217728",
+    "--xla_gpu_enable_pipelined_all_gather=true",
+    "--xla_gpu_enable_pipelined_reduce_scatter=true",
+    # Not set: --xla_gpu_enable_while_loop_double_buffering (MaxText's FSDP runs). It unrolls
+    # every loop with a known trip count, the layer scans included, on one GPU as on many: a longer
+    # compile and more live memory, for an overlap that only a multi-GPU mesh has. Worth measuring
+    # there: XLA_FLAGS=--xla_gpu_enable_while_loop_double_buffering=true
+    # Not set: command buffers (CUDA graphs). MaxText turns them off (--xla_gpu_enable_command_buffer=)
+    # for its multi-host runs; XLA's default keeps them on, which suits one GPU here: the step
+    # launches many small kernels (7 feature-encoder convolutions, norms, masking, the loss) whose
+    # launch overhead a graph removes. To turn them off: XLA_FLAGS=--xla_gpu_enable_command_buffer=
+)
+
+
+def apply_gpu_xla_flags(environ: dict | None = None) -> str:
+  """Puts GPU_XLA_FLAGS before any XLA_FLAGS already in `environ` (default os.environ) and returns
+  the result. Must run before JAX initialises its backends (XLA reads XLA_FLAGS once)."""
+  import os  # pylint: disable=import-outside-toplevel
+  environ = os.environ if environ is None else environ
+  user = environ.get("XLA_FLAGS", "")
+  ours = [f for f in GPU_XLA_FLAGS if f.split("=")[0] not in user]
+  environ["XLA_FLAGS"] = " ".join(ours + ([user] if user else []))
+  return environ["XLA_FLAGS"]
