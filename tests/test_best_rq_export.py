@@ -25,16 +25,24 @@ def best_rq_config(frontend="cnn"):
   return c
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-  """A BEST-RQ workdir as the training main leaves it: config.json and a checkpoint at step 2."""
-  workdir = tmp_path_factory.mktemp("best_rq_run")
-  config = best_rq_config()
+def saved_run(workdir, config, seed: int):
+  """`workdir` as the training main leaves it: config.json and a random state saved at step 1;
+  returns (the trainer, the state)."""
+  workdir.mkdir(exist_ok=True)
   (workdir / "config.json").write_text(config.to_json())
   trainer = build_trainer(config, make_mesh(1, 1, 1, devices=jax.devices()[:1]), SAMPLES)
-  state = random_state(trainer, seed=2)
-  with ckpt.CheckpointManager(workdir / "checkpoints", save_every=2, keep=1) as mngr:
-    mngr.save(2, state, b"position")
+  state = random_state(trainer, seed=seed)
+  with ckpt.CheckpointManager(workdir / "checkpoints", save_every=1, keep=1) as mngr:
+    mngr.save(1, state, b"position")
+  return trainer, state
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  """A BEST-RQ workdir with a checkpoint: (workdir, config, its params)."""
+  workdir = tmp_path_factory.mktemp("best_rq_run")
+  config = best_rq_config()
+  _, state = saved_run(workdir, config, seed=2)
   return workdir, config, jax.device_get(ckpt.unbox(state.params))
 
 
@@ -57,12 +65,7 @@ def test_export_keeps_the_encoder_alone_and_hf_wav2vec2model_computes_the_same(r
 
 def test_fbank_frontend_export_refuses_the_hf_layout(tmp_path):
   workdir = tmp_path / "run"
-  workdir.mkdir()
-  config = best_rq_config("fbank")
-  (workdir / "config.json").write_text(config.to_json())
-  trainer = build_trainer(config, make_mesh(1, 1, 1, devices=jax.devices()[:1]), SAMPLES)
-  with ckpt.CheckpointManager(workdir / "checkpoints", save_every=1, keep=1) as mngr:
-    mngr.save(1, random_state(trainer, seed=1), b"position")
+  saved_run(workdir, best_rq_config("fbank"), seed=1)
   assert export.main([f"--workdir={workdir}", f"--out={tmp_path / 'hf'}", "--format=hf"]) == 1
   assert export.main([f"--workdir={workdir}", f"--out={tmp_path / 'ours'}"]) == 0
   loaded, model_config, _ = model_files.load_model(str(tmp_path / "ours"))
@@ -74,13 +77,7 @@ def test_best_rq_continues_from_a_wav2vec2_export_with_fresh_heads(run, tmp_path
   projections are left out, BEST-RQ's quantizer and heads start fresh."""
   from tests.test_checkpoints import tiny_config
   w2v_dir = tmp_path / "w2v"
-  w2v_dir.mkdir()
-  w2v_config = tiny_config()
-  (w2v_dir / "config.json").write_text(w2v_config.to_json())
-  trainer = build_trainer(w2v_config, make_mesh(1, 1, 1, devices=jax.devices()[:1]), SAMPLES)
-  w2v_state = random_state(trainer, seed=5)
-  with ckpt.CheckpointManager(w2v_dir / "checkpoints", save_every=1, keep=1) as mngr:
-    mngr.save(1, w2v_state, b"position")
+  _, w2v_state = saved_run(w2v_dir, tiny_config(), seed=5)
   assert export.main([f"--workdir={w2v_dir}", f"--out={tmp_path / 'w2v_export'}"]) == 0
   config = best_rq_config()
   config.train.init_from = str(tmp_path / "w2v_export")
