@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core import hashing
 from etils import epath
 
 _LOG = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ def lengths_path(dataset_dir: str | os.PathLike, split_name: str) -> epath.Path:
 
 def split_order(split_name: str, keys: Iterable[str]) -> list[int]:
   """Positions of `keys` in the order TFDS stores them in split `split_name` (hash of the key)."""
-  hasher = tfds.core.hashing.Hasher(split_name)
+  hasher = hashing.Hasher(split_name)
   keys = list(keys)
   return sorted(range(len(keys)), key=lambda i: hasher.hash_key(keys[i]))
 
