@@ -1,0 +1,453 @@
+"""Training checkpoints: Orbax's v0 `CheckpointManager` (asynchronous) over the train state and input position.
+
+Layout of `directory/<step>/`; every item is written into Orbax's temporary step directory and the
+step becomes visible only when Orbax finalises it (rename after all processes committed), so a
+half-written step is never listed or restored:
+  params/       the unboxed parameters (StandardSave); `xlsr_jax.export` restores only this item
+  train_state/  step, opt_state, rng (typed key, stored natively by Orbax), nonfinite counters
+  data_state/   process_<i>.bin: sha256 + `PipelineIterator.get_state()` of process i, written by
+                process i itself; processes.json: the number of processes (written by process 0).
+                Absent when the step was saved without an input position.
+Restoring goes through abstract targets (`jax.ShapeDtypeStruct` with the current mesh's shardings),
+so a checkpoint saved on one mesh shape restores onto any other. A step that fails to restore
+(files deleted or truncated) is skipped with a WARNING and the previous one is tried.
+
+Integrity (`integrity.py`): `<step>/checksums.json` holds the sha256 of every item file, written into
+the temporary step directory after Orbax finalised the items and before the rename that commits the
+step. Restoring re-hashes them first (process 0) and refuses a step with a damaged file, or whose
+restored values are not finite, the same way as an unreadable one: a WARNING naming the file, then
+the previous step. A save that fails (disk full, permissions) raises `CheckpointSaveError` naming the
+step and the cause at the next step of the loop (`reached_preemption`), not one save later.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import signal
+import threading
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+from orbax.checkpoint import checkpoint_managers
+
+from xlsr_jax.checkpoints import integrity
+from xlsr_jax.checkpoints.integrity import CheckpointCorruptError
+
+logger = logging.getLogger(__name__)
+
+PARAMS, TRAIN_STATE, DATA_STATE = "params", "train_state", "data_state"
+_PROCESSES_FILE = "processes.json"
+
+
+def _log(level: int, message: str, *args: Any) -> None:
+  """Logs from process 0 only."""
+  if jax.process_index() == 0:
+    logger.log(level, message, *args)
+
+
+def _is_box(x: Any) -> bool:
+  return isinstance(x, nn.meta.AxisMetadata)
+
+
+def unbox(tree: Any) -> Any:
+  """Boxed (nn.LogicallyPartitioned) leaves -> their values; no sharding constraint applied."""
+  return jax.tree.map(lambda x: x.value if _is_box(x) else x, tree, is_leaf=_is_box)
+
+
+def rebox(boxed_like: Any, values: Any) -> Any:
+  """Puts `values` (unboxed, same structure) back into the boxes of `boxed_like`."""
+  return jax.tree.map(lambda b, v: b.replace_boxed(v) if _is_box(b) else v, boxed_like, values,
+                      is_leaf=_is_box)
+
+
+def restore_target(abstract_state: Any, shardings: Any) -> Any:
+  """Abstract state (boxed, from jax.eval_shape) + its shardings -> ShapeDtypeStructs on that mesh.
+
+  `shardings` is `Trainer.state_sharding` (one NamedSharding per box); boxes are kept.
+  """
+  def with_sharding(sharding, subtree):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), subtree)
+  return jax.tree.map(with_sharding, shardings, abstract_state)
+
+
+# The input-pipeline position: one blob per process, each written by its own process.
+
+@dataclasses.dataclass
+class ProcessBytesSave(ocp.args.CheckpointArgs):
+  blob: bytes
+
+
+@dataclasses.dataclass
+class ProcessBytesRestore(ocp.args.CheckpointArgs):
+  pass
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessBytes:
+  """This process's blob as read by `ProcessBytesHandler.restore`.
+
+  blob is None when the step was saved by a different number of processes. A missing or corrupt
+  file is reported in `problem` instead of raised, so every process finishes Orbax's restore (and
+  its barrier) and the processes can agree on falling back together.
+  """
+  num_processes: int
+  blob: bytes | None
+  problem: str | None = None
+
+
+def _process_file(directory: epath.Path, index: int) -> epath.Path:
+  return directory / f"process_{index}.bin"
+
+
+class ProcessBytesHandler(ocp.AsyncCheckpointHandler):
+  """Every process writes its own blob (sha256 digest + bytes); process 0 writes the process count."""
+
+  @staticmethod
+  def _write(directory: epath.Path, blob: bytes) -> None:
+    index = jax.process_index()
+    _process_file(directory, index).write_bytes(hashlib.sha256(blob).digest() + blob)
+    if index == 0:
+      (directory / _PROCESSES_FILE).write_text(json.dumps({"num_processes": jax.process_count()}))
+
+  async def async_save(self, directory: epath.Path, args: ProcessBytesSave) -> list[ocp.Future]:
+    blob = bytes(args.blob)
+
+    async def write():  # runs once Orbax has created the temporary item directory
+      self._write(directory, blob)
+
+    return [ocp.future.CommitFutureAwaitingContractedSignals(write(), name="data_state_save")]
+
+  def save(self, directory: epath.Path, args: ProcessBytesSave) -> None:
+    self._write(directory, bytes(args.blob))
+
+  def restore(self, directory: epath.Path, args: ProcessBytesRestore | None = None) -> ProcessBytes:
+    try:
+      count = json.loads((directory / _PROCESSES_FILE).read_text())["num_processes"]
+    except (OSError, ValueError, KeyError) as e:
+      return ProcessBytes(0, None, f"{directory / _PROCESSES_FILE}: {type(e).__name__}: {e}")
+    if count != jax.process_count():
+      return ProcessBytes(count, None)
+    path = _process_file(directory, jax.process_index())
+    try:
+      stored = path.read_bytes()
+    except OSError as e:
+      return ProcessBytes(count, None, f"{path}: {type(e).__name__}: {e}")
+    digest, blob = stored[:32], stored[32:]
+    if len(stored) < 32 or hashlib.sha256(blob).digest() != digest:
+      return ProcessBytes(count, None, f"{path}: input pipeline state is corrupt "
+                                       f"(sha256 mismatch, {len(stored)} bytes)")
+    return ProcessBytes(count, blob)
+
+
+ocp.args.register_with_handler(ProcessBytesHandler, for_save=True)(ProcessBytesSave)
+ocp.args.register_with_handler(ProcessBytesHandler, for_restore=True)(ProcessBytesRestore)
+
+
+class CheckpointMismatchError(ValueError):
+  """A checkpoint whose parameters do not have the shapes the current model expects (not corruption)."""
+
+
+def check_shapes(stored: Any, params: Any, where: str) -> None:
+  """Raises CheckpointMismatchError naming every parameter (tree path) of `stored` and `params`
+  (trees of anything with .shape) that is missing from one of them or has another shape."""
+  shapes = lambda tree: {jax.tree_util.keystr(path): tuple(x.shape)
+                         for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  have, want = shapes(stored), shapes(params)
+  problems = [f"{k}: missing from the checkpoint" for k in sorted(want.keys() - have.keys())]
+  problems += [f"{k}: not in the model" for k in sorted(have.keys() - want.keys())]
+  problems += [f"{k}: checkpoint {have[k]}, model {want[k]}"
+               for k in sorted(want.keys() & have.keys()) if have[k] != want[k]]
+  if problems:
+    raise CheckpointMismatchError(f"{where} does not match the model ({len(problems)} "
+                                  f"difference(s)): " + "; ".join(problems))
+
+
+class CheckpointSaveError(RuntimeError):
+  """Saving a step failed (disk full, permissions, ...): the run must stop rather than go on unprotected."""
+
+
+def _failed_processes(failed_here: bool) -> list[int]:
+  """Indices of the processes that report a failure (a collective when there are several)."""
+  if jax.process_count() == 1:
+    return [0] if failed_here else []
+  from jax.experimental import multihost_utils
+  flags = multihost_utils.process_allgather(np.array([int(failed_here)], np.int32))
+  return [i for i, flag in enumerate(np.asarray(flags).reshape(-1)) if flag]
+
+
+def _split(state: Any) -> tuple[Any, dict[str, Any]]:
+  """Unboxed TrainState -> (params, every other field by name)."""
+  rest = {f.name: getattr(state, f.name) for f in dataclasses.fields(state) if f.name != "params"}
+  return state.params, rest
+
+
+class CheckpointManager:
+  """Saves every `save_every` steps (and on request), keeps the last `keep`, restores the newest good one.
+
+  With `async_save` the arrays are copied to host before `save` returns and written in the
+  background; the next save (or `wait_until_finished`) waits for the previous one. Create it after
+  `jax.distributed.initialize`: without jax.distributed it installs a SIGTERM handler that
+  `reached_preemption` reports.
+  """
+
+  def __init__(self, directory: str | os.PathLike, *, save_every: int, keep: int,
+               async_save: bool = True, read_only: bool = False):
+    if save_every < 1 or keep < 1:
+      raise ValueError(f"save_every and keep must be >= 1, got save_every={save_every}, keep={keep}")
+    self.directory = epath.Path(os.path.abspath(os.fspath(directory)))
+    self.save_every, self.keep = save_every, keep
+    self._async = async_save and not read_only
+    self._saving_step: int | None = None
+    self._damaged: set[int] = set()  # steps restore_latest skipped: a new save replaces them
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=1, preservation_policy=checkpoint_managers.LatestN(keep),
+        enable_async_checkpointing=async_save, create=not read_only, read_only=read_only,
+        cleanup_tmp_directories=not read_only,
+        async_options=ocp.AsyncOptions(post_finalization_callback=self._record_checksums)
+        if self._async else None)
+    handlers = {PARAMS: ocp.StandardCheckpointHandler(), TRAIN_STATE: ocp.StandardCheckpointHandler(),
+                DATA_STATE: ProcessBytesHandler()}
+    self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+    self._sigterm = threading.Event()
+    self._previous_handler = None
+    self._previous_sigint = None
+    if not read_only and not jax.distributed.is_initialized():
+      self._install_sigterm_handler()
+
+  # Saving.
+
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def should_save(self, step: int, last: bool = False) -> bool:
+    """Every `save_every` steps (not step 0) or at the last step, unless `step` is already saved."""
+    due = last or (step > 0 and step % self.save_every == 0)
+    return due and (step not in self._manager.all_steps() or step in self._damaged)
+
+  def save(self, step: int, state: Any, data_state: bytes | None = None, force: bool = False) -> bool:
+    """Starts saving `state` (boxed or not) and this process's input position; False if skipped."""
+    exists = step in self._manager.all_steps() and step not in self._damaged
+    if exists or not (force or self.should_save(step)):
+      return False
+    params, rest = _split(unbox(state))
+    items = {PARAMS: ocp.args.StandardSave(params), TRAIN_STATE: ocp.args.StandardSave(rest)}
+    if data_state is not None:
+      items[DATA_STATE] = ProcessBytesSave(data_state)
+    self.wait_until_finished()  # a failure of the previous asynchronous save is reported as its own
+    with self._save_errors(step):
+      if step in self._damaged and step in self._manager.all_steps():
+        _log(logging.WARNING, "replacing the damaged checkpoint %s", self.directory / str(step))
+        self._manager.delete(step)
+      self._damaged.discard(step)
+      self._saving_step = step
+      self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+      if not self._async and jax.process_index() == 0:
+        integrity.record(self.directory / str(step), (PARAMS, TRAIN_STATE, DATA_STATE))
+    _log(logging.INFO, "saving checkpoint %s", self.directory / str(step))
+    return True
+
+  def _record_checksums(self) -> None:
+    """Orbax's post-finalisation callback (every process, background thread): process 0 hashes the
+    items of the step being committed, in its temporary directory (renamed right after)."""
+    if jax.process_index() != 0 or self._saving_step is None:
+      return
+    step = self._saving_step
+    candidates = sorted(self.directory.glob(f"{step}.orbax-checkpoint-tmp*")) or [self.directory / str(step)]
+    integrity.record(candidates[-1], (PARAMS, TRAIN_STATE, DATA_STATE))
+
+  @contextlib.contextmanager
+  def _save_errors(self, step: int | None = None):
+    """Turns any exception of a save (this one, or the pending asynchronous one) into
+    CheckpointSaveError naming the step and the cause."""
+    try:
+      yield
+    except (CheckpointSaveError, KeyboardInterrupt):
+      raise
+    except Exception as error:  # pylint: disable=broad-except  # any cause stops the run the same way
+      step = self._saving_step if step is None else step
+      done = self.all_steps()
+      cause = " ".join(str(error).split())
+      if len(cause) > 400:  # keep the start (what) and the end (the OS error: why)
+        cause = f"{cause[:150]} ... {cause[-230:]}"
+      raise CheckpointSaveError(
+          f"saving checkpoint step {step} to {self.directory} failed: {type(error).__name__}: "
+          f"{cause}; the newest complete checkpoint is "
+          f"{'step ' + str(done[-1]) if done else 'none'}") from error
+
+  def check_for_errors(self) -> None:
+    """Raises CheckpointSaveError if the last asynchronous save failed; returns at once otherwise."""
+    with self._save_errors():
+      self._manager.check_for_errors()
+      if self._async and self._saving_step is not None and not self._manager.is_saving_in_progress():
+        # The save (and Orbax's finalize thread) is over: this returns at once, raising its failure.
+        self._manager.wait_until_finished()
+
+  def wait_until_finished(self) -> None:
+    with self._save_errors():
+      self._manager.wait_until_finished()
+
+  # Restoring.
+
+  def restore_latest(self, target: Any) -> tuple[Any, bytes | None] | None:
+    """(state, this process's input position or None) from the newest step that restores; None if none.
+
+    `target`: the boxed abstract state with the current shardings (see `restore_target`). A step
+    that fails to restore is skipped with a WARNING naming its directory; if every step fails,
+    RuntimeError lists them. Parameters of other shapes (a different model config) raise
+    CheckpointMismatchError at once. With several processes they agree (an all-gather) on every
+    step, so all fall back together; a damaged input-position file is detected on its own process
+    after Orbax's restore completes, whereas an array file that only some processes fail to read
+    makes Orbax's restore barrier fail (an error, never diverging steps).
+    """
+    failures = []
+    for step in reversed(self.all_steps()):
+      step_dir = self.directory / str(step)
+      try:
+        result, error = self.restore(step, target), None
+      except CheckpointMismatchError:
+        raise
+      except CheckpointCorruptError as e:
+        result, error = None, str(e)
+      except Exception as e:  # pylint: disable=broad-except  # corrupt or truncated: try the previous
+        result, error = None, f"{type(e).__name__}: {e}"
+        if jax.process_index() != 0:  # process 0 reports below; others report their own failure
+          logger.warning("process %d could not restore %s (%s)", jax.process_index(), step_dir, error)
+      failed = _failed_processes(error is not None)  # every process must take the same step
+      if not failed:
+        _log(logging.INFO, "restored checkpoint %s", step_dir)
+        return result
+      failures.append(f"{step_dir}: {error or 'failed on process(es) ' + str(failed)}")
+      self._damaged.add(step)
+      _log(logging.WARNING, "checkpoint %s could not be restored on process(es) %s (%s); trying the "
+           "previous one", step_dir, failed, (error or "see their logs")[:500])
+    if failures:
+      raise RuntimeError(f"no checkpoint under {self.directory} could be restored:\n" + "\n".join(failures))
+    return None
+
+  def restore(self, step: int, target: Any) -> tuple[Any, bytes | None]:
+    """Restores one step onto the shardings of `target` (boxed abstract state)."""
+    abstract = unbox(target)
+    params, rest = _split(abstract)
+    step_dir = self.directory / str(step)
+    self._check_params(step, params)
+    self._verify(step, (PARAMS, TRAIN_STATE, DATA_STATE))
+    items = {PARAMS: ocp.args.StandardRestore(params), TRAIN_STATE: ocp.args.StandardRestore(rest)}
+    has_data = (step_dir / DATA_STATE).exists()
+    if has_data:
+      items[DATA_STATE] = ProcessBytesRestore()
+    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    values = abstract.replace(params=restored[PARAMS], **restored[TRAIN_STATE])
+    bad = integrity.nonfinite_leaves(values)
+    if bad:
+      raise CheckpointCorruptError(f"{step_dir}: restored values are not finite (NaN/Inf) in "
+                                   f"{len(bad)} array(s): {', '.join(bad[:5])}")
+    state = rebox(target, values)
+    data_state = None
+    if has_data:
+      data = restored[DATA_STATE]
+      if data.problem:
+        raise ValueError(data.problem)
+      if data.blob is None:
+        _log(logging.WARNING, "%s was saved by %d processes, this run has %d: the input pipeline "
+             "position is not restored", step_dir / DATA_STATE, data.num_processes, jax.process_count())
+      data_state = data.blob
+    return state, data_state
+
+  def restore_params(self, target: Any, step: int | None = None) -> tuple[Any, int]:
+    """Only the params item of `step` (default: the newest) onto `target` (unboxed abstract params)."""
+    steps = self.all_steps()
+    if not steps:
+      raise FileNotFoundError(f"no finalised checkpoint under {self.directory}")
+    step = steps[-1] if step is None else step
+    if step not in steps:
+      raise FileNotFoundError(f"no checkpoint for step {step} under {self.directory}; "
+                              f"available steps: {steps}")
+    self._check_params(step, unbox(target))
+    self._verify(step, (PARAMS,))
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        **{PARAMS: ocp.args.StandardRestore(unbox(target))}))
+    bad = integrity.nonfinite_leaves(restored[PARAMS])
+    if bad:
+      raise CheckpointCorruptError(f"{self.directory / str(step) / PARAMS}: parameters are not "
+                                   f"finite (NaN/Inf) in {len(bad)} array(s): {', '.join(bad[:5])}")
+    return restored[PARAMS], step
+
+  def _verify(self, step: int, items: tuple[str, ...]) -> None:
+    """Re-hashes the step's files on process 0 and tells every process the outcome (a collective,
+    so that all skip the step together); CheckpointCorruptError names the damaged file."""
+    problem = None
+    if jax.process_index() == 0:
+      try:
+        if not integrity.verify(self.directory / str(step), items):
+          logger.warning("%s has no %s (saved by an older version): its files are not verified",
+                         self.directory / str(step), integrity.CHECKSUM_FILE)
+      except CheckpointCorruptError as e:
+        problem = str(e)
+    if _failed_processes(problem is not None):
+      raise CheckpointCorruptError(problem or f"{self.directory / str(step)}: damaged (see process 0)")
+
+  def _check_params(self, step: int, params: Any) -> None:
+    """Raises CheckpointMismatchError naming every parameter whose stored shape differs from `params`."""
+    stored = self._manager.item_metadata(step)[PARAMS]
+    if stored is None:
+      return  # unreadable metadata: the restore itself decides
+    check_shapes(stored, params, str(self.directory / str(step) / PARAMS))
+
+  # Preemption.
+
+  def _install_sigterm_handler(self) -> None:
+    if threading.current_thread() is not threading.main_thread():
+      return  # signal handlers can only be installed from the main thread
+
+    def on_sigterm(signum, frame):
+      del signum, frame
+      self._sigterm.set()
+
+    def on_sigint(signum, frame):  # first Ctrl-C: save and stop like SIGTERM; a second one aborts
+      del signum, frame
+      if self._sigterm.is_set():
+        raise KeyboardInterrupt
+      # Set before printing: a second press arriving during the print must abort, not repeat this.
+      self._sigterm.set()
+      print("interrupted: saving a checkpoint at the end of this step, then exiting "
+            "(Ctrl-C again to abort without saving)", flush=True)
+
+    self._previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
+    self._previous_sigint = signal.signal(signal.SIGINT, on_sigint)
+
+  def reached_preemption(self, step: int) -> bool:
+    """True when the run should save and stop: jax's preemption sync point, or a SIGTERM / first
+    SIGINT received. Called once per step, it also raises CheckpointSaveError as soon as an
+    asynchronous save has failed."""
+    self.check_for_errors()
+    if jax.distributed.is_initialized():
+      from jax.experimental import multihost_utils
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._sigterm.is_set()
+
+  def close(self) -> None:
+    """Waits for a pending save, then releases Orbax's threads and the SIGTERM handler."""
+    try:
+      with self._save_errors():
+        self._manager.close()
+    finally:
+      if self._previous_handler is not None:
+        signal.signal(signal.SIGTERM, self._previous_handler)
+        self._previous_handler = None
+      if self._previous_sigint is not None:
+        signal.signal(signal.SIGINT, self._previous_sigint)
+        self._previous_sigint = None
+
+  def __enter__(self) -> "CheckpointManager":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()

@@ -1,0 +1,154 @@
+"""Downstream evaluation of an encoder: fine-tune (or probe) on a task, score the test split, report.
+
+  python -m xlsr_jax.evaluate --config=experiments/downstream/<asr|lid|sid|ast>.py \
+      --config.init=<export dir | HF dir | fairseq .pt | random> --workdir=DIR [--config.a.b=v ...]
+
+Top to bottom: config -> data index (labels, vocabulary) -> encoder -> model (`task_setup`) ->
+mesh, jitted step, restore or init, train on the run skeleton shared with pretraining
+(`training.run`: progress line, TensorBoard, Orbax checkpoints, preemption; re-running the same
+command resumes) -> test split -> metrics.json, report.md + plots, the fine-tuned model in
+DIR/model (model_files layout, with vocab.json for ASR) (`scoring`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+import jax
+import ml_collections
+
+from xlsr_jax.config_loading import ConfigError
+from xlsr_jax.downstream import scoring
+from xlsr_jax.downstream.task_setup import (TaskData, TaskError, build_task, check_task_data,
+                                            load_init, parse_config, read_task_data,
+                                            uses_lbfgs_probe)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Fine-tune / probe, evaluate the test split, write the report; returns the metrics."""
+  from xlsr_jax.downstream import finetune
+  from xlsr_jax.training import run as run_lib
+  workdir = os.path.abspath(workdir)
+  task, d = config.task, config.data
+  data = read_task_data(config)
+  loaded = load_init(config)
+  model, loaded_parts, labeler, label_info = build_task(config, loaded, data.train_index)
+  check_task_data(config, data, label_info, labeler)
+  print(f"{task}: init={config.init} ({loaded.source}), {len(data.train_index)} train / "
+        f"{len(data.test_index)} test utterances, mode={config.finetune.mode}"
+        + (f", solver={config.probe.solver}" if task in ("lid", "sid")
+           and config.finetune.mode == "probe" else ""), flush=True)
+  if uses_lbfgs_probe(config):
+    from xlsr_jax.downstream import encoders, linear_probe
+    params = loaded.params or encoders.random_encoder(model.config, config.init_seed)
+    results = linear_probe.run_probe(config, workdir, data.builder, params, model.config, model,
+                                     labeler, label_info, data.test_index)
+    results["init_source"] = loaded.source
+    return results
+
+  mesh = run_lib.make_mesh(config)
+  tuner = finetune.Finetuner(model, "asr" if task == "ml_superb" else task, config, mesh,
+                             d.max_sample_size, d.batch_size)
+  state, curves, writer, preempted = train(config, workdir, tuner, loaded_parts, data, labeler,
+                                           label_info)
+  if preempted:
+    writer.close()
+    return {"task": task, "preempted_at": int(state.step)}
+  results, report_kwargs = scoring.evaluate_split(tuner, state, data.builder, data.test_names,
+                                          data.test_index, labeler, label_info, config)
+  scoring.add_task_results(results, config, data, label_info, loaded)
+  writer.write(config.finetune.num_steps,
+               {k: v for k, v in results.items() if isinstance(v, float)}, prefix="test")
+  writer.close()
+  export_dir = scoring.export_model(os.path.join(workdir, "model"), state, model, config, label_info)
+  report = scoring.write_report(workdir, results, curves, report_kwargs, config)
+  print(f"report: {report}\nmetrics: {os.path.join(workdir, 'metrics.json')}\n"
+        f"model: {export_dir}\nTensorBoard: {writer.log_dir}", flush=True)
+  return results
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, tuner, loaded_parts: dict,
+          data: TaskData, labeler, label_info):
+  """Fine-tunes to finetune.num_steps on the run skeleton (training.run), resuming from workdir's
+  checkpoints: (state, loss curves, the metric writer, preempted)."""
+  from data_pipelines import device_feed
+  from xlsr_jax.downstream import data as data_lib
+  from xlsr_jax.training import metrics as metrics_lib
+  from xlsr_jax.training import run as run_lib
+  d, task, num_steps = config.data, config.task, config.finetune.num_steps
+  manager = run_lib.open_checkpoints(workdir, config.train)
+  state, _ = run_lib.restore_or_init(manager, tuner.abstract_state, tuner.state_sharding,
+                                     lambda: tuner.create_state(loaded_parts))
+  run_lib.write_config(workdir, config)
+  start = int(state.step)
+  train_iter = data_lib.train_iterator(
+      data.builder, data.train_names, labeler, batch_size=d.batch_size,
+      max_samples=d.max_sample_size, seed=config.train.seed, start_step=start,
+      normalize=d.normalize, drop_longer=task in ("asr", "ast", "ml_superb"),
+      keep_ids=label_info.keep_ids if task == "ml_superb" else None)
+  writer = metrics_lib.MetricWriter(workdir, num_steps)
+  history_path = os.path.join(workdir, "train_history.json")
+  curves: dict[str, list[tuple[int, float]]] = {}
+  if start and os.path.exists(history_path):
+    with open(history_path) as fh:
+      curves = {k: [tuple(p) for p in v] for k, v in json.load(fh).items()}
+
+  def save_curves():
+    if jax.process_index() == 0:
+      with open(history_path, "w") as fh:
+        json.dump(curves, fh)
+
+  log = run_lib.LogCadence(config.train.log_every, num_steps, start)
+  preempted = False
+  for step in range(start, num_steps):
+    batch = device_feed.global_batch(device_feed.process_rows(next(train_iter)), tuner.mesh,
+                                     tuner.batch_sharding.spec)
+    state, step_metrics = tuner.step(state, batch)
+    done = step + 1
+    if (interval := log.add(done, step_metrics)) is not None:
+      values = dict(interval.mean(), steps_per_second=interval.steps_per_second)
+      writer.write(done, values)
+      for k in ("loss", "accuracy", "nll", "learning_rate"):
+        if k in values:
+          curves.setdefault(f"train_{k}", []).append((done, values[k]))
+    preempted = run_lib.save_or_stop(manager, done, state, last=done == num_steps,
+                                     on_save=save_curves)
+    if preempted:
+      break
+  run_lib.close(manager)
+  return state, curves, writer, preempted
+
+
+def main(argv: list[str] | None = None) -> int:
+  from xlsr_jax.main import start_cli
+  argv = sys.argv[1:] if argv is None else argv
+  parser = argparse.ArgumentParser(prog="python -m xlsr_jax.evaluate", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--config", metavar="FILE", help="task config file (required), e.g. "
+                      "experiments/downstream/lid.py; then --config.<section>.<key>=VALUE overrides "
+                      "any key of xlsr_jax/downstream/defaults.py (--config.init=INIT: the encoder)")
+  parser.add_argument("--workdir", default="", help="run directory (default workdir/downstream/<task>)")
+  started = start_cli(argv, parser, parse_config)
+  if isinstance(started, int):
+    return started
+  config, args = started
+  workdir = args.workdir or os.path.join("workdir", "downstream", config.task)
+  from xlsr_jax.checkpoints.hf_layout import ConversionError
+  from xlsr_jax.checkpoints.safe_pickle import CheckpointFileError, UnsafeCheckpointError
+  from xlsr_jax.downstream.encoders import InitError
+  from xlsr_jax.downstream.linear_probe import ProbeError
+  from xlsr_jax.downstream.vocabulary import VocabularyError
+  try:
+    run(config, workdir)
+  except (InitError, VocabularyError, TaskError, ProbeError, ConversionError, CheckpointFileError,
+          UnsafeCheckpointError, ConfigError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,12 @@
+"""`python -m xlsr_jax.evaluate --config=... --config.init=... --workdir=DIR`: the downstream
+evaluation command at its usual path. The code is in `xlsr_jax.downstream`: `evaluate` (the run
+and this CLI), `task_setup` (config, data, encoder, task model), `scoring` (test split, export,
+report).
+"""
+import sys
+
+from xlsr_jax.downstream.evaluate import main, run  # noqa: F401  (the public entry points)
+from xlsr_jax.downstream.task_setup import TaskError, parse_config  # noqa: F401
+
+if __name__ == "__main__":
+  sys.exit(main())

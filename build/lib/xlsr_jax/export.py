@@ -1,0 +1,104 @@
+"""Export the parameters of a pretraining run's checkpoint as a standalone model (no optimizer state).
+
+  python -m xlsr_jax.export --workdir=DIR --out=OUT [--format=orbax|hf] [--step=N]
+
+DIR is a training workdir: DIR/config.json (the run's config, `config.to_json()`) and
+DIR/checkpoints/ (xlsr_jax.checkpoints.manager). Only the `params` item of the newest (or the
+given) step is read. `orbax` writes OUT/params + OUT/model_config.json (model_files.save_model,
+what downstream evaluation loads); `hf` writes the Hugging Face wav2vec2 layout (config.json +
+model.safetensors, loadable by transformers.Wav2Vec2ForPreTraining).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from xlsr_jax.checkpoints import manager as manager_lib
+from xlsr_jax.checkpoints import model_files
+from xlsr_jax.config_loading import model_config_from
+from xlsr_jax.models import Wav2Vec2ForPreTraining
+from xlsr_jax.models import params as params_lib
+from xlsr_jax.models.config import Wav2Vec2Config
+
+CONFIG_FILE = "config.json"
+CHECKPOINTS_DIR = "checkpoints"
+FORMATS = ("orbax", "hf")
+
+
+def read_run_config(workdir: str) -> ml_collections.ConfigDict:
+  """DIR/config.json (written by the training main) as a ConfigDict; errors name the path."""
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(f"workdir {workdir} does not exist")
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: expected the run's config (config.to_json()) "
+                            f"written by the training main at start-up")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def abstract_params(model_config: Wav2Vec2Config) -> Any:
+  """Unboxed ShapeDtypeStructs of the pretraining model's parameters on one host (CPU) device."""
+  try:
+    device = jax.local_devices(backend="cpu")[0]
+  except RuntimeError:  # JAX_PLATFORMS excludes the host backend: use the first accelerator
+    device = jax.local_devices()[0]
+  return params_lib.abstract_params(Wav2Vec2ForPreTraining(model_config), boxed=False,
+                                    sharding=jax.sharding.SingleDeviceSharding(device))
+
+
+def load_params(workdir: str, step: int | None = None) -> tuple[Any, Wav2Vec2Config, int]:
+  """(params as CPU arrays, model config, step) of the run in `workdir`; newest step by default."""
+  config = read_run_config(workdir)
+  model_config = model_config_from(config)
+  directory = os.path.join(workdir, CHECKPOINTS_DIR)
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"no checkpoint directory {directory}")
+  with manager_lib.CheckpointManager(directory, save_every=1, keep=1, read_only=True) as mngr:
+    target = abstract_params(model_config)
+    try:
+      params, step = mngr.restore_params(target, step)
+    except manager_lib.CheckpointMismatchError as e:
+      raise ValueError(f"the model of {os.path.join(workdir, CONFIG_FILE)} does not match the "
+                       f"checkpoint: {e}") from e
+  return params, model_config, step
+
+
+def export(workdir: str, out: str, fmt: str = "orbax", step: int | None = None) -> int:
+  """Writes the params of `workdir`'s checkpoint to `out` in `fmt`; returns the exported step."""
+  if fmt not in FORMATS:
+    raise ValueError(f"--format={fmt}: expected one of {FORMATS}")
+  params, model_config, step = load_params(workdir, step)
+  if fmt == "orbax":
+    model_files.save_model(out, params, model_config, metadata={
+        "exported_from": os.path.abspath(workdir), "step": step})
+  else:
+    model_files.save_hf(out, jax.tree.map(np.asarray, params), model_config)
+  return step
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--workdir", required=True, help="training workdir (config.json, checkpoints/)")
+  parser.add_argument("--out", required=True, help="output directory")
+  parser.add_argument("--format", default="orbax", choices=FORMATS)
+  parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
+  args = parser.parse_args(argv)
+  try:
+    step = export(args.workdir, args.out, args.format, args.step)
+  except (FileNotFoundError, ValueError) as e:
+    print(f"export failed: {e}", file=sys.stderr)
+    return 1
+  print(f"exported step {step} of {args.workdir} to {args.out} ({args.format})")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

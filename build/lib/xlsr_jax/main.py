@@ -1,0 +1,129 @@
+"""Pretraining entry point.
+
+  python -m xlsr_jax.main --config=experiments/demo.py --workdir=/tmp/xlsr_demo [--config.a.b=v ...]
+
+Loads the config, applies overrides, validates every key against the defaults (a misspelled key
+stops here, naming the nearest valid ones) and every value against the ranges and relations of
+xlsr_jax/training/validation.py (one line, exit 2), initialises jax.distributed when asked, takes
+the workdir's lock (one run per workdir), then trains. The demo also exports the final encoder
+(Orbax and Hugging Face layouts) into <workdir>/export. Exit codes: 0 done (or stopped by SIGTERM /
+a first Ctrl-C after saving), 1 a failed save or too many non-finite steps, 2 a refused config,
+workdir or resume, 130 a second Ctrl-C.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import logging
+import os
+import sys
+
+from xlsr_jax.config_loading import ConfigError, load_validated, model_config_from, split_argv
+
+
+def parse_config(argv: list[str]):
+  """(config, remaining args) from --config=... and --config.a.b=v overrides; every key and value
+  checked (types against the defaults, ranges and relations by `training.validation`)."""
+  from xlsr_jax.training import validation
+  from xlsr_jax.training.defaults import get_default_config
+  path, overrides, rest = split_argv(argv)
+  config = load_validated(path, overrides, get_default_config(), "--config=experiments/<name>.py")
+  validation.validate(config, model_config_from(config))
+  return config, rest
+
+
+def make_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="python -m xlsr_jax.main", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--config", metavar="FILE", help="experiment config file (required), e.g. "
+                      "experiments/demo.py; then --config.<section>.<key>=VALUE overrides any key "
+                      "of xlsr_jax/training/defaults.py")
+  parser.add_argument("--workdir", required=True, help="run directory: config.json, checkpoints/, "
+                      "tensorboard/, metrics.json; re-running the same command resumes")
+  parser.add_argument("--no_export", action="store_true", help="skip the export after training")
+  return parser
+
+
+def initialize_distributed(config) -> None:
+  """jax.distributed.initialize from config values, or from the environment (TPU pods: no args)."""
+  import jax
+  d = config.distributed
+  if not d.enabled:
+    return
+  kwargs = {}
+  if d.coordinator_address:
+    kwargs = dict(coordinator_address=d.coordinator_address, num_processes=d.num_processes,
+                  process_id=d.process_id)
+  jax.distributed.initialize(**kwargs)
+
+
+def default_platforms() -> None:
+  """With libtpu installed (for AOT plans) but no TPU attached, JAX would try and fail to open one:
+  pick the platforms this machine has unless JAX_PLATFORMS is set."""
+  if os.environ.get("JAX_PLATFORMS") or glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"):
+    return
+  import jax
+  jax.config.update("jax_platforms", "cuda,cpu" if glob.glob("/dev/nvidia[0-9]*") else "cpu")
+
+
+def start_cli(argv: list[str], parser: argparse.ArgumentParser, parse_config_fn):
+  """The start of every training CLI: --help (exit 0), platforms, the config (a bad one: one line
+  on stderr, exit 2), the other flags, quiet library logs. Returns (config, args) or an exit code."""
+  if "-h" in argv or "--help" in argv:
+    parser.print_help()
+    return 0
+  default_platforms()
+  try:
+    config, rest = parse_config_fn(argv)
+  except ConfigError as e:
+    print(f"config error: {e}", file=sys.stderr)
+    return 2
+  args = parser.parse_args(rest)
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  for noisy in ("absl", "tensorflow", "jax._src", "orbax"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+  return config, args
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  started = start_cli(argv, make_parser(), parse_config)
+  if isinstance(started, int):
+    return started
+  config, args = started
+  initialize_distributed(config)
+  import jax
+  from xlsr_jax.checkpoints.manager import CheckpointMismatchError, CheckpointSaveError
+  from xlsr_jax.training import validation, workdir_lock
+  try:
+    validation.validate_devices(config, jax.device_count(), jax.process_count())
+  except ConfigError as e:
+    print(f"config error: {e}", file=sys.stderr)
+    return 2
+  if config.train.compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(config.train.compilation_cache_dir))
+  from xlsr_jax.training.loop import train_and_evaluate
+  try:
+    with workdir_lock.hold(args.workdir, enabled=jax.process_index() == 0):
+      result = train_and_evaluate(config, args.workdir)
+      if not args.no_export and jax.process_index() == 0:
+        from xlsr_jax import export
+        export_dir = os.path.join(result["workdir"], "export")
+        export.main([f"--workdir={result['workdir']}", f"--out={export_dir}/orbax"])
+        export.main([f"--workdir={result['workdir']}", f"--out={export_dir}/hf", "--format=hf"])
+        print(f"export: {export_dir}/orbax (xlsr_jax) and {export_dir}/hf (Hugging Face)")
+  except (ConfigError, workdir_lock.WorkdirLocked, CheckpointMismatchError) as e:
+    print(f"error: {e}", file=sys.stderr)  # refused before anything in the workdir changed
+    return 2
+  except (CheckpointSaveError, FloatingPointError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  except KeyboardInterrupt:
+    print("aborted (second Ctrl-C): the steps since the last checkpoint are lost", file=sys.stderr)
+    return 130
+  print(f"TensorBoard logs: {result['tensorboard']}  (tensorboard --logdir {result['tensorboard']})")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

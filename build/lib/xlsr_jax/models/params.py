@@ -1,0 +1,40 @@
+"""Parameters of any of our models from one dummy input: `init_params` (values) and
+`abstract_params` (shapes only, no memory), the one place a model is initialised.
+
+Works for the pretraining model (`Wav2Vec2ForPreTraining`, empty masks), the encoder
+(`Wav2Vec2Model`) and the downstream models whose `__call__` takes a waveform first (CTC, utterance
+classification, ML-SUPERB, speech translation). The values depend on the key only, not on
+`num_samples`: a longer dummy crop gives the same parameters.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+INIT_SAMPLES = 16_000  # one second: the dummy waveform's length
+
+
+def init_params(model: nn.Module, key: jax.Array, num_samples: int = INIT_SAMPLES) -> Any:
+  """Fresh parameters of `model`, boxed with their logical axis names (pure: jit / eval_shape it)."""
+  from xlsr_jax.models.feature_encoder import frame_lengths
+  from xlsr_jax.models.wav2vec2 import Wav2Vec2ForPreTraining
+  waveform = jnp.zeros((1, num_samples), jnp.float32)
+  args = ()
+  if isinstance(model, Wav2Vec2ForPreTraining):  # (padding_mask, mask_time [1, T], indices [1, 1])
+    frames = frame_lengths(num_samples, model.config)
+    args = (None, jnp.zeros((1, frames), bool), jnp.zeros((1, 1), jnp.int32))
+  return model.init({"params": key}, waveform, *args)["params"]
+
+
+def abstract_params(model: nn.Module, num_samples: int = INIT_SAMPLES, *, boxed: bool = True,
+                    sharding: jax.sharding.Sharding | None = None) -> Any:
+  """ShapeDtypeStructs of `init_params(model, ...)`: boxed with logical names, or plain leaves
+  (`boxed=False`), each with `sharding` when given (a restore target on one device)."""
+  shapes = jax.eval_shape(lambda: init_params(model, jax.random.key(0), num_samples))
+  if boxed:
+    return shapes
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                      nn.unbox(shapes))

@@ -1,0 +1,264 @@
+"""The pretraining loop, top to bottom: mesh, data, trainer, restore or init, train, eval, save, export."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from data_pipelines import device_feed, input_pipeline
+from xlsr_jax.config_loading import ConfigError, model_config_from
+from xlsr_jax.training import metrics as metrics_lib
+from xlsr_jax.training import init_from, language_metrics, metrics_file, run
+from xlsr_jax.training.batch_size import (batch_multiple, bucket_spec, global_batch,
+                                           largest_crop)
+from xlsr_jax.training.state import build_trainer
+from xlsr_jax.training.step_accounting import StepAccounting
+from data_pipelines.features import SAMPLE_RATE
+
+FEED_KEYS = ("waveform", "lengths")  # what the step reads of a pipeline batch
+
+
+def pipeline_config(config: ml_collections.ConfigDict, split: str, seed_offset: int = 0,
+                    multiple: int = 1) -> input_pipeline.PipelineConfig:
+  d = config.data
+  spec = bucket_spec(config, multiple)
+  return input_pipeline.PipelineConfig(
+      data_dir=os.path.expanduser(d.data_dir),
+      sources=_sources(d.sources), replay_fraction=d.replay_fraction,
+      replay_sources=_sources(d.replay_sources) if d.replay_fraction else (),  # 0: not read
+      split=split, alpha=d.alpha, max_sample_size=d.max_sample_size,
+      min_sample_size=d.min_sample_size, normalize=d.normalize,
+      global_batch_size=spec.batch_sizes[-1] if spec else global_batch(config),
+      seed=config.train.seed + seed_offset,
+      shuffle_files=d.shuffle_files, interleave_cycle_length=d.interleave_cycle_length,
+      prefetch_batches=d.prefetch_batches,
+      bucket_lengths=spec.lengths if spec else (), bucket_batch_sizes=spec.batch_sizes if spec else (),
+      bucket_mode=d.bucket_mode)
+
+
+def _sources(pairs) -> tuple:
+  """[[corpus, languages or None], ...] from the config -> PipelineConfig's tuples."""
+  return tuple((c, None if langs is None else tuple(langs)) for c, langs in pairs)
+
+
+def ensure_synthetic_corpus(config: ml_collections.ConfigDict) -> None:
+  """Builds synthetic_speech/<config> into data.data_dir when a source names it and it is missing;
+  ConfigError naming the build command when it is missing and data.build_if_missing is off."""
+  import tensorflow_datasets as tfds
+  from data_pipelines.synthetic_speech.builder import corpus_builder, not_built_message
+  data_dir = os.path.expanduser(config.data.data_dir)
+  for corpus, _ in list(config.data.sources) + list(config.data.replay_sources):
+    if corpus.partition("/")[0] != "synthetic_speech":
+      continue
+    builder = corpus_builder(corpus, data_dir)
+    if builder.is_prepared():
+      continue
+    if not config.data.build_if_missing:
+      raise ConfigError(not_built_message(corpus, data_dir))
+    if jax.process_index() == 0:
+      logging.info("building %s into %s", corpus, data_dir)
+      start = time.perf_counter()
+      tfds.disable_progress_bar()
+      builder.download_and_prepare()
+      print(f"built {corpus} in {time.perf_counter() - start:.0f} s into {data_dir}", flush=True)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("synthetic_corpus_built")
+
+
+make_mesh_from_config = run.make_mesh
+
+
+def device_peak_flops(config) -> float | None:
+  """Peak FLOP/s of one device for MFU; None (no MFU logged) for a kind with no known figure."""
+  from xlsr_jax.training import devices
+  try:
+    return devices.peak_flops_per_device(jax.devices()[0].device_kind,
+                                         config.train.peak_tflops_per_device)
+  except KeyError as e:
+    logging.warning("%s", e)
+    return None
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Runs pretraining to config.train.num_steps, resuming from workdir's latest checkpoint."""
+  workdir = os.path.abspath(workdir)
+  model_config_from(config)  # validates model fields before anything expensive
+  mesh = run.make_mesh(config)
+  multiple = data_multiple(config, mesh)
+  ensure_synthetic_corpus(config)
+  train_config = pipeline_config(config, config.data.split, multiple=multiple)
+  train_iter = input_pipeline.make_pretraining_iterator(
+      train_config, process_index=jax.process_index(), process_count=jax.process_count())
+  if train_config.bucket_lengths:
+    report_buckets(train_config, workdir)
+  trainer = build_trainer(config, mesh, largest_crop(config))
+  manager = run.open_checkpoints(workdir, config.train)
+  state, data_state = run.restore_or_init(  # a new run: random weights, or train.init_from's
+      manager, trainer.abstract_state, trainer.state_sharding,
+      lambda: init_from.initial_state(trainer, config),
+      resumed_note=" (train.init_from is for a new run: not loaded)" if config.train.init_from
+      else "")
+  if data_state is not None:
+    train_iter.set_state(data_state)
+  run.write_config(workdir, config)
+
+  num_steps = config.train.num_steps
+  writer = metrics_lib.MetricWriter(workdir, num_steps)
+  accounting = StepAccounting(trainer.model.config, config.objective, device_peak_flops(config),
+                              jax.device_count(), jax.process_count())
+  start_step = int(state.step)
+  log = run.LogCadence(config.train.log_every, num_steps, start_step)
+  history, last_metrics = [], {}
+  real_seconds_seen = 0.0  # this segment's real audio (a resumed run counts from its restart)
+  eval_cache: list = []  # the validation batches, read once (the same batches at every eval)
+  language_cache: dict = {}  # the same for each language alone (train.eval_language_batches)
+
+  def save_history():
+    if jax.process_index() == 0:
+      metrics_file.write(workdir, start_step, history)
+
+  for step in range(start_step, num_steps):
+    local = next(train_iter)
+    batch = device_feed.global_batch(_feed(local), mesh, trainer.batch_sharding["waveform"].spec)
+    state, step_metrics = trainer.step(state, batch)
+    accounting.add(local["lengths"], local["waveform"].shape[1])
+    done = step + 1
+    if (interval := log.add(done, step_metrics)) is not None:
+      values = interval_values(interval, accounting, done, config.data.batch_seconds)
+      real_seconds_seen += values["real_audio_seconds_per_step"] * len(interval.rows)
+      values["real_hours_seen_this_run"] = real_seconds_seen / 3600
+      writer.write(done, values)
+      history.append(dict(step=done, **values))
+      last_metrics = values
+      if values.get("stop_nonfinite", 0) > 0:
+        manager.wait_until_finished()
+        raise FloatingPointError(
+            f"{config.train.max_nonfinite_steps} consecutive steps had a NaN/Inf loss or gradient "
+            f"at step {done} (total skipped {int(values['total_nonfinite'])}); the last good "
+            f"checkpoint is in {manager.directory}")
+    if config.train.eval_every and (done % config.train.eval_every == 0 or done == num_steps):
+      eval_metrics = evaluate(trainer, state, config, mesh, eval_cache)
+      writer.write(done, eval_metrics, prefix="eval")
+      history.append(dict(step=done, **{f"eval_{k}": v for k, v in eval_metrics.items()}))
+      if config.train.eval_language_batches:
+        per_language = language_metrics.flatten(evaluate_languages(trainer, state, config, mesh,
+                                                                   language_cache))
+        writer.write(done, per_language, prefix=language_metrics.PREFIX, console=False)
+        if jax.process_index() == 0:
+          print(language_metrics.console_line(done, per_language), flush=True)
+        history.append(dict(step=done, **{f"{language_metrics.PREFIX}/{k}": v
+                                          for k, v in per_language.items()}))
+    if run.save_or_stop(manager, done, state, last=done == num_steps,
+                        data_state=train_iter.get_state, on_save=save_history):
+      break
+  run.close(manager)
+  writer.close()
+  save_history()
+  if jax.process_index() == 0:
+    plot = language_metrics.write_report(workdir, history)
+    if plot:
+      print(f"per-language validation: {plot}", flush=True)
+  return {"state": state, "history": history, "last": last_metrics, "workdir": workdir,
+          "tensorboard": writer.log_dir}
+
+
+def data_multiple(config: ml_collections.ConfigDict, mesh) -> int:
+  """What the global batch must be a multiple of (data x fsdp devices x grad_accum_steps, and the
+  processes); without buckets the configured batch is checked against it here."""
+  data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
+  multiple = batch_multiple(data_parallel, config.train.grad_accum_steps, jax.process_count())
+  if not config.data.bucket_seconds:
+    batch_size = global_batch(config)
+    if batch_size < 1:
+      raise ConfigError(f"data.batch_seconds={config.data.batch_seconds} is less than one crop of "
+                        f"{config.data.max_sample_size / SAMPLE_RATE} s")
+    if batch_size % multiple:
+      raise ConfigError(f"global batch {batch_size} (data.batch_seconds={config.data.batch_seconds})"
+                        f" must divide over data x fsdp = {data_parallel} devices and "
+                        f"{jax.process_count()} processes")
+  return multiple
+
+
+def interval_values(interval: run.Interval, accounting: StepAccounting, done: int,
+                    batch_seconds: float) -> dict[str, float]:
+  """The logged values of one interval: step metrics averaged (skipped steps summed), with the
+  real-audio accounting, MFU and speed."""
+  values = interval.mean()
+  values["skipped_nonfinite"] = float(sum(m["skipped_nonfinite"] for m in interval.rows))
+  values["real_frames_per_step"] = values.pop("real_frames")
+  values.update(accounting.flush(interval.seconds), steps_per_second=interval.steps_per_second)
+  values["hours_seen"] = done * batch_seconds / 3600  # nominal: steps x batch_seconds
+  return values
+
+
+def report_buckets(pipeline: input_pipeline.PipelineConfig, workdir: str) -> dict[str, Any]:
+  """Logs the bucket plan (rows, step shares, utterances dropped as too short) and writes it to
+  workdir/bucket_plan.json, so nothing is dropped silently."""
+  sources = input_pipeline.resolve_sources(pipeline)
+  plan, _ = input_pipeline.plan_buckets(pipeline, sources, input_pipeline.load_builders(pipeline))
+  summary = plan.summary()
+  rows = ", ".join(f"{b['seconds']:g} s x {b['rows']} ({100 * b['step_probability']:.0f}% of steps)"
+                   for b in summary["buckets"])
+  total = summary["dropped_utterances"] + summary["kept_utterances"]
+  print(f"buckets ({summary['mode']}): {rows}; dropped {summary['dropped_utterances']} of {total} "
+        f"utterances as shorter than {pipeline.min_sample_size / SAMPLE_RATE:g} s or the shortest "
+        f"bucket (by source in bucket_plan.json)", flush=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "bucket_plan.json"), "w") as f:
+      json.dump(summary, f, indent=1)
+  return summary
+
+
+def evaluate(trainer, state, config: ml_collections.ConfigDict, mesh,
+             cache: list | None = None) -> dict[str, float]:
+  """Mean validation metrics over config.train.eval_batches batches (fixed seed, argmax codes).
+
+  cache: a list kept across calls; the first call fills it with the (host) validation batches so
+  later evaluations skip building the pipeline (one tf.data source per language and bucket).
+  """
+  cache = [] if cache is None else cache
+  if not cache:
+    eval_iter = input_pipeline.make_pretraining_iterator(
+        _eval_pipeline(config, mesh), process_index=jax.process_index(),
+        process_count=jax.process_count())
+    cache.extend(_feed(next(eval_iter)) for _ in range(config.train.eval_batches))
+    eval_iter.close()
+  return _mean_eval(trainer, state, mesh, cache)
+
+
+def evaluate_languages(trainer, state, config: ml_collections.ConfigDict, mesh,
+                       cache: dict) -> dict[str, dict[str, float]]:
+  """{language: mean validation metrics over train.eval_language_batches batches of it alone}."""
+  pipelines = language_metrics.language_pipelines(config, _eval_pipeline(config, mesh))
+  return language_metrics.evaluate_languages(
+      pipelines, config.train.eval_language_batches,
+      lambda batches: _mean_eval(trainer, state, mesh, batches), cache, _feed)
+
+
+def _eval_pipeline(config: ml_collections.ConfigDict, mesh) -> input_pipeline.PipelineConfig:
+  multiple = batch_multiple(mesh.shape["data"] * mesh.shape["fsdp"],
+                            config.train.grad_accum_steps, jax.process_count())
+  return pipeline_config(config, config.data.eval_split, seed_offset=1, multiple=multiple)
+
+
+def _mean_eval(trainer, state, mesh, batches: list) -> dict[str, float]:
+  """Mean of the eval step's metrics over host batches (batch i scored with key 1000 + i)."""
+  totals: dict[str, list[float]] = {}
+  for i, local in enumerate(batches):
+    batch = device_feed.global_batch(local, mesh, trainer.batch_sharding["waveform"].spec)
+    out = trainer.evaluate(state, batch, jax.random.key(1000 + i))
+    for k, v in jax.device_get(out).items():
+      totals.setdefault(k, []).append(float(v))
+  return {k: float(np.mean(v)) for k, v in totals.items()}
+
+
+def _feed(local: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """The part of a pipeline batch the step reads (FEED_KEYS)."""
+  return {k: local[k] for k in FEED_KEYS}

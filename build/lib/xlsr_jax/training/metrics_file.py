@@ -1,0 +1,37 @@
+"""`<workdir>/metrics.json`: the logged metrics of every segment of a run, kept across resumes.
+
+A resumed run restarts at its checkpoint's step: entries of earlier segments up to that step are
+kept, later ones (logged after the checkpoint, then lost with the process) are replaced by the
+new segment's. Written atomically (temporary file + rename) at every checkpoint and at the end, so
+a crash leaves the previous complete file.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Sequence
+
+FILENAME = "metrics.json"
+
+
+def read(workdir: str) -> list[dict]:
+  """The entries in `workdir/metrics.json` ([] when there is none)."""
+  path = os.path.join(workdir, FILENAME)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    try:
+      entries = json.load(f)
+    except ValueError as e:
+      raise ValueError(f"{path} is not valid JSON ({e}); move it away to start a new history") from e
+  return entries if isinstance(entries, list) else []
+
+
+def write(workdir: str, start_step: int, segment: Sequence[dict]) -> None:
+  """metrics.json = earlier entries with step <= start_step, then `segment` (this run's entries)."""
+  kept = [e for e in read(workdir) if int(e.get("step", 0)) <= start_step]
+  path = os.path.join(workdir, FILENAME)
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(kept + list(segment), f, indent=1)
+  os.replace(tmp, path)

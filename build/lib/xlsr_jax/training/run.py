@@ -1,0 +1,173 @@
+"""What every run does, pretraining (`training.loop`) and downstream fine-tuning
+(`downstream.evaluate`) alike: the mesh from the config, the state's shapes and shardings from its
+init function, jitted steps called under the mesh, restore or init, the logging cadence, and the
+checkpoint / preemption check after each step.
+
+A run reads top to bottom with these:
+
+  mesh = run.make_mesh(config)
+  abstract, shardings = run.abstract_state(init_fn, mesh, rules)       # shapes only
+  train = run.jit_train_step(step_fn, mesh, shardings, batch_sharding)  # (state, batch) -> ...
+  manager = run.open_checkpoints(workdir, config.train)
+  state, data_state = run.restore_or_init(manager, abstract, shardings, create)
+  log = run.LogCadence(config.train.log_every, num_steps, start_step)
+  for step in ...:
+    state, metrics = train(state, batch)
+    if (interval := log.add(step + 1, metrics)) is not None: ...        # one device_get
+    if run.save_or_stop(manager, step + 1, state, last=...): break      # preempted
+  run.close(manager)
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from xlsr_jax.sharding import mesh as mesh_lib
+from xlsr_jax.training import metrics as metrics_lib
+
+
+def make_mesh(config: ml_collections.ConfigDict) -> Mesh:
+  """The (data, fsdp, tensor) mesh of config.mesh."""
+  m = config.mesh
+  return mesh_lib.make_mesh(m.data, m.fsdp, m.tensor, dcn_data=m.dcn_data)
+
+
+def state_shardings(abstract_state: Any, mesh: Mesh, rules: tuple) -> Any:
+  """NamedShardings for every leaf of a (boxed) abstract state, following the logical rules."""
+  specs = nn.get_partition_spec(abstract_state)
+  return nn.logical_to_mesh_sharding(specs, mesh, rules)
+
+
+def abstract_state(init_fn: Callable[[], Any], mesh: Mesh, rules: tuple) -> tuple[Any, Any]:
+  """(ShapeDtypeStructs of `init_fn()`, their NamedShardings): no memory is allocated."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    abstract = jax.eval_shape(init_fn)
+  return abstract, state_shardings(abstract, mesh, rules)
+
+
+class InMesh:
+  """A jitted function called under `mesh` (the ambient mesh that attention and the loss's
+  shard_map read); `.jitted` is the jax.jit object (for `.lower`, the compile cache)."""
+
+  def __init__(self, jitted: Callable, mesh: Mesh):
+    self.jitted, self.mesh = jitted, mesh
+
+  def __call__(self, *args):
+    with jax.set_mesh(self.mesh):
+      return self.jitted(*args)
+
+
+def jit_train_step(step_fn: Callable, mesh: Mesh, state_sharding: Any, batch_sharding: Any
+                   ) -> InMesh:
+  """(state, batch) -> (state, metrics): the state stays sharded and is donated, metrics come
+  back replicated."""
+  replicated = NamedSharding(mesh, PartitionSpec())
+  return InMesh(jax.jit(step_fn, in_shardings=(state_sharding, batch_sharding),
+                        out_shardings=(state_sharding, replicated), donate_argnums=0), mesh)
+
+
+def jit_eval_step(eval_fn: Callable, mesh: Mesh, state_sharding: Any, batch_sharding: Any,
+                  num_replicated_args: int = 0) -> InMesh:
+  """(state, batch, *replicated args) -> replicated outputs (every process can read them)."""
+  replicated = NamedSharding(mesh, PartitionSpec())
+  shardings = (state_sharding, batch_sharding) + (replicated,) * num_replicated_args
+  return InMesh(jax.jit(eval_fn, in_shardings=shardings, out_shardings=replicated), mesh)
+
+
+def open_checkpoints(workdir: str, train: ml_collections.ConfigDict):
+  """The run's CheckpointManager in workdir/checkpoints (train.checkpoint_every, keep_checkpoints);
+  it also catches SIGTERM / a first Ctrl-C for `save_or_stop`."""
+  from xlsr_jax.checkpoints.manager import CheckpointManager
+  return CheckpointManager(os.path.join(workdir, "checkpoints"), save_every=train.checkpoint_every,
+                           keep=train.keep_checkpoints)
+
+
+def restore_or_init(manager, abstract: Any, shardings: Any, create: Callable[[], Any], *,
+                    resumed_note: str = "") -> tuple[Any, bytes | None]:
+  """(state, this process's saved input position or None): the newest good checkpoint, or
+  `create()` when there is none. A refused resume or init (mismatch, damage, a bad init source)
+  closes the manager, so the error leaves no Orbax threads or signal handlers behind, and
+  re-raises. `resumed_note` ends the "resumed from" line."""
+  from xlsr_jax.checkpoints.manager import restore_target
+  try:
+    restored = manager.restore_latest(restore_target(abstract, shardings))
+    if restored is None:
+      logging.info("initialised a new state")
+      return create(), None
+  except BaseException:
+    manager.close()
+    raise
+  state, data_state = restored
+  print(f"resumed from step {int(state.step)} in {manager.directory}{resumed_note}", flush=True)
+  return state, data_state
+
+
+def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """workdir/config.json (process 0); call it once the resume checks passed, so a refused resume
+  leaves the workdir as it was."""
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json(indent=2))
+
+
+@dataclasses.dataclass
+class Interval:
+  """One log interval: the host metrics of each step (one device_get for all of them), and the
+  speed since the previous interval."""
+  rows: list[dict[str, np.ndarray]]
+  steps_per_second: float
+  seconds: float
+
+  def mean(self) -> dict[str, float]:
+    """Every metric averaged over the interval's steps."""
+    return {k: float(np.mean([r[k] for r in self.rows])) for k in self.rows[-1]}
+
+
+class LogCadence:
+  """Keeps each step's (device) metrics until a log step: every `log_every` steps and the last."""
+
+  def __init__(self, log_every: int, num_steps: int, start_step: int):
+    self.log_every, self.num_steps = log_every, num_steps
+    self.throughput = metrics_lib.Throughput(start_step)
+    self.pending: list[dict] = []
+
+  def add(self, done: int, metrics: dict) -> Interval | None:
+    """Records step `done`'s metrics; at a log step returns the interval (and starts a new one)."""
+    self.pending.append(metrics)
+    if done % self.log_every and done != self.num_steps:
+      return None
+    rows, self.pending = jax.device_get(self.pending), []
+    steps_per_second, seconds = self.throughput.update(done)
+    return Interval(rows, steps_per_second, seconds)
+
+
+def save_or_stop(manager, done: int, state: Any, *, last: bool,
+                 data_state: Callable[[], bytes] | None = None,
+                 on_save: Callable[[], None] | None = None) -> bool:
+  """After step `done`: saves on the checkpoint cadence, at the last step or when preempted
+  (SIGTERM, a first Ctrl-C, jax's preemption sync point), then calls `on_save`. True when
+  preempted: the checkpoint is written and the run must stop."""
+  preempted = manager.reached_preemption(done)  # a sync point under jax.distributed: every step
+  if manager.should_save(done, last=last) or preempted:
+    manager.save(done, state, None if data_state is None else data_state(),
+                 force=last or preempted)
+    if on_save is not None:
+      on_save()
+  if preempted:
+    manager.wait_until_finished()
+    print(f"preempted: saved step {done}; exiting", flush=True)
+  return preempted
+
+
+def close(manager) -> None:
+  """Waits for the last asynchronous save, then releases the manager."""
+  manager.wait_until_finished()
+  manager.close()
