@@ -310,9 +310,8 @@ class CorpusBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _generate_examples(self, split_name: str, first: dict, rest: list[Utterance]):
     """Yields (id, example) for `first` and every usable utterance of `rest`, in order."""
-    for example in [first]:
-      self._keep(split_name, example)
-      yield example["id"], example
+    self._keep(split_name, first)
+    yield first["id"], first
     for result in ordered_map(self._decode, rest, self.builder_config.num_workers):
       example = self._example_or_skip(result)
       if example is not None:
