@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 from etils import epath
@@ -68,6 +71,13 @@ def _build(builder: tfds.core.DatasetBuilder, manual_dir: Path | None, beam_flag
             if (Path(builder.data_dir) / "build_report.json").exists() else None)
   lengths = {s: np.load(build_outputs.lengths_path(builder.data_dir, s)) for s in builder.info.splits}
   return Build(builder, examples, report, lengths)
+
+
+def _read_build(dataset_dir: str) -> Build:
+  builder = tfds.builder_from_directory(dataset_dir)
+  return Build(builder, {s: list(tfds.as_numpy(builder.as_dataset(split=s, shuffle_files=False)))
+                         for s in builder.info.splits}, read_build_report(dataset_dir),
+               {s: np.load(build_outputs.lengths_path(dataset_dir, s)) for s in builder.info.splits})
 
 
 def _assert_same_data(single: Build, beam_build_: Build) -> None:
@@ -154,20 +164,28 @@ def test_every_corpus_decodes_the_same_from_its_beam_work_lines(tmp_path, corpus
 @pytest.mark.slow
 def test_cli_beam_build_with_two_worker_processes_and_a_changed_manifest(tmp_path):
   """`python -m data_pipelines.corpora ... --beam_pipeline_options=` (DirectRunner, 2 worker
-  processes): the single-process data, bad files skipped and counted, a changed manifest refused."""
+  processes) and `tfds build`: the single-process data, bad files skipped and counted, a changed
+  manifest refused."""
   manual = tmp_path / "manual"
   fixtures.make_audio_manifest(manual)
   single = _build(BUILDERS["audio_manifest"](config="all", data_dir=str(tmp_path / "single")), manual)
   args = ["audio_manifest", "--manual_dir", str(manual), "--data_dir", str(tmp_path / "beam")]
   data_dir = cli.main(args + ["--beam_pipeline_options", MULTI_PROCESSING])
-  builder = tfds.builder_from_directory(data_dir)
-  on_beam = Build(builder, {s: list(tfds.as_numpy(builder.as_dataset(split=s, shuffle_files=False)))
-                            for s in builder.info.splits}, read_build_report(data_dir),
-                  {s: np.load(build_outputs.lengths_path(data_dir, s)) for s in builder.info.splits})
+  on_beam = _read_build(data_dir)
+  builder = on_beam.builder
   _assert_same_data(single, on_beam)
   assert on_beam.report["skipped_count"] == single.report["skipped_count"] == 8
   assert on_beam.report["beam_metrics"]["kept"] == single.report["kept"] == 5
   assert on_beam.report["beam_metrics"]["skipped"] == 4  # broken, empty, missing, short: on workers
+  # TFDS's own command line, naming the builder's file (the corpus builders are not registered).
+  root = Path(__file__).resolve().parents[1]
+  subprocess.run([sys.executable, "-m", "tensorflow_datasets.scripts.cli.main", "build",
+                  str(root / "data_pipelines" / "corpora" / "audio_manifest.py"),
+                  f"--manual_dir={manual}", f"--data_dir={tmp_path / 'tfds_cli'}",
+                  f"--beam_pipeline_options={IN_MEMORY}"],
+                 check=True, capture_output=True, env=dict(os.environ, PYTHONPATH=str(root)))
+  tfds_dir = tmp_path / "tfds_cli" / "audio_manifest" / "all" / str(builder.info.version)
+  _assert_same_data(single, _read_build(str(tfds_dir)))
   manifest = manual / "manifest.tsv"
   manifest.write_text(manifest.read_text() + "clips/added.wav\tde\t\t\ttrain\n")
   with pytest.raises(SystemExit, match="changed since"):
