@@ -194,9 +194,14 @@ def test_cli_beam_build_with_two_worker_processes_and_a_changed_manifest(tmp_pat
 
 @pytest.mark.slow
 def test_synthetic_speech_builds_the_same_on_beam(tmp_path):
-  single = _build(SyntheticSpeech(config=MINI_SYNTHETIC, data_dir=str(tmp_path / "single")), None)
+  """Two shards per split (TFDS's num_shards): the length index is checked against, and must
+  follow, the example order across shard files."""
+  single = _build(SyntheticSpeech(config=MINI_SYNTHETIC, data_dir=str(tmp_path / "single")), None,
+                  num_shards=2)
   on_beam = _build(SyntheticSpeech(config=MINI_SYNTHETIC, data_dir=str(tmp_path / "beam")), None,
-                   IN_MEMORY)
+                   IN_MEMORY, num_shards=2)
+  for split in single.builder.info.splits.values():
+    assert len(split.file_instructions) == 2
   _assert_same_data(single, on_beam)
   assert dict(on_beam.builder.info.metadata) == dict(single.builder.info.metadata)
   assert on_beam.builder._beam_metrics["kept"] == single.builder.info.metadata["build_report"]["kept"]
