@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from data_pipelines import sampling
+from data_pipelines import build_outputs, sampling
 from data_pipelines.features import SAMPLE_RATE, language_split_name, select_languages
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 # 10 when < 0: 5.5 on synthetic_speech; builds before features.audio_feature), "bytes" raw int16,
 # "zlib" compressed raw int16 (features.audio_feature: 1.72 on synthetic_speech).
 _BYTES_PER_SAMPLE = {"none": 5.5, "bytes": 2.0, "zlib": 1.72}
-_LENGTHS_DIR = "xlsr_jax_lengths"  # per-split utterance-length index, beside the dataset's files
+_LENGTHS_DIR = build_outputs.LENGTHS_DIR  # per-split utterance-length index, beside the dataset's files
 
 
 @dataclasses.dataclass(frozen=True)

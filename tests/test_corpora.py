@@ -189,3 +189,22 @@ def test_decode_audio_segment_past_the_end_names_the_file(tmp_path):
     audio_io.decode_audio(path, start_s=2.0, end_s=3.0)
   segment = audio_io.decode_audio(path, start_s=0.25, end_s=0.75)
   assert segment.shape == (8000,)
+
+
+@pytest.mark.parametrize("corpus", sorted(CONFIGS))
+def test_build_writes_the_length_index_the_buckets_read(built, corpus, monkeypatch):
+  """The build leaves each split's utterance lengths in split order (what reading the split gives)
+  and its shard count in the report, so a pod's first bucketed run decodes nothing to get them."""
+  from data_pipelines import build_outputs, sources
+  b = built[corpus]
+  index = {}
+  for split in b.builder.info.splits:
+    index[split] = np.load(build_outputs.lengths_path(b.builder.data_dir, split))
+    read = [ex["audio"].shape[0] for ex in tfds.as_numpy(
+        sources.read_split(b.builder, split, shuffle_seed=None, cycle_length=1))]
+    np.testing.assert_array_equal(index[split], read)
+  assert b.report["shards"] == {s: len(b.builder.info.splits[s].file_instructions)
+                                for s in b.builder.info.splits}
+  monkeypatch.setattr(sources, "read_split", None)  # split_lengths must not read the data
+  for split, lengths in index.items():
+    np.testing.assert_array_equal(sources.split_lengths(b.builder, split), lengths)

@@ -5,6 +5,10 @@ and voxceleb (speaker identification).
 
 The options override the chosen BuilderConfig (default "all"); give a new `--config_name` when
 changing them, since the name picks the output folder <data_dir>/<corpus>/<config_name>/<version>.
+
+`--beam_pipeline_options=runner=DirectRunner,direct_num_workers=8,direct_running_mode=multi_processing`
+(or a Dataflow, Flink or Spark runner's options) runs the build as an Apache Beam pipeline: the same
+data, decoded on the runner's workers (needs requirements-beam.txt; docs/corpus_builds_beam.md).
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ import sys
 
 import tensorflow_datasets as tfds
 
-from data_pipelines import corpora
+from data_pipelines import build_outputs, corpora
 from data_pipelines.corpora import read_build_report
 from data_pipelines.corpora.manifest_check import ManifestChanged
 from data_pipelines.voxceleb import Voxceleb
@@ -45,6 +49,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                       "the manifest or the files under manual_dir changed)")
   parser.add_argument("--compute_stats", action="store_true",
                       help="let TFDS compute statistics (one more pass over the data)")
+  parser.add_argument("--beam_pipeline_options", default="",
+                      help="build as an Apache Beam pipeline with these comma-separated options, as "
+                      "`tfds build` takes them, e.g. runner=DirectRunner,direct_num_workers=8,"
+                      "direct_running_mode=multi_processing (pip install -r requirements-beam.txt)")
+  parser.add_argument("--num_shards", type=int,
+                      help="shard files per split (TFDS's num_shards; default: TFDS's rule, 1024 "
+                      "for a split of 64 GiB and up); must not exceed the smallest split's examples")
   return parser.parse_args(argv)
 
 
@@ -74,9 +85,11 @@ def main(argv: list[str]) -> str:
   stats = modes.AUTO if args.compute_stats else modes.SKIP
   mode = (tfds.download.GenerateMode.FORCE_REDOWNLOAD if args.overwrite
           else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
+  beam_options = build_outputs.beam_pipeline_options(args.beam_pipeline_options)
   try:
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=args.manual_dir, compute_stats=stats, download_mode=mode))
+        manual_dir=args.manual_dir, compute_stats=stats, download_mode=mode,
+        beam_options=beam_options, num_shards=args.num_shards))
   except ManifestChanged as e:
     raise SystemExit(f"error: {e}") from None
   report = read_build_report(builder.data_dir)

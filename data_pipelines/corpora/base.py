@@ -12,6 +12,13 @@ data as `build_report.json`, its counts and the kept hours per split go into the
 metadata (`info.metadata["hours"]`, `info.metadata["build_report"]`), and its summary is logged.
 A split none of whose files is usable is left out (TFDS cannot write an empty split) and listed
 in the report's `empty_splits`.
+
+Every build also writes each split's utterance-length index (`build_outputs.py`) and records the
+shard files per split in the report (`shards`). With TFDS's `beam_runner` / `beam_options` (e.g.
+`python -m data_pipelines.corpora ... --beam_pipeline_options=...`) the same build runs as an
+Apache Beam pipeline (`data_pipelines/beam_build.py`): the utterance list is made here on the
+driver, decoding, resampling and encoding run on the workers, and the examples, split counts and
+report are the same as the single-process build's (skip reasons sorted).
 """
 from __future__ import annotations
 
@@ -19,6 +26,7 @@ import abc
 import collections
 import concurrent.futures
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -29,7 +37,7 @@ from typing import Any
 from etils import epath
 import tensorflow_datasets as tfds
 
-from data_pipelines import audio_io
+from data_pipelines import audio_io, build_outputs
 from data_pipelines.corpora import manifest_check
 from data_pipelines.features import SAMPLE_RATE, language_split_name, speech_features
 
@@ -74,6 +82,51 @@ class Utterance:
   speaker: str = ""
   start_s: float = 0.0
   end_s: float | None = None
+
+  def extra_features(self) -> dict[str, Any]:
+    """Features of this utterance beyond the shared schema (a subclass's, e.g. a translation)."""
+    return {}
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeOptions:
+  """What decoding one utterance needs from the builder (picklable: Beam workers get a copy)."""
+  corpus: str
+  min_duration_s: float
+  max_duration_s: float | None
+  min_sample_rate: int
+
+
+def decode_utterance(utt: Utterance, options: DecodeOptions) -> dict | str:
+  """The example of `utt` in the shared schema, or the reason it cannot be used (thread-safe)."""
+  label = str(utt.path)
+  if utt.end_s is not None:
+    label += f" [{utt.start_s:.2f}-{utt.end_s:.2f} s]"
+  try:
+    if not utt.path.exists():
+      return f"{label}: file not found"
+    if utt.path.stat().length == 0:
+      return f"{label}: empty file (0 bytes)"
+    audio = audio_io.decode_audio(
+        _local_or_bytes(utt.path), name=label, start_s=utt.start_s, end_s=utt.end_s,
+        min_samples=max(1, int(round(options.min_duration_s * SAMPLE_RATE))),
+        min_source_rate=options.min_sample_rate)
+  except audio_io.AudioDecodeError as e:
+    return str(e)
+  except OSError as e:  # unreadable file, permissions, a remote read that failed
+    return f"{label}: cannot read ({type(e).__name__}: {e})"
+  duration = audio.shape[0] / SAMPLE_RATE
+  if options.max_duration_s is not None and duration > options.max_duration_s:
+    return f"{label}: {duration:.2f} s, longer than the maximum {options.max_duration_s} s"
+  return {"audio": audio, "language": utt.language, "corpus": options.corpus,
+          "speaker": utt.speaker, "transcript": utt.transcript, "duration": duration, "id": utt.id,
+          **utt.extra_features()}
+
+
+def beam_decode(utt: Utterance, options: DecodeOptions) -> Iterator[tuple[str, dict] | str]:
+  """A Beam worker's step (`beam_build.BuildSplit`): `(id, example)`, or the skip reason."""
+  result = decode_utterance(utt, options)
+  yield result if isinstance(result, str) else (result["id"], result)
 
 
 def holdout_fraction(group: str) -> float:
@@ -219,7 +272,10 @@ class CorpusBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                      self.name, len(utterances), name)
         self._report.empty_splits.append(name)
         continue
-      generators[name] = self._generate_examples(name, first, rest)
+      if getattr(self, "_beam", False):  # the first usable one is decoded again on a worker
+        generators[name] = self._beam_split(name, utterances[len(utterances) - len(rest) - 1:])
+      else:
+        generators[name] = self._generate_examples(name, first, rest)
     if not generators:
       raise ValueError(
           f"{self.name}: none of the files under {manual_dir} is usable\n{self._report.summary()}")
@@ -236,30 +292,15 @@ class CorpusBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return example, utterances[i + 1:]
     return None, []
 
+  def _decode_options(self) -> DecodeOptions:
+    config = self.builder_config
+    return DecodeOptions(corpus=self.name, min_duration_s=config.min_duration_s,
+                         max_duration_s=config.max_duration_s,
+                         min_sample_rate=config.min_sample_rate)
+
   def _decode(self, utt: Utterance) -> dict | str:
     """The example of `utt` in the shared schema, or the reason it cannot be used (thread-safe)."""
-    config = self.builder_config
-    label = str(utt.path)
-    if utt.end_s is not None:
-      label += f" [{utt.start_s:.2f}-{utt.end_s:.2f} s]"
-    try:
-      if not utt.path.exists():
-        return f"{label}: file not found"
-      if utt.path.stat().length == 0:
-        return f"{label}: empty file (0 bytes)"
-      audio = audio_io.decode_audio(
-          _local_or_bytes(utt.path), name=label, start_s=utt.start_s, end_s=utt.end_s,
-          min_samples=max(1, int(round(config.min_duration_s * SAMPLE_RATE))),
-          min_source_rate=config.min_sample_rate)
-    except audio_io.AudioDecodeError as e:
-      return str(e)
-    except OSError as e:  # unreadable file, permissions, a remote read that failed
-      return f"{label}: cannot read ({type(e).__name__}: {e})"
-    duration = audio.shape[0] / SAMPLE_RATE
-    if config.max_duration_s is not None and duration > config.max_duration_s:
-      return f"{label}: {duration:.2f} s, longer than the maximum {config.max_duration_s} s"
-    return {"audio": audio, "language": utt.language, "corpus": self.name, "speaker": utt.speaker,
-            "transcript": utt.transcript, "duration": duration, "id": utt.id}
+    return decode_utterance(utt, self._decode_options())
 
   def _example_or_skip(self, result: dict | str) -> dict | None:
     if isinstance(result, str):
@@ -269,25 +310,51 @@ class CorpusBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _generate_examples(self, split_name: str, first: dict, rest: list[Utterance]):
     """Yields (id, example) for `first` and every usable utterance of `rest`, in order."""
-    self._report.keep(split_name, float(first["duration"]))
+    self._keep(split_name, first)
     yield first["id"], first
     for result in ordered_map(self._decode, rest, self.builder_config.num_workers):
       example = self._example_or_skip(result)
       if example is not None:
-        self._report.keep(split_name, float(example["duration"]))
+        self._keep(split_name, example)
         yield example["id"], example
 
+  def _keep(self, split_name: str, example: dict) -> None:
+    self._report.keep(split_name, float(example["duration"]))
+    self._kept_lengths.setdefault(split_name, []).append(
+        (example["id"], int(example["audio"].shape[0])))
+
+  def _beam_split(self, split_name: str, utterances: list[Utterance]):
+    """The split as a Beam PTransform: its utterances written as a work list, decoded on workers."""
+    from data_pipelines import beam_build  # only with apache-beam installed (requirements-beam.txt)
+    work = beam_build.write_work(epath.Path(self.data_dir) / beam_build.WORK_DIR / f"{split_name}.jsonl",
+                                 map(beam_build.utterance_to_json, utterances))
+    return beam_build.BuildSplit(
+        split_name, work, functools.partial(beam_decode, options=self._decode_options()),
+        epath.Path(self.data_dir) / beam_build.RECORDS_DIR, parse=beam_build.utterance_from_json)
+
+  def _process_pipeline_result(self, pipeline_result) -> None:
+    from data_pipelines import beam_build
+    self._beam_metrics = beam_build.metrics_counts(pipeline_result)
+
   def _download_and_prepare(self, dl_manager, download_config) -> None:
+    self._beam = build_outputs.beam_requested(download_config)
+    self._kept_lengths: dict[str, list[tuple[str, int]]] = {}
+    self._beam_metrics: dict[str, int] = {}
     super()._download_and_prepare(dl_manager, download_config)
     report = getattr(self, "_report", None)
     if report is None:  # nothing was generated (max_examples_per_split == 0)
       return
+    if self._beam:
+      self._kept_lengths = build_outputs.collect_beam_records(self.name, epath.Path(self.data_dir), report,
+                                                self._beam_metrics)
+    shards = build_outputs.write_length_indexes(self, self._kept_lengths)
     self.info.metadata["hours"] = report.hours()
     self.info.metadata["build_report"] = {
         "kept": report.kept, "skipped": len(report.skipped), "empty_splits": report.empty_splits}
     path = epath.Path(self.data_dir) / REPORT_FILENAME
-    path.write_text(json.dumps(dict(report.to_dict(), manifest=getattr(self, "_manifest", None)),
-                               indent=1, ensure_ascii=False))
+    path.write_text(json.dumps(dict(
+        report.to_dict(), manifest=getattr(self, "_manifest", None), shards=shards,
+        beam_metrics=self._beam_metrics or None), indent=1, ensure_ascii=False))
     _LOG.info("%s build report (%s):\n%s", self.name, path.name, report.summary())
 
 

@@ -34,6 +34,9 @@ X_TO_EN = ("fr", "de", "es", "ca", "it", "ru", "zh-CN", "pt", "fa", "et", "mn", 
 class TranslatedUtterance(base.Utterance):
   translation: str = ""
 
+  def extra_features(self) -> dict[str, str]:
+    return {"translation": self.translation}
+
 
 def covost_features() -> tfds.features.FeaturesDict:
   features = dict(speech_features())
@@ -98,10 +101,4 @@ class Covost2(base.CorpusBuilder, skip_registration=True):
           transcript=(row.get("sentence") or cv.get("sentence", "")).strip(),
           speaker=row.get("client_id") or cv.get("client_id", ""),
           translation=row["translation"].strip())
-
-  def _decode(self, utt: base.Utterance) -> dict | str:
-    result = super()._decode(utt)
-    if isinstance(result, dict):
-      result["translation"] = utt.translation
-    return result
 

@@ -8,12 +8,18 @@ import time
 from absl import app, flags
 import tensorflow_datasets as tfds
 
+from data_pipelines.build_outputs import beam_pipeline_options
 from data_pipelines.features import language_split_name
 from data_pipelines.synthetic_speech.builder import SPLITS, SyntheticSpeech
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory to build into.",
                                 required=True)
 _CONFIG = flags.DEFINE_string("config", "default", "Builder config: default, tiny or translation.")
+_BEAM = flags.DEFINE_string(
+    "beam_pipeline_options", "", "Build as an Apache Beam pipeline with these comma-separated "
+    "options (as `tfds build` takes them), e.g. runner=DirectRunner,direct_num_workers=4,"
+    "direct_running_mode=multi_processing: each (language, split) on a worker. Needs "
+    "requirements-beam.txt.")
 
 
 def main(argv) -> None:
@@ -21,7 +27,8 @@ def main(argv) -> None:
   tfds.disable_progress_bar()
   builder = SyntheticSpeech(config=_CONFIG.value, data_dir=_DATA_DIR.value)
   start = time.perf_counter()
-  builder.download_and_prepare()
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      beam_options=beam_pipeline_options(_BEAM.value)))
   elapsed = time.perf_counter() - start
   metadata = builder.info.metadata
   print(f"{builder.info.full_name} in {builder.data_dir}")

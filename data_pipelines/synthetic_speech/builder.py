@@ -30,13 +30,15 @@ the keys every corpus builder writes (corpora/base.py) plus a few of its own:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Iterator, Sequence
 
 from absl import logging
+from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data_pipelines import audio_io, espeak
+from data_pipelines import audio_io, build_outputs, espeak
 from data_pipelines.features import SAMPLE_RATE, language_split_name, speech_features
 from data_pipelines.synthetic_speech import texts
 
@@ -238,8 +240,35 @@ def split_utterances(config: SyntheticSpeechConfig, language: str, split: str,
     seconds += duration
 
 
+def split_examples(config: SyntheticSpeechConfig, language: str, split: str,
+                   report: audio_io.BuildReport | None = None) -> Iterator[tuple[str, dict]]:
+  """`(key, example)` of one (language, split) in the shared schema, in stream order."""
+  for planned, speaker, audio in split_utterances(config, language, split, report):
+    key = f"{language}_{planned.index:06d}"
+    yield key, {
+        "audio": audio, "language": language, "corpus": CORPUS, "speaker": speaker.id,
+        "transcript": planned.text, "duration": np.float32(audio.shape[0] / SAMPLE_RATE),
+        "id": key,
+    }
+
+
+def beam_split_examples(item: tuple[str, str], config: SyntheticSpeechConfig
+                        ) -> Iterator[tuple[str, dict] | str]:
+  """A Beam worker's step (`beam_build.BuildSplit`): one (language, split) synthesised whole
+  (each split's stream stops on the seconds it has kept, so it is one unit of work); the
+  too-short syntheses it skipped follow as their reasons."""
+  language, split = item
+  report = audio_io.BuildReport()
+  yield from split_examples(config, language, split, report)
+  yield from report.skipped
+
+
 class SyntheticSpeech(tfds.core.GeneratorBasedBuilder):
-  """Multilingual espeak-ng speech with transcripts and speaker ids; splits `<split>_<lang>`."""
+  """Multilingual espeak-ng speech with transcripts and speaker ids; splits `<split>_<lang>`.
+
+  With TFDS's `beam_runner` / `beam_options` each (language, split) is synthesised on a Beam
+  worker (`data_pipelines/beam_build.py`): the same examples and metadata, in parallel.
+  """
 
   VERSION = tfds.core.Version("2.0.0")
   RELEASE_NOTES = {
@@ -278,10 +307,18 @@ class SyntheticSpeech(tfds.core.GeneratorBasedBuilder):
   def _download_and_prepare(self, dl_manager, download_config) -> None:
     self.builder_config.validate()
     self._report = audio_io.BuildReport()
-    self._seconds: list[float] = []  # every kept utterance's length
+    self._beam = build_outputs.beam_requested(download_config)
+    self._beam_metrics: dict[str, int] = {}
+    self._kept_lengths: dict[str, list[tuple[str, int]]] = {}  # {split: [(key, samples)]}
     super()._download_and_prepare(dl_manager, download_config)
+    if self._beam:
+      self._kept_lengths = build_outputs.collect_beam_records(
+          CORPUS, epath.Path(self.data_dir), self._report, self._beam_metrics)
+    build_outputs.write_length_indexes(self, self._kept_lengths)
     logging.info("%s/%s: %s", CORPUS, self.builder_config.name, self._report.summary())
-    self.info.metadata.update(self._build_metadata(self._report, self._seconds))
+    seconds = [n / SAMPLE_RATE for split in sorted(self._kept_lengths)
+               for _, n in sorted(self._kept_lengths[split])]
+    self.info.metadata.update(self._build_metadata(self._report, seconds))
 
   def _split_generators(self, dl_manager):
     del dl_manager  # nothing to download: every utterance is synthesised here
@@ -289,15 +326,23 @@ class SyntheticSpeech(tfds.core.GeneratorBasedBuilder):
             for lang in self.builder_config.languages for split in SPLITS}
 
   def _generate_examples(self, language: str, split: str):
-    for planned, speaker, audio in split_utterances(self.builder_config, language, split,
-                                                    self._report):
-      key = f"{language}_{planned.index:06d}"
-      self._seconds.append(audio.shape[0] / SAMPLE_RATE)
-      yield key, {
-          "audio": audio, "language": language, "corpus": CORPUS, "speaker": speaker.id,
-          "transcript": planned.text, "duration": np.float32(audio.shape[0] / SAMPLE_RATE),
-          "id": key,
-      }
+    split_name = language_split_name(split, language)
+    if self._beam:
+      from data_pipelines import beam_build  # only with requirements-beam.txt installed
+      return beam_build.BuildSplit(
+          split_name, [(language, split)],
+          functools.partial(beam_split_examples, config=self.builder_config),
+          epath.Path(self.data_dir) / beam_build.RECORDS_DIR)
+    return self._generate_locally(language, split, split_name)
+
+  def _generate_locally(self, language: str, split: str, split_name: str):
+    for key, example in split_examples(self.builder_config, language, split, self._report):
+      self._kept_lengths.setdefault(split_name, []).append((key, example["audio"].shape[0]))
+      yield key, example
+
+  def _process_pipeline_result(self, pipeline_result) -> None:
+    from data_pipelines import beam_build
+    self._beam_metrics = beam_build.metrics_counts(pipeline_result)
 
   def _build_metadata(self, report: audio_io.BuildReport, seconds: Sequence[float]) -> dict:
     config = self.builder_config
