@@ -99,7 +99,13 @@ def new_workdir_command(argv: list[str], workdir: str) -> str:
   return shlex.join(["python", "-m", "xlsr_jax.main", *args, f"--workdir={new}"])
 
 
+def _see(errors_log: str) -> str:
+  """"; background errors in <file>" when the run wrote any there."""
+  return f" (background errors: {errors_log})" if os.path.exists(errors_log) else ""
+
+
 def main(argv: list[str] | None = None) -> int:
+  cli = argv is None  # a process of its own: background errors stay in the log while it exits
   argv = sys.argv[1:] if argv is None else argv
   started = start_cli(argv, make_parser(), parse_config)
   if isinstance(started, int):
@@ -115,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
   import jax
   from xlsr_jax.checkpoints.manager import (CheckpointMismatchError, CheckpointReadError,
                                             CheckpointSaveError, NoIntactCheckpointError)
+  from xlsr_jax.training import run
   from xlsr_jax.training.loop import InputStreamChanged
+  errors_log = os.path.join(os.path.abspath(args.workdir), run.ERRORS_LOG)
   try:
     validation.validate_devices(config, jax.device_count(), jax.process_count())
   except ConfigError as e:
@@ -125,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(config.train.compilation_cache_dir))
   from xlsr_jax.training.loop import train_and_evaluate
   try:
-    with workdir_lock.hold(args.workdir, enabled=jax.process_index() == 0):
+    with workdir_lock.hold(args.workdir, enabled=jax.process_index() == 0), \
+        run.background_errors_to_log(os.path.abspath(args.workdir), keep=cli) as errors_log:
       result = train_and_evaluate(config, args.workdir)
       if not result["trained"]:
         return 0  # already at train.num_steps: said so, nothing changed
@@ -143,11 +152,15 @@ def main(argv: list[str] | None = None) -> int:
           CheckpointMismatchError, NoIntactCheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)  # refused before anything in the workdir changed
     return 2
-  except (CheckpointSaveError, CheckpointReadError, FloatingPointError) as e:
+  except CheckpointSaveError as e:
+    print(f"error: {e}{_see(errors_log)}", file=sys.stderr)
+    return 1
+  except (CheckpointReadError, FloatingPointError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   except KeyboardInterrupt:
-    print("aborted (second Ctrl-C): the steps since the last checkpoint are lost", file=sys.stderr)
+    print(f"aborted (second Ctrl-C): the steps since the last checkpoint are lost"
+          f"{_see(errors_log)}", file=sys.stderr)
     return 130
   print(f"TensorBoard logs: {result['tensorboard']}  (tensorboard --logdir {result['tensorboard']})")
   return 0

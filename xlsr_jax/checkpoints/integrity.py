@@ -39,11 +39,18 @@ class CheckpointReadError(RuntimeError):
   not damage, so no step is skipped, deleted or replaced; the message names the file and the error."""
 
 
-def read_error(path: Any, error: BaseException) -> CheckpointReadError:
-  """CheckpointReadError naming `path` and `error`, saying that nothing was changed."""
-  cause = " ".join(f"{type(error).__name__}: {error}".split())
+def short_cause(error: BaseException) -> str:
+  """`Type: message` on one line, without TensorStore's spec dump, at most ~400 characters: the
+  start (what failed) and the end (the OS error: why)."""
+  cause = " ".join(f"{type(error).__name__}: {error}".split()).split(" [tensorstore_spec=")[0]
   if len(cause) > 400:
     cause = f"{cause[:150]} ... {cause[-230:]}"
+  return cause
+
+
+def read_error(path: Any, error: BaseException) -> CheckpointReadError:
+  """CheckpointReadError naming `path` and `error`, saying that nothing was changed."""
+  cause = short_cause(error)
   return CheckpointReadError(f"could not read {path} ({cause}); this is not damage the checksums "
                              f"name, so no checkpoint was skipped or deleted: fix the storage or the "
                              f"permissions and run the same command again")

@@ -311,12 +311,9 @@ class CheckpointManager:
     except Exception as error:  # pylint: disable=broad-except  # any cause stops the run the same way
       step = self._saving_step if step is None else step
       done = self.all_steps()
-      cause = " ".join(str(error).split())
-      if len(cause) > 400:  # keep the start (what) and the end (the OS error: why)
-        cause = f"{cause[:150]} ... {cause[-230:]}"
       raise CheckpointSaveError(
-          f"saving checkpoint step {step} to {self.directory} failed: {type(error).__name__}: "
-          f"{cause}; the newest complete checkpoint is "
+          f"saving checkpoint step {step} to {self.directory} failed: "
+          f"{integrity.short_cause(error)}; the newest complete checkpoint is "
           f"{'step ' + str(done[-1]) if done else 'none'}") from error
 
   def check_for_errors(self) -> None:
