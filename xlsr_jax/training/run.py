@@ -130,20 +130,29 @@ class _Background(logging.Filter):
     return background != self.invert
 
 
+class _QuietFileHandler(logging.FileHandler):
+  """A FileHandler that drops a record it cannot write (the disk the log is on may be the full one)
+  instead of printing logging's own traceback to the console."""
+
+  def handleError(self, record: logging.LogRecord) -> None:
+    del record
+
+
 @contextlib.contextmanager
 def background_errors_to_log(workdir: str, keep: bool = False) -> Iterator[str]:
   """Sends the tracebacks of background threads to workdir/errors.log instead of the console: the
   ERROR records of BACKGROUND_LOGGERS, uncaught exceptions of other threads (threading.excepthook),
   those printed from native threads (sys.excepthook off the main thread) and unraisable ones
-  (sys.unraisablehook: callbacks after asyncio's loop closed), so that a failed
-  save or a second Ctrl-C ends the console output with one line. The file is created on the first
-  record only. Yields its path (the run's last error line points at it). keep: stay diverted after
-  the block (a CLI process: Orbax's leftover tasks report while the interpreter exits)."""
+  (sys.unraisablehook: callbacks after asyncio's loop closed), so that a failed save or a second
+  Ctrl-C ends the console output with one line. The file is created on the first record only; a
+  record it cannot write (a full disk) is dropped. Yields its path (the run's last error line
+  points at it). keep: stay diverted after the block (a CLI process: Orbax's leftover tasks report
+  while the interpreter exits)."""
   import sys
   import threading
   import traceback
   path = os.path.join(workdir, ERRORS_LOG)
-  handler = logging.FileHandler(path, delay=True)
+  handler = _QuietFileHandler(path, delay=True)
   handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
   handler.addFilter(_Background())
   root = logging.getLogger()
