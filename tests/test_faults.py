@@ -279,6 +279,36 @@ def test_an_unreadable_item_directory_is_a_read_error_not_a_missing_file(run, tm
   assert "missing" not in str(info.value)
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # Orbax's leftovers
+def test_a_step_without_checksums_falls_back_only_for_a_missing_file(run, tmp_path, caplog,
+                                                                     monkeypatch):
+  import errno
+  from xlsr_jax.checkpoints import manager as manager_lib
+  workdir = copy_run(run, tmp_path)
+  for step in ("4", "8"):  # as saved before checksums existed
+    os.remove(workdir / "checkpoints" / step / "checksums.json")
+  target = _trainer_target(workdir)
+  real_restore = manager_lib.ocp.CheckpointManager.restore
+
+  def timed_out(self, step, *args, **kwargs):
+    if step == 8:
+      raise OSError(errno.ETIMEDOUT, "Connection timed out", "gs://bucket/w/checkpoints/8")
+    return real_restore(self, step, *args, **kwargs)
+  with monkeypatch.context() as patch:
+    patch.setattr(manager_lib.ocp.CheckpointManager, "restore", timed_out)
+    with manager_lib.CheckpointManager(workdir / "checkpoints", save_every=4, keep=3) as manager:
+      with pytest.raises(manager_lib.CheckpointReadError, match="Connection timed out"):
+        manager.restore_latest(target)
+      assert not manager._damaged  # nothing marked for replacement
+  os.remove(largest_array_file(workdir / "checkpoints" / "8"))
+  with caplog.at_level(logging.WARNING), manager_lib.CheckpointManager(
+      workdir / "checkpoints", save_every=4, keep=3) as manager:
+    state, _ = manager.restore_latest(target)
+  assert int(state.step) == 4
+  assert any("a file is missing or truncated" in r.getMessage() for r in caplog.records), \
+      [r.getMessage() for r in caplog.records]
+
+
 def test_every_checkpoint_damaged_is_refused_in_one_line(run, data_dir, tmp_path, capsys):
   workdir = copy_run(run, tmp_path)
   for step in ("4", "8"):

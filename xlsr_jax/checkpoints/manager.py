@@ -19,9 +19,10 @@ Integrity (`integrity.py`): `<step>/checksums.json` holds the sha256 of every it
 the temporary step directory after Orbax finalised the items and before the rename that commits the
 step. Restoring re-hashes them first (process 0) and refuses a step with a damaged file, or whose
 restored values are not finite: a WARNING naming the file, then the previous step (a new save of
-that step replaces it later). A step saved before checksums existed is damaged when a file is
-missing; any other error restoring it is a CheckpointReadError like above. A save that fails (disk full, permissions) raises `CheckpointSaveError` naming the
-step and the cause at the next step of the loop (`reached_preemption`), not one save later.
+that step replaces it later). A step saved before checksums existed is damaged when Orbax reports
+a file missing or truncated; any other error restoring it is a CheckpointReadError as above. A save that fails (disk
+full, permissions) raises `CheckpointSaveError` naming the step and the cause at the next step of
+the loop (`reached_preemption`), not one save later.
 """
 from __future__ import annotations
 
@@ -44,8 +45,6 @@ from orbax.checkpoint import checkpoint_managers
 
 from xlsr_jax.checkpoints import integrity
 from xlsr_jax.checkpoints.integrity import CheckpointCorruptError, CheckpointReadError
-
-__all__ = ["CheckpointCorruptError", "CheckpointReadError"]  # re-exported for the entry points
 
 logger = logging.getLogger(__name__)
 
@@ -161,11 +160,16 @@ def _unreadable(error: BaseException) -> bool:
   return isinstance(error, OSError) and not isinstance(error, (FileNotFoundError, NotADirectoryError))
 
 
-def _names_missing_file(error: BaseException) -> bool:
-  """Whether an exception (or one it was raised from) says a file is missing."""
+# What TensorStore says of a missing or truncated file (its status codes, and zstd's own words).
+_DAMAGE_WORDS = ("NOT_FOUND", "DATA_LOSS", "Truncated", "truncated")
+
+
+def _names_damage(error: BaseException) -> bool:
+  """Whether an exception (or one it was raised from) says a file is missing or truncated."""
   seen = 0
   while error is not None and seen < 10:
-    if isinstance(error, (FileNotFoundError, NotADirectoryError)) or "NOT_FOUND" in str(error):
+    if (isinstance(error, (FileNotFoundError, NotADirectoryError))
+        or any(word in str(error) for word in _DAMAGE_WORDS)):
       return True
     error, seen = error.__cause__ or error.__context__, seen + 1
   return False
@@ -203,7 +207,7 @@ class CheckpointSaveError(RuntimeError):
 
 
 # What a process found restoring a step; every process learns every process's outcome.
-_OK, _DAMAGED, _UNREADABLE = 0, 1, 2
+_OK, _DAMAGED, _UNREADABLE, _UNVERIFIED = 0, 1, 2, 3  # _UNVERIFIED: intact, no checksum record
 
 
 def _outcomes(here: int) -> list[int]:
@@ -213,11 +217,6 @@ def _outcomes(here: int) -> list[int]:
   from jax.experimental import multihost_utils
   codes = multihost_utils.process_allgather(np.array([here], np.int32))
   return [int(c) for c in np.asarray(codes).reshape(-1)]
-
-
-def _failed_processes(failed_here: bool) -> list[int]:
-  """Indices of the processes that report a failure (a collective when there are several)."""
-  return [i for i, code in enumerate(_outcomes(int(failed_here))) if code]
 
 
 def _split(state: Any) -> tuple[Any, dict[str, Any]]:
@@ -437,11 +436,11 @@ class CheckpointManager:
     """Re-hashes the step's files on process 0 and tells every process the outcome (a collective,
     so that all skip or stop together): CheckpointCorruptError names the damaged file,
     CheckpointReadError one that could not be read. False: the step has no checksum record."""
-    problem, code, verified = None, _OK, True
+    problem, code = None, _OK
     if jax.process_index() == 0:
       try:
-        verified = integrity.verify(self.directory / str(step), items)
-        if not verified:
+        if not integrity.verify(self.directory / str(step), items):
+          code = _UNVERIFIED
           logger.warning("%s has no %s (saved by an older version): its files are not verified",
                          self.directory / str(step), integrity.CHECKSUM_FILE)
       except CheckpointCorruptError as e:
@@ -454,12 +453,12 @@ class CheckpointManager:
                                            f"process 0 (see its log)")
     if codes[0] == _DAMAGED:
       raise problem or CheckpointCorruptError(f"{self.directory / str(step)}: damaged (see process 0)")
-    return verified
+    return codes[0] != _UNVERIFIED
 
   @contextlib.contextmanager
   def _read_errors(self, step: int, verified: bool):
-    """Orbax's errors reading a step: a missing file of a step without checksums is damage
-    (CheckpointCorruptError); anything else (the files verified, or another error) is a
+    """Orbax's errors reading a step: a missing or truncated file of a step without checksums is
+    damage (CheckpointCorruptError); anything else (the files verified, or another error) is a
     CheckpointReadError naming the step and the error, never damage."""
     try:
       yield
@@ -467,9 +466,9 @@ class CheckpointManager:
       raise
     except Exception as e:  # pylint: disable=broad-except  # classified, then re-raised
       step_dir = self.directory / str(step)
-      if not verified and _names_missing_file(e):
-        raise CheckpointCorruptError(f"{step_dir}: a file is missing ({type(e).__name__}: "
-                                     f"{' '.join(str(e).split())[:300]})") from e
+      if not verified and _names_damage(e):
+        raise CheckpointCorruptError(f"{step_dir}: a file is missing or truncated "
+                                     f"({integrity.short_cause(e)[:300]})") from e
       raise integrity.read_error(step_dir, e) from e
 
   def _check_params(self, step: int, params: Any) -> None:
