@@ -658,3 +658,13 @@ def test_evaluate_model_override_conflicting_with_the_init(key, value, message):
   with pytest.raises(ConfigError, match=re.escape(message)) as info:
     task_setup.model_config(config, get_preset("tiny"))
   assert "/exports/tiny" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_evaluate_unknown_corpus_is_one_line(data_dir):
+  from xlsr_jax.downstream import task_setup
+  from xlsr_jax.downstream.defaults import get_default_config
+  config = get_default_config()
+  config.data.corpus, config.data.data_dir = "librispeeh_asr", data_dir
+  with pytest.raises(task_setup.TaskError, match="data.corpus='librispeeh_asr' is neither built") as info:
+    task_setup.open_corpus(config)
+  assert "\n" not in str(info.value)

@@ -146,7 +146,12 @@ def open_corpus(config: ml_collections.ConfigDict):
         raise TaskError(not_built_message(config.data.corpus, data_dir))
       builder.download_and_prepare()
     return builder
-  return tfds.builder(config.data.corpus, data_dir=data_dir)
+  try:
+    return tfds.builder(config.data.corpus, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError:  # not TFDS's list of every dataset it knows
+    raise TaskError(f"data.corpus={config.data.corpus!r} is neither built in data.data_dir="
+                    f"{config.data.data_dir} nor a TFDS dataset: fix the name or build it first "
+                    f"(python -m data_pipelines.corpora --help)") from None
 
 
 def build_task(config, loaded, train_index):
