@@ -436,6 +436,8 @@ REFUSED_STARTS = [  # (id, the --workdir from tmp_path, overrides, text of the o
     ("workdir_under_a_file", lambda p: _a_file(p) + "/run", {}, "lies under"),
     ("unknown_corpus", lambda p: str(p / "w"), {"data.sources": "[['synthetic_speeh/tiny', None]]"},
      "corpus 'synthetic_speeh/tiny', which is neither built"),
+    ("unknown_synthetic_config", lambda p: str(p / "w"),
+     {"data.sources": "[['synthetic_speech/tinyy', None]]"}, "has no such config; its configs: "),
 ]
 
 

@@ -100,7 +100,7 @@ def new_workdir_command(argv: list[str], workdir: str) -> str:
 
 
 def _see(errors_log: str) -> str:
-  """"; background errors in <file>" when the run wrote any there."""
+  """A pointer to the run's errors.log for its last line, when background errors were written."""
   return f" (background errors: {errors_log})" if os.path.exists(errors_log) else ""
 
 
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
   from xlsr_jax.training.loop import train_and_evaluate
   try:
     with workdir_lock.hold(args.workdir, enabled=jax.process_index() == 0), \
-        run.background_errors_to_log(os.path.abspath(args.workdir), keep=cli) as errors_log:
+        run.background_errors_to_log(os.path.abspath(args.workdir), keep=cli):
       result = train_and_evaluate(config, args.workdir)
       if not result["trained"]:
         return 0  # already at train.num_steps: said so, nothing changed

@@ -56,7 +56,14 @@ def ensure_synthetic_corpus(config: ml_collections.ConfigDict) -> None:
   for corpus, _ in list(config.data.sources) + list(config.data.replay_sources):
     if corpus.partition("/")[0] != "synthetic_speech":
       continue
-    builder = corpus_builder(corpus, data_dir)
+    try:
+      builder = corpus_builder(corpus, data_dir)
+    except ValueError:  # an unknown builder config: TFDS lists near names over several lines
+      from data_pipelines.synthetic_speech.builder import SyntheticSpeech
+      raise ConfigError(f"data.sources or replay_sources name {corpus!r}, but synthetic_speech has "
+                        f"no such config; "
+                        f"its configs: {', '.join(c.name for c in SyntheticSpeech.BUILDER_CONFIGS)}"
+                        ) from None
     if builder.is_prepared():
       continue
     if not config.data.build_if_missing:
