@@ -18,6 +18,15 @@ import numpy as np
 import tensorflow as tf
 
 
+class StreamMismatchError(ValueError):
+  """`set_state` of a position saved for another stream; `diff`: {setting: (saved, current)}."""
+
+  def __init__(self, diff: dict[str, tuple[Any, Any]]):
+    super().__init__(f"input pipeline state was saved for a different stream; (saved, current) "
+                     f"differ in {diff}")
+    self.diff = diff
+
+
 class PipelineIterator:
   """Numpy batches of a pretraining dataset, prefetched in a thread; the position saves exactly.
 
@@ -88,8 +97,7 @@ class PipelineIterator:
     if self._identity is not None and saved is not None and saved != self._identity:
       diff = {k: (saved.get(k), self._identity.get(k))
               for k in sorted(set(saved) | set(self._identity)) if saved.get(k) != self._identity.get(k)}
-      raise ValueError(f"input pipeline state was saved for a different stream; (saved, current) "
-                       f"differ in {diff}")
+      raise StreamMismatchError(diff)
     self.close()
     self._position = tf.io.parse_tensor(blob, out_type=tf.variant)
     _restore(self._iterator, self._position)

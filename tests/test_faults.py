@@ -233,6 +233,93 @@ def test_export_of_a_damaged_step_fails_naming_the_file(run, tmp_path, capsys):
   assert export.main([f"--workdir={workdir}", f"--out={tmp_path / 'out'}", "--step=4"]) == 0
 
 
+def _unreadable(monkeypatch, bad_path):
+  """Every open() of `bad_path` fails with EIO (a storage hiccup; root ignores chmod)."""
+  import builtins
+  import errno
+  real_open = builtins.open
+
+  def flaky_open(file, *args, **kwargs):
+    if isinstance(file, (str, os.PathLike)) and os.fspath(file) == str(bad_path):
+      raise OSError(errno.EIO, "Input/output error", os.fspath(file))
+    return real_open(file, *args, **kwargs)
+  monkeypatch.setattr(builtins, "open", flaky_open)
+
+
+def test_read_error_on_the_newest_step_stops_naming_the_file_and_keeps_the_step(
+    run, data_dir, tmp_path, capsys, monkeypatch):
+  from xlsr_jax.checkpoints.manager import CheckpointManager
+  workdir = copy_run(run, tmp_path)
+  before = tree_digest(workdir)
+  bad_file = largest_array_file(workdir / "checkpoints" / "8")
+  with monkeypatch.context() as patch:
+    _unreadable(patch, bad_file)
+    code, out, err = main_in_process(run_args(data_dir, workdir, **{"train.num_steps": 12}), capsys)
+  assert code == 1 and bad_file in err and "Input/output error" in err, err[-3000:]
+  assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err[-3000:]
+  assert "trying the previous" not in out + err  # no fall back to step 4
+  assert tree_digest(workdir) == before  # step 8 kept as it was, nothing replaced
+  with CheckpointManager(workdir / "checkpoints", save_every=4, keep=3) as manager:
+    state, _ = manager.restore_latest(_trainer_target(workdir))  # readable again: step 8
+  assert int(state.step) == 8
+
+
+def test_an_unreadable_item_directory_is_a_read_error_not_a_missing_file(run, tmp_path, monkeypatch):
+  from xlsr_jax.checkpoints import integrity
+  step_dir = copy_run(run, tmp_path) / "checkpoints" / "8"
+  real_stat = os.stat
+
+  def stat(path, *args, **kwargs):  # params/ without permission: what is under it cannot be checked
+    if os.fspath(path).startswith(str(step_dir / "params") + os.sep):
+      raise PermissionError(13, "Permission denied", os.fspath(path))
+    return real_stat(path, *args, **kwargs)
+  monkeypatch.setattr(integrity.os, "stat", stat)
+  with pytest.raises(integrity.CheckpointReadError, match="PermissionError") as info:
+    integrity.verify(step_dir, ("params",))
+  assert "missing" not in str(info.value)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # Orbax's leftovers
+def test_a_step_without_checksums_falls_back_only_for_a_missing_file(run, tmp_path, caplog,
+                                                                     monkeypatch):
+  import errno
+  from xlsr_jax.checkpoints import manager as manager_lib
+  workdir = copy_run(run, tmp_path)
+  for step in ("4", "8"):  # as saved before checksums existed
+    os.remove(workdir / "checkpoints" / step / "checksums.json")
+  target = _trainer_target(workdir)
+  real_restore = manager_lib.ocp.CheckpointManager.restore
+
+  def timed_out(self, step, *args, **kwargs):
+    if step == 8:
+      raise OSError(errno.ETIMEDOUT, "Connection timed out", "gs://bucket/w/checkpoints/8")
+    return real_restore(self, step, *args, **kwargs)
+  with monkeypatch.context() as patch:
+    patch.setattr(manager_lib.ocp.CheckpointManager, "restore", timed_out)
+    with manager_lib.CheckpointManager(workdir / "checkpoints", save_every=4, keep=3) as manager:
+      with pytest.raises(manager_lib.CheckpointReadError, match="Connection timed out"):
+        manager.restore_latest(target)
+      assert not manager._damaged  # nothing marked for replacement
+  os.remove(largest_array_file(workdir / "checkpoints" / "8"))
+  with caplog.at_level(logging.WARNING), manager_lib.CheckpointManager(
+      workdir / "checkpoints", save_every=4, keep=3) as manager:
+    state, _ = manager.restore_latest(target)
+  assert int(state.step) == 4
+  assert any("a file is missing or truncated" in r.getMessage() for r in caplog.records), \
+      [r.getMessage() for r in caplog.records]
+
+
+def test_every_checkpoint_damaged_is_refused_in_one_line(run, data_dir, tmp_path, capsys):
+  workdir = copy_run(run, tmp_path)
+  for step in ("4", "8"):
+    damage(largest_array_file(workdir / "checkpoints" / step))
+  before = tree_digest(workdir)
+  code, out, err = main_in_process(run_args(data_dir, workdir, **{"train.num_steps": 12}), capsys)
+  assert code == 2 and "every checkpoint under" in err and "step 8:" in err and "step 4:" in err, err
+  assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err[-3000:]
+  assert tree_digest(workdir) == before  # nothing deleted
+
+
 # ---------------------------------------------------------------------------------------------
 # The workdir: one run at a time, a refused run changes nothing, history kept.
 
@@ -279,10 +366,115 @@ def test_refused_resume_leaves_the_workdir_byte_identical(run, data_dir, tmp_pat
 
 def test_rerunning_a_finished_run_keeps_its_metrics(run, data_dir, tmp_path, capsys):
   workdir = copy_run(run, tmp_path)
+  before = tree_digest(workdir)
   code, out, err = main_in_process(run_args(data_dir, workdir), capsys)
   assert code == 0, err[-2000:]
   with open(workdir / "metrics.json") as f:
     assert [m["step"] for m in json.load(f)] == [2, 4, 6, 8]
+  assert "nothing to train" in out and "step 8 = train.num_steps" in out, out[-2000:]
+  assert tree_digest(workdir) == before  # config.json, tensorboard/ untouched too
+
+
+# Resumes that cannot go on as configured: refused (exit 2) with the way on, the workdir unchanged.
+REFUSED_RESUMES = [  # (id, overrides, texts the one-line error must contain)
+    ("num_steps_below_the_latest_step", {"train.num_steps": 4},
+     ["train.num_steps=4 is below the latest checkpoint, step 8", "above 8"]),
+    ("batch_seconds_doubled", {"data.batch_seconds": 16.0, "train.num_steps": 12},
+     ["global_batch_size: 8 -> 16", "--config.data.restart_input_stream=true", "_new"]),
+    ("bucket_plan_changed", {"data.bucket_seconds": "[1.0]", "train.num_steps": 12},
+     ["bucket_lengths", "--config.data.restart_input_stream=true", "--workdir="]),
+]
+
+
+@pytest.mark.parametrize("name,overrides,texts", REFUSED_RESUMES, ids=[c[0] for c in REFUSED_RESUMES])
+def test_resume_that_cannot_go_on_is_refused_with_the_way_on(name, overrides, texts, run, data_dir,
+                                                             tmp_path, capsys):
+  workdir = copy_run(run, tmp_path)
+  before = tree_digest(workdir)  # bucket_plan.json and config.json included: none written
+  code, out, err = main_in_process(run_args(data_dir, workdir, **overrides), capsys)
+  assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err[-3000:]
+  assert all(text in err for text in texts), err
+  assert tree_digest(workdir) == before
+
+
+def test_restart_input_stream_accepts_another_stream_with_a_warning(capsys):
+  from data_pipelines.pipeline_iterator import StreamMismatchError
+  from xlsr_jax.training import loop
+  from xlsr_jax.training.defaults import get_default_config
+
+  class ChangedStream:
+    def set_state(self, blob):
+      raise StreamMismatchError({"global_batch_size": (8, 16)})
+  config = get_default_config()
+  with pytest.raises(loop.InputStreamChanged, match="restart_input_stream=true"):
+    loop.resume_input_position(ChangedStream(), b"position", config, 8)
+  config.data.restart_input_stream = True
+  loop.resume_input_position(ChangedStream(), b"position", config, 8)  # accepted: from the start
+  out = capsys.readouterr().out
+  assert "warning:" in out and "global_batch_size: 8 -> 16" in out and "from its beginning" in out
+
+
+def test_new_workdir_command_is_the_same_command_with_another_workdir():
+  from xlsr_jax.main import new_workdir_command
+  for argv in (["--config=c.py", "--workdir=/r/w", "--config.a=1"],
+               ["--config=c.py", "--workdir", "/r/w", "--config.a=1"]):
+    assert new_workdir_command(argv, "/r/w") == (
+        "python -m xlsr_jax.main --config=c.py --config.a=1 --workdir=/r/w_new")
+
+
+# ---------------------------------------------------------------------------------------------
+# Start-up refusals: an unusable --workdir or data source; one line, exit 2, nothing created.
+
+def _a_file(tmp_path):
+  (tmp_path / "a_file").write_text("not a directory\n")
+  return str(tmp_path / "a_file")
+
+
+REFUSED_STARTS = [  # (id, the --workdir from tmp_path, overrides, text of the one-line error)
+    ("empty_workdir", lambda p: "", {}, "--workdir is empty"),
+    ("workdir_is_a_file", _a_file, {}, "a_file is a file, not a directory"),
+    ("workdir_under_a_file", lambda p: _a_file(p) + "/run", {}, "lies under"),
+    ("unknown_corpus", lambda p: str(p / "w"), {"data.sources": "[['synthetic_speeh/tiny', None]]"},
+     "corpus 'synthetic_speeh/tiny', which is neither built"),
+    ("unknown_synthetic_config", lambda p: str(p / "w"),
+     {"data.sources": "[['synthetic_speech/tinyy', None]]"}, "has no such config; its configs: "),
+]
+
+
+@pytest.mark.parametrize("name,workdir,overrides,message", REFUSED_STARTS,
+                         ids=[c[0] for c in REFUSED_STARTS])
+def test_unusable_workdir_or_source_is_refused_before_anything_is_written(
+    name, workdir, overrides, message, data_dir, tmp_path, capsys):
+  workdir = workdir(tmp_path)
+  before = sorted(os.listdir(tmp_path))
+  code, out, err = main_in_process(run_args(data_dir, workdir, **overrides), capsys)
+  assert code == 2 and message in err, err[-3000:]
+  assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err[-3000:]
+  assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_unwritable_workdir_is_refused(data_dir, tmp_path, capsys, monkeypatch):
+  from xlsr_jax.training import workdir_lock
+  # Root passes os.access on any mode: stand in for a read-only or foreign directory.
+  real_access = os.access
+  monkeypatch.setattr(workdir_lock.os, "access",
+                      lambda p, mode: False if str(p) == str(tmp_path) else real_access(p, mode))
+  code, out, err = main_in_process(run_args(data_dir, tmp_path / "w"), capsys)
+  assert code == 2 and "cannot be written" in err and len(err.strip().splitlines()) == 1, err
+  assert not (tmp_path / "w").exists()
+
+
+def test_lock_that_cannot_be_created_is_unusable_and_leaves_no_directory(tmp_path, monkeypatch):
+  import errno
+  from xlsr_jax.training import workdir_lock
+
+  def read_only(path, *args):
+    raise OSError(errno.EROFS, "Read-only file system", path)
+  monkeypatch.setattr(workdir_lock.os, "open", read_only)
+  with pytest.raises(workdir_lock.WorkdirUnusable, match="Read-only file system"):
+    with workdir_lock.hold(str(tmp_path / "w")):
+      pass
+  assert not (tmp_path / "w").exists()
 
 
 @pytest.mark.slow
@@ -308,8 +500,8 @@ def test_first_ctrl_c_saves_and_exits_a_second_aborts(run, data_dir, tmp_path):
       assert "preempted: saved step" in out and steps[-1] > 8, (steps, out[-2000:])
       with open(workdir / "metrics.json") as f:
         assert [m["step"] for m in json.load(f)][-1] == steps[-1]
-    else:
-      assert "aborted" in out, out[-2000:]
+    else:  # one line at the end (the tracebacks of a save it interrupts go to errors.log)
+      assert "aborted" in out.strip().splitlines()[-1] and "Traceback" not in out, out[-3000:]
 
 
 def _limit_file_size():
@@ -330,6 +522,9 @@ def test_failed_save_stops_the_run_naming_the_step_and_cause(data_dir, tmp_path)
   assert code == 1, out[-3000:]
   error = [line for line in out.splitlines() if line.startswith("error:")]
   assert error and "saving checkpoint step 50" in error[0] and "File too large" in error[0], out[-3000:]
+  # The error is the last line; the asynchronous save's tracebacks went to errors.log, not here.
+  assert out.strip().splitlines()[-1] == error[0] and "Traceback" not in out, out[-3000:]
+  assert "errors.log" in error[0] and "Traceback" in (tmp_path / "w" / "errors.log").read_text()
   # Stopped within a few steps of the failure, not at the next save (step 100) or later.
   assert max(int(s) for s in re.findall(r"step (\d+)/400", out)) < 100, out[-3000:]
 
@@ -349,7 +544,7 @@ def hf_dir(tmp_path_factory):
   return path
 
 
-def _edit_hf(hf_dir, tmp_path, key=None, shape=None, config_edit=None):
+def _edit_hf(hf_dir, tmp_path, key=None, shape=None, config_edit=None, config_text=None):
   from safetensors.numpy import load_file, save_file
   dst = tmp_path / "hf"
   shutil.copytree(hf_dir, dst)
@@ -361,6 +556,8 @@ def _edit_hf(hf_dir, tmp_path, key=None, shape=None, config_edit=None):
     config = json.loads((dst / "config.json").read_text())
     config.update(config_edit)
     (dst / "config.json").write_text(json.dumps(config))
+  if config_text is not None:
+    (dst / "config.json").write_text(config_text)
   return dst
 
 
@@ -371,6 +568,8 @@ CONVERSION_FAULTS = [  # (id, how the input is made, text the error must contain
                                 shape=(127, 64)),
      "encoder.layers.1.feed_forward.intermediate_dense.weight: checkpoint (127, 64), model (128, 64)"),
     ("model_type", dict(config_edit={"model_type": "hubert"}), "model_type='hubert'"),
+    ("config_not_json", dict(config_text='{"model_type": "wav2vec2",\n'),
+     "hf/config.json: not valid JSON"),
 ]
 
 
@@ -433,3 +632,41 @@ def test_manifest_build_skips_bad_language_and_detects_a_changed_manifest(tmp_pa
   report = read_build_report(corpora_cli.main(argv + ["--overwrite"]))
   assert report["kept"] == 2 and report["skipped_count"] == 0
   assert read_build_report(corpora_cli.main(argv))["kept"] == 2  # unchanged: reused
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluate: a model.* override that conflicts with the init is refused, naming both values.
+
+MODEL_OVERRIDES_VS_INIT = [  # (override, value, text of the error; None: applied)
+    ("model.preset", "base", "model.preset=base conflicts with the init"),
+    ("model.hidden_size", "128", "model.hidden_size=128 vs the init's 64"),
+    ("model.hidden_dropout", "0.2", None),
+]
+
+
+@pytest.mark.parametrize("key,value,message", MODEL_OVERRIDES_VS_INIT,
+                         ids=[c[0] for c in MODEL_OVERRIDES_VS_INIT])
+def test_evaluate_model_override_conflicting_with_the_init(key, value, message):
+  from xlsr_jax.config_loading import ConfigError, apply_override
+  from xlsr_jax.downstream import task_setup
+  from xlsr_jax.downstream.defaults import get_default_config
+  from xlsr_jax.models.config import get_preset
+  config = get_default_config()
+  config.init = "/exports/tiny"
+  apply_override(config, key, value)
+  if message is None:
+    assert task_setup.model_config(config, get_preset("tiny")).hidden_dropout == 0.2
+    return
+  with pytest.raises(ConfigError, match=re.escape(message)) as info:
+    task_setup.model_config(config, get_preset("tiny"))
+  assert "/exports/tiny" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_evaluate_unknown_corpus_is_one_line(data_dir):
+  from xlsr_jax.downstream import task_setup
+  from xlsr_jax.downstream.defaults import get_default_config
+  config = get_default_config()
+  config.data.corpus, config.data.data_dir = "librispeeh_asr", data_dir
+  with pytest.raises(task_setup.TaskError, match="data.corpus='librispeeh_asr' is neither built") as info:
+    task_setup.open_corpus(config)
+  assert "\n" not in str(info.value)

@@ -85,13 +85,12 @@ def _count(params) -> int:
 
 
 def _is_speech_to_text(path: str) -> bool:
-  import json
   import os
   file = os.path.join(path, "config.json")
   if not os.path.isfile(file):
     return False
-  with open(file) as f:
-    return json.load(f).get("model_type") == "speech-encoder-decoder"
+  config = model_files.read_json(file)
+  return isinstance(config, dict) and config.get("model_type") == "speech-encoder-decoder"
 
 
 def _tokenizer_beside(path: str):
@@ -102,7 +101,6 @@ def _tokenizer_beside(path: str):
 
 
 def _import_mbart(source: str, output: str) -> int:
-  import json
   import os
   from xlsr_jax.checkpoints import hf_translation
   from xlsr_jax.downstream.translation import task as translation
@@ -110,8 +108,7 @@ def _import_mbart(source: str, output: str) -> int:
   if not os.path.isfile(config_path):
     print(f"error: {source} has no config.json: not a Hugging Face mBART directory", file=sys.stderr)
     return 2
-  with open(config_path) as f:
-    hf = json.load(f)
+  hf = model_files.read_json(config_path)
   if hf.get("model_type") != "mbart":
     print(f"error: {config_path} has model_type={hf.get('model_type')!r}, expected 'mbart'",
           file=sys.stderr)

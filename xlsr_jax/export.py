@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
   args = parser.parse_args(argv)
   try:
     step = export(args.workdir, args.out, args.format, args.step)
-  except (FileNotFoundError, ValueError) as e:
+  except (FileNotFoundError, ValueError, manager_lib.CheckpointReadError) as e:
     print(f"export failed: {e}", file=sys.stderr)
     return 1
   print(f"exported step {step} of {args.workdir} to {args.out} ({args.format})")

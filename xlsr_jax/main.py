@@ -7,8 +7,10 @@ stops here, naming the nearest valid ones) and every value against the ranges an
 xlsr_jax/training/validation.py (one line, exit 2), initialises jax.distributed when asked, takes
 the workdir's lock (one run per workdir), then trains. The demo also exports the final encoder
 (Orbax and Hugging Face layouts) into <workdir>/export. Exit codes: 0 done (or stopped by SIGTERM /
-a first Ctrl-C after saving), 1 a failed save or too many non-finite steps, 2 a refused config,
-workdir or resume, 130 a second Ctrl-C.
+a first Ctrl-C after saving; also a finished run run again: nothing to train, nothing changed), 1 a
+failed save, a checkpoint that could not be read (not damage: nothing deleted) or too many
+non-finite steps, 2 a refused config, workdir or resume (every checkpoint damaged, train.num_steps
+below the latest step, another batch stream), 130 a second Ctrl-C.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import argparse
 import glob
 import logging
 import os
+import shlex
 import sys
 
 from xlsr_jax.config_loading import ConfigError, load_validated, model_config_from, split_argv
@@ -90,16 +93,42 @@ def start_cli(argv: list[str], parser: argparse.ArgumentParser, parse_config_fn)
   return config, args
 
 
+def new_workdir_command(argv: list[str], workdir: str) -> str:
+  """This command line with another --workdir (a new run beside the refused one)."""
+  new = f"{os.path.abspath(workdir).rstrip(os.sep)}_new"
+  args, skip = [], False
+  for arg in argv:
+    if not skip and not arg.startswith("--workdir"):
+      args.append(arg)
+    skip = arg == "--workdir"  # its value is the next argument
+  return shlex.join(["python", "-m", "xlsr_jax.main", *args, f"--workdir={new}"])
+
+
+def _see(errors_log: str) -> str:
+  """A pointer to the run's errors.log for its last line, when background errors were written."""
+  return f" (background errors: {errors_log})" if os.path.exists(errors_log) else ""
+
+
 def main(argv: list[str] | None = None) -> int:
+  cli = argv is None  # a process of its own: background errors stay in the log while it exits
   argv = sys.argv[1:] if argv is None else argv
   started = start_cli(argv, make_parser(), parse_config)
   if isinstance(started, int):
     return started
   config, args = started
+  from xlsr_jax.training import validation, workdir_lock
+  try:
+    workdir_lock.check_workdir(args.workdir)
+  except workdir_lock.WorkdirUnusable as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   initialize_distributed(config)
   import jax
-  from xlsr_jax.checkpoints.manager import CheckpointMismatchError, CheckpointSaveError
-  from xlsr_jax.training import validation, workdir_lock
+  from xlsr_jax.checkpoints.manager import (CheckpointMismatchError, CheckpointReadError,
+                                            CheckpointSaveError, NoIntactCheckpointError)
+  from xlsr_jax.training import run
+  from xlsr_jax.training.loop import InputStreamChanged
+  errors_log = os.path.join(os.path.abspath(args.workdir), run.ERRORS_LOG)
   try:
     validation.validate_devices(config, jax.device_count(), jax.process_count())
   except ConfigError as e:
@@ -109,22 +138,34 @@ def main(argv: list[str] | None = None) -> int:
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(config.train.compilation_cache_dir))
   from xlsr_jax.training.loop import train_and_evaluate
   try:
-    with workdir_lock.hold(args.workdir, enabled=jax.process_index() == 0):
+    with workdir_lock.hold(args.workdir, enabled=jax.process_index() == 0), \
+        run.background_errors_to_log(os.path.abspath(args.workdir), keep=cli):
       result = train_and_evaluate(config, args.workdir)
+      if not result["trained"]:
+        return 0  # already at train.num_steps: said so, nothing changed
       if not args.no_export and jax.process_index() == 0:
         from xlsr_jax import export
         export_dir = os.path.join(result["workdir"], "export")
         export.main([f"--workdir={result['workdir']}", f"--out={export_dir}/orbax"])
         export.main([f"--workdir={result['workdir']}", f"--out={export_dir}/hf", "--format=hf"])
         print(f"export: {export_dir}/orbax (xlsr_jax) and {export_dir}/hf (Hugging Face)")
-  except (ConfigError, workdir_lock.WorkdirLocked, CheckpointMismatchError) as e:
+  except InputStreamChanged as e:
+    print(f"error: {e}, or start a new run in another workdir: "
+          f"{new_workdir_command(argv, args.workdir)}", file=sys.stderr)
+    return 2
+  except (ConfigError, workdir_lock.WorkdirLocked, workdir_lock.WorkdirUnusable,
+          CheckpointMismatchError, NoIntactCheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)  # refused before anything in the workdir changed
     return 2
-  except (CheckpointSaveError, FloatingPointError) as e:
+  except CheckpointSaveError as e:
+    print(f"error: {e}{_see(errors_log)}", file=sys.stderr)
+    return 1
+  except (CheckpointReadError, FloatingPointError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   except KeyboardInterrupt:
-    print("aborted (second Ctrl-C): the steps since the last checkpoint are lost", file=sys.stderr)
+    print(f"aborted (second Ctrl-C): the steps since the last checkpoint are lost"
+          f"{_see(errors_log)}", file=sys.stderr)
     return 130
   print(f"TensorBoard logs: {result['tensorboard']}  (tensorboard --logdir {result['tensorboard']})")
   return 0

@@ -8,6 +8,11 @@ finalised the items and before it renames the directory, so the record is part o
 commit. `verify` re-hashes the files and raises `CheckpointCorruptError` naming the first file that
 differs. `nonfinite_leaves` names restored arrays holding NaN or Inf, which a checksum cannot catch
 (a NaN that was saved verifies).
+
+Damage is only what can be named (a file missing, of another size or sha256, values not finite):
+`CheckpointCorruptError`. A file that exists but cannot be read now (permissions, an I/O error, a
+storage timeout) is `CheckpointReadError`: the step may be intact, so the caller must stop rather
+than fall back to an older step (and later replace this one).
 """
 from __future__ import annotations
 
@@ -29,12 +34,51 @@ class CheckpointCorruptError(ValueError):
   """A checkpoint step whose files differ from their recorded checksums, or whose values are not finite."""
 
 
+class CheckpointReadError(RuntimeError):
+  """A checkpoint file that exists but could not be read (permissions, I/O error, a storage timeout):
+  not damage, so no step is skipped, deleted or replaced; the message names the file and the error."""
+
+
+def short_cause(error: BaseException) -> str:
+  """`Type: message` on one line, without TensorStore's spec dump, at most ~400 characters: the
+  start (what failed) and the end (the OS error: why)."""
+  cause = " ".join(f"{type(error).__name__}: {error}".split()).split(" [tensorstore_spec=")[0]
+  if len(cause) > 400:
+    cause = f"{cause[:150]} ... {cause[-230:]}"
+  return cause
+
+
+def read_error(path: Any, error: BaseException) -> CheckpointReadError:
+  """CheckpointReadError naming `path` and `error`, saying that nothing was changed."""
+  cause = short_cause(error)
+  return CheckpointReadError(f"could not read {path} ({cause}); this is not damage the checksums "
+                             f"name, so no checkpoint was skipped or deleted: fix the storage or the "
+                             f"permissions and run the same command again")
+
+
+def exists(path: Any) -> bool:
+  """Whether `path` exists; a path that cannot be checked (permissions, I/O error) raises
+  CheckpointReadError instead of reading as missing."""
+  try:
+    os.stat(os.fspath(path))
+  except (FileNotFoundError, NotADirectoryError):
+    return False
+  except OSError as e:
+    raise read_error(path, e) from e
+  return True
+
+
 def _sha256(path: epath.Path) -> tuple[str, int]:
   digest, size = hashlib.sha256(), 0
-  with path.open("rb") as f:
-    while chunk := f.read(_CHUNK):
-      digest.update(chunk)
-      size += len(chunk)
+  try:
+    with open(os.fspath(path), "rb") as f:
+      while chunk := f.read(_CHUNK):
+        digest.update(chunk)
+        size += len(chunk)
+  except FileNotFoundError:
+    raise
+  except OSError as e:
+    raise read_error(path, e) from e
   return digest.hexdigest(), size
 
 
@@ -69,14 +113,20 @@ def verify(step_dir: str | os.PathLike, items: Iterable[str] | None = None) -> b
   """Checks the files recorded in `step_dir/checksums.json` (those under `items`, default all).
 
   Returns False when the step has no record (saved before checksums existed); raises
-  CheckpointCorruptError naming the file when one is missing, has another size or another sha256.
+  CheckpointCorruptError naming the file when one is missing, has another size or another sha256,
+  CheckpointReadError when a file (or a directory above it) exists but cannot be read.
   """
   step_dir = epath.Path(step_dir)
   record_path = step_dir / CHECKSUM_FILE
-  if not record_path.exists():
+  if not exists(record_path):
     return False
   try:
-    files = json.loads(record_path.read_text())["files"]
+    with open(os.fspath(record_path)) as f:
+      files = json.load(f)["files"]
+  except FileNotFoundError:
+    return False
+  except OSError as e:
+    raise read_error(record_path, e) from e
   except (ValueError, KeyError, TypeError) as e:
     raise CheckpointCorruptError(f"{record_path}: unreadable checksum record ({e})") from e
   prefixes = None if items is None else tuple(f"{item}/" for item in items)
@@ -84,9 +134,12 @@ def verify(step_dir: str | os.PathLike, items: Iterable[str] | None = None) -> b
     if prefixes is not None and not name.startswith(prefixes):
       continue
     path = step_dir / name
-    if not path.exists():
-      raise CheckpointCorruptError(f"{path}: missing (recorded in {CHECKSUM_FILE} at save)")
-    sha, size = _sha256(path)
+    try:
+      if not exists(path):
+        raise FileNotFoundError(path)
+      sha, size = _sha256(path)
+    except FileNotFoundError:
+      raise CheckpointCorruptError(f"{path}: missing (recorded in {CHECKSUM_FILE} at save)") from None
     if size != expected["bytes"]:
       raise CheckpointCorruptError(f"{path}: {size} bytes, {expected['bytes']} when saved")
     if sha != expected["sha256"]:

@@ -9,15 +9,20 @@ half-written step is never listed or restored:
                 process i itself; processes.json: the number of processes (written by process 0).
                 Absent when the step was saved without an input position.
 Restoring goes through abstract targets (`jax.ShapeDtypeStruct` with the current mesh's shardings),
-so a checkpoint saved on one mesh shape restores onto any other. A step that fails to restore
-(files deleted or truncated) is skipped with a WARNING and the previous one is tried.
+so a checkpoint saved on one mesh shape restores onto any other. A damaged step (see below) is
+skipped with a WARNING naming the file and the previous one is tried; when every step is damaged
+`NoIntactCheckpointError` lists them. Any other error reading a step (permissions, an I/O error, a
+storage timeout, an out-of-memory) is not damage: it stops the restore with `CheckpointReadError`
+naming the file and the error, and no step is skipped, deleted or replaced.
 
 Integrity (`integrity.py`): `<step>/checksums.json` holds the sha256 of every item file, written into
 the temporary step directory after Orbax finalised the items and before the rename that commits the
 step. Restoring re-hashes them first (process 0) and refuses a step with a damaged file, or whose
-restored values are not finite, the same way as an unreadable one: a WARNING naming the file, then
-the previous step. A save that fails (disk full, permissions) raises `CheckpointSaveError` naming the
-step and the cause at the next step of the loop (`reached_preemption`), not one save later.
+restored values are not finite: a WARNING naming the file, then the previous step (a new save of
+that step replaces it later). A step saved before checksums existed is damaged when Orbax reports
+a file missing or truncated; any other error restoring it is a CheckpointReadError as above. A save that fails (disk
+full, permissions) raises `CheckpointSaveError` naming the step and the cause at the next step of
+the loop (`reached_preemption`), not one save later.
 """
 from __future__ import annotations
 
@@ -39,7 +44,7 @@ from etils import epath
 from orbax.checkpoint import checkpoint_managers
 
 from xlsr_jax.checkpoints import integrity
-from xlsr_jax.checkpoints.integrity import CheckpointCorruptError
+from xlsr_jax.checkpoints.integrity import CheckpointCorruptError, CheckpointReadError
 
 logger = logging.getLogger(__name__)
 
@@ -96,11 +101,13 @@ class ProcessBytes:
 
   blob is None when the step was saved by a different number of processes. A missing or corrupt
   file is reported in `problem` instead of raised, so every process finishes Orbax's restore (and
-  its barrier) and the processes can agree on falling back together.
+  its barrier) and the processes can agree on falling back together; `unreadable`: the problem is a
+  read error (the file exists), not damage.
   """
   num_processes: int
   blob: bytes | None
   problem: str | None = None
+  unreadable: bool = False
 
 
 def _process_file(directory: epath.Path, index: int) -> epath.Path:
@@ -132,19 +139,40 @@ class ProcessBytesHandler(ocp.AsyncCheckpointHandler):
     try:
       count = json.loads((directory / _PROCESSES_FILE).read_text())["num_processes"]
     except (OSError, ValueError, KeyError) as e:
-      return ProcessBytes(0, None, f"{directory / _PROCESSES_FILE}: {type(e).__name__}: {e}")
+      return ProcessBytes(0, None, f"{directory / _PROCESSES_FILE}: {type(e).__name__}: {e}",
+                          unreadable=_unreadable(e))
     if count != jax.process_count():
       return ProcessBytes(count, None)
     path = _process_file(directory, jax.process_index())
     try:
       stored = path.read_bytes()
     except OSError as e:
-      return ProcessBytes(count, None, f"{path}: {type(e).__name__}: {e}")
+      return ProcessBytes(count, None, f"{path}: {type(e).__name__}: {e}", unreadable=_unreadable(e))
     digest, blob = stored[:32], stored[32:]
     if len(stored) < 32 or hashlib.sha256(blob).digest() != digest:
       return ProcessBytes(count, None, f"{path}: input pipeline state is corrupt "
                                        f"(sha256 mismatch, {len(stored)} bytes)")
     return ProcessBytes(count, blob)
+
+
+def _unreadable(error: BaseException) -> bool:
+  """An OSError other than a missing file: the file may be intact (permissions, I/O, timeout)."""
+  return isinstance(error, OSError) and not isinstance(error, (FileNotFoundError, NotADirectoryError))
+
+
+# What TensorStore says of a missing or truncated file (its status codes, and zstd's own words).
+_DAMAGE_WORDS = ("NOT_FOUND", "DATA_LOSS", "Truncated", "truncated")
+
+
+def _names_damage(error: BaseException) -> bool:
+  """Whether an exception (or one it was raised from) says a file is missing or truncated."""
+  seen = 0
+  while error is not None and seen < 10:
+    if (isinstance(error, (FileNotFoundError, NotADirectoryError))
+        or any(word in str(error) for word in _DAMAGE_WORDS)):
+      return True
+    error, seen = error.__cause__ or error.__context__, seen + 1
+  return False
 
 
 ocp.args.register_with_handler(ProcessBytesHandler, for_save=True)(ProcessBytesSave)
@@ -170,17 +198,25 @@ def check_shapes(stored: Any, params: Any, where: str) -> None:
                                   f"difference(s)): " + "; ".join(problems))
 
 
+class NoIntactCheckpointError(RuntimeError):
+  """Every step of the checkpoint directory is damaged: the run is refused (nothing is deleted)."""
+
+
 class CheckpointSaveError(RuntimeError):
   """Saving a step failed (disk full, permissions, ...): the run must stop rather than go on unprotected."""
 
 
-def _failed_processes(failed_here: bool) -> list[int]:
-  """Indices of the processes that report a failure (a collective when there are several)."""
+# What a process found restoring a step; every process learns every process's outcome.
+_OK, _DAMAGED, _UNREADABLE, _UNVERIFIED = 0, 1, 2, 3  # _UNVERIFIED: intact, no checksum record
+
+
+def _outcomes(here: int) -> list[int]:
+  """Every process's outcome code (a collective when there are several)."""
   if jax.process_count() == 1:
-    return [0] if failed_here else []
+    return [here]
   from jax.experimental import multihost_utils
-  flags = multihost_utils.process_allgather(np.array([int(failed_here)], np.int32))
-  return [i for i, flag in enumerate(np.asarray(flags).reshape(-1)) if flag]
+  codes = multihost_utils.process_allgather(np.array([here], np.int32))
+  return [int(c) for c in np.asarray(codes).reshape(-1)]
 
 
 def _split(state: Any) -> tuple[Any, dict[str, Any]]:
@@ -274,12 +310,9 @@ class CheckpointManager:
     except Exception as error:  # pylint: disable=broad-except  # any cause stops the run the same way
       step = self._saving_step if step is None else step
       done = self.all_steps()
-      cause = " ".join(str(error).split())
-      if len(cause) > 400:  # keep the start (what) and the end (the OS error: why)
-        cause = f"{cause[:150]} ... {cause[-230:]}"
       raise CheckpointSaveError(
-          f"saving checkpoint step {step} to {self.directory} failed: {type(error).__name__}: "
-          f"{cause}; the newest complete checkpoint is "
+          f"saving checkpoint step {step} to {self.directory} failed: "
+          f"{integrity.short_cause(error)}; the newest complete checkpoint is "
           f"{'step ' + str(done[-1]) if done else 'none'}") from error
 
   def check_for_errors(self) -> None:
@@ -299,37 +332,51 @@ class CheckpointManager:
   def restore_latest(self, target: Any) -> tuple[Any, bytes | None] | None:
     """(state, this process's input position or None) from the newest step that restores; None if none.
 
-    `target`: the boxed abstract state with the current shardings (see `restore_target`). A step
-    that fails to restore is skipped with a WARNING naming its directory; if every step fails,
-    RuntimeError lists them. Parameters of other shapes (a different model config) raise
-    CheckpointMismatchError at once. With several processes they agree (an all-gather) on every
-    step, so all fall back together; a damaged input-position file is detected on its own process
-    after Orbax's restore completes, whereas an array file that only some processes fail to read
-    makes Orbax's restore barrier fail (an error, never diverging steps).
+    `target`: the boxed abstract state with the current shardings (see `restore_target`). A
+    damaged step (CheckpointCorruptError: a file missing, of another size or sha256, values not
+    finite) is skipped with a WARNING naming the file; if every step is damaged,
+    NoIntactCheckpointError lists them. Any other error (CheckpointReadError: permissions, I/O,
+    a timeout, out of memory) stops at once, nothing skipped or deleted. Parameters of other shapes
+    (a different model config) raise CheckpointMismatchError at once. With several processes they
+    agree (an all-gather) on every step, so all fall back or stop together; a damaged
+    input-position file is detected on its own process after Orbax's restore completes, whereas an
+    array file that only some processes fail to read makes Orbax's restore barrier fail (an error,
+    never diverging steps).
     """
     failures = []
     for step in reversed(self.all_steps()):
       step_dir = self.directory / str(step)
+      result, error, code = None, None, _OK
       try:
-        result, error = self.restore(step, target), None
+        result = self.restore(step, target)
       except CheckpointMismatchError:
         raise
       except CheckpointCorruptError as e:
-        result, error = None, str(e)
-      except Exception as e:  # pylint: disable=broad-except  # corrupt or truncated: try the previous
-        result, error = None, f"{type(e).__name__}: {e}"
-        if jax.process_index() != 0:  # process 0 reports below; others report their own failure
-          logger.warning("process %d could not restore %s (%s)", jax.process_index(), step_dir, error)
-      failed = _failed_processes(error is not None)  # every process must take the same step
+        error, code = str(e), _DAMAGED
+      except CheckpointReadError as e:
+        error, code = e, _UNREADABLE
+      if error is not None and jax.process_index() != 0:  # process 0 reports below
+        logger.warning("process %d could not restore %s (%s)", jax.process_index(), step_dir, error)
+      codes = _outcomes(code)  # every process must take the same step
+      if _UNREADABLE in codes:
+        if isinstance(error, CheckpointReadError):
+          raise error
+        raise CheckpointReadError(f"could not read {step_dir} on process(es) "
+                                  f"{[i for i, c in enumerate(codes) if c == _UNREADABLE]} (see "
+                                  f"their logs); no checkpoint was skipped or deleted")
+      failed = [i for i, c in enumerate(codes) if c]
       if not failed:
         _log(logging.INFO, "restored checkpoint %s", step_dir)
         return result
-      failures.append(f"{step_dir}: {error or 'failed on process(es) ' + str(failed)}")
+      failures.append(f"step {step}: {(error or 'damaged on process(es) ' + str(failed))[:300]}")
       self._damaged.add(step)
-      _log(logging.WARNING, "checkpoint %s could not be restored on process(es) %s (%s); trying the "
-           "previous one", step_dir, failed, (error or "see their logs")[:500])
+      _log(logging.WARNING, "checkpoint %s is damaged on process(es) %s (%s); trying the previous "
+           "one", step_dir, failed, (error or "see their logs")[:500])
     if failures:
-      raise RuntimeError(f"no checkpoint under {self.directory} could be restored:\n" + "\n".join(failures))
+      raise NoIntactCheckpointError(
+          f"every checkpoint under {self.directory} is damaged ({'; '.join(failures)}); nothing was "
+          f"deleted: move {self.directory} aside to start this run again from step 0, or use "
+          f"another --workdir")
     return None
 
   def restore(self, step: int, target: Any) -> tuple[Any, bytes | None]:
@@ -337,13 +384,14 @@ class CheckpointManager:
     abstract = unbox(target)
     params, rest = _split(abstract)
     step_dir = self.directory / str(step)
-    self._check_params(step, params)
-    self._verify(step, (PARAMS, TRAIN_STATE, DATA_STATE))
-    items = {PARAMS: ocp.args.StandardRestore(params), TRAIN_STATE: ocp.args.StandardRestore(rest)}
-    has_data = (step_dir / DATA_STATE).exists()
-    if has_data:
-      items[DATA_STATE] = ProcessBytesRestore()
-    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    verified = self._verify(step, (PARAMS, TRAIN_STATE, DATA_STATE))
+    with self._read_errors(step, verified):
+      self._check_params(step, params)
+      items = {PARAMS: ocp.args.StandardRestore(params), TRAIN_STATE: ocp.args.StandardRestore(rest)}
+      has_data = integrity.exists(step_dir / DATA_STATE)
+      if has_data:
+        items[DATA_STATE] = ProcessBytesRestore()
+      restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     values = abstract.replace(params=restored[PARAMS], **restored[TRAIN_STATE])
     bad = integrity.nonfinite_leaves(values)
     if bad:
@@ -353,8 +401,11 @@ class CheckpointManager:
     data_state = None
     if has_data:
       data = restored[DATA_STATE]
+      if data.problem and data.unreadable:
+        raise CheckpointReadError(f"could not read {data.problem}; no checkpoint was skipped or "
+                                  f"deleted: fix the storage and run the same command again")
       if data.problem:
-        raise ValueError(data.problem)
+        raise CheckpointCorruptError(data.problem)
       if data.blob is None:
         _log(logging.WARNING, "%s was saved by %d processes, this run has %d: the input pipeline "
              "position is not restored", step_dir / DATA_STATE, data.num_processes, jax.process_count())
@@ -370,29 +421,55 @@ class CheckpointManager:
     if step not in steps:
       raise FileNotFoundError(f"no checkpoint for step {step} under {self.directory}; "
                               f"available steps: {steps}")
-    self._check_params(step, unbox(target))
-    self._verify(step, (PARAMS,))
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        **{PARAMS: ocp.args.StandardRestore(unbox(target))}))
+    verified = self._verify(step, (PARAMS,))
+    with self._read_errors(step, verified):
+      self._check_params(step, unbox(target))
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          **{PARAMS: ocp.args.StandardRestore(unbox(target))}))
     bad = integrity.nonfinite_leaves(restored[PARAMS])
     if bad:
       raise CheckpointCorruptError(f"{self.directory / str(step) / PARAMS}: parameters are not "
                                    f"finite (NaN/Inf) in {len(bad)} array(s): {', '.join(bad[:5])}")
     return restored[PARAMS], step
 
-  def _verify(self, step: int, items: tuple[str, ...]) -> None:
+  def _verify(self, step: int, items: tuple[str, ...]) -> bool:
     """Re-hashes the step's files on process 0 and tells every process the outcome (a collective,
-    so that all skip the step together); CheckpointCorruptError names the damaged file."""
-    problem = None
+    so that all skip or stop together): CheckpointCorruptError names the damaged file,
+    CheckpointReadError one that could not be read. False: the step has no checksum record."""
+    problem, code = None, _OK
     if jax.process_index() == 0:
       try:
         if not integrity.verify(self.directory / str(step), items):
+          code = _UNVERIFIED
           logger.warning("%s has no %s (saved by an older version): its files are not verified",
                          self.directory / str(step), integrity.CHECKSUM_FILE)
       except CheckpointCorruptError as e:
-        problem = str(e)
-    if _failed_processes(problem is not None):
-      raise CheckpointCorruptError(problem or f"{self.directory / str(step)}: damaged (see process 0)")
+        problem, code = e, _DAMAGED
+      except CheckpointReadError as e:
+        problem, code = e, _UNREADABLE
+    codes = _outcomes(code)
+    if codes[0] == _UNREADABLE:
+      raise problem or CheckpointReadError(f"could not read {self.directory / str(step)} on "
+                                           f"process 0 (see its log)")
+    if codes[0] == _DAMAGED:
+      raise problem or CheckpointCorruptError(f"{self.directory / str(step)}: damaged (see process 0)")
+    return codes[0] != _UNVERIFIED
+
+  @contextlib.contextmanager
+  def _read_errors(self, step: int, verified: bool):
+    """Orbax's errors reading a step: a missing or truncated file of a step without checksums is
+    damage (CheckpointCorruptError); anything else (the files verified, or another error) is a
+    CheckpointReadError naming the step and the error, never damage."""
+    try:
+      yield
+    except (CheckpointMismatchError, CheckpointCorruptError, CheckpointReadError):
+      raise
+    except Exception as e:  # pylint: disable=broad-except  # classified, then re-raised
+      step_dir = self.directory / str(step)
+      if not verified and _names_damage(e):
+        raise CheckpointCorruptError(f"{step_dir}: a file is missing or truncated "
+                                     f"({integrity.short_cause(e)[:300]})") from e
+      raise integrity.read_error(step_dir, e) from e
 
   def _check_params(self, step: int, params: Any) -> None:
     """Raises CheckpointMismatchError naming every parameter whose stored shape differs from `params`."""

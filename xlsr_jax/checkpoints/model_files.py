@@ -21,6 +21,15 @@ CONFIG_FILE = "model_config.json"
 PARAMS_DIR = "params"
 
 
+def read_json(path: str) -> Any:
+  """The JSON value of the file `path`; a file that is not JSON raises ConversionError naming it."""
+  with open(path) as f:
+    try:
+      return json.load(f)
+    except ValueError as e:
+      raise hf_layout.ConversionError(f"{path}: not valid JSON ({e})") from e
+
+
 def config_to_dict(config: Wav2Vec2Config) -> dict[str, Any]:
   out = {}
   for f in dataclasses.fields(config):
@@ -72,8 +81,7 @@ def load_model(directory: str) -> tuple[dict, Wav2Vec2Config, dict[str, Any]]:
                               f"first: python -m xlsr_jax.export --workdir={directory} --out=OUT")
     raise FileNotFoundError(f"{directory}: no {CONFIG_FILE}; not a model written by "
                             f"xlsr_jax.export or xlsr_jax.convert")
-  with open(config_path) as f:
-    stored = json.load(f)
+  stored = read_json(config_path)
   with ocp.StandardCheckpointer() as ckptr:
     params = ckptr.restore(os.path.join(directory, PARAMS_DIR))
   return params, config_from_dict(stored["model"]), stored.get("metadata", {})
@@ -122,11 +130,7 @@ def load_hf(path: str, config: Wav2Vec2Config | None = None, *, ignore_extra: tu
     if not os.path.exists(config_path):
       raise FileNotFoundError(f"{config_path} not found: expected a Hugging Face wav2vec2 directory "
                               f"(config.json + model.safetensors or pytorch_model.bin)")
-    try:
-      with open(config_path) as f:
-        hf_config = json.load(f)
-    except ValueError as e:
-      raise hf_layout.ConversionError(f"{config_path}: not valid JSON ({e})") from e
+    hf_config = read_json(config_path)
     config = hf_layout.config_from_hf(hf_config)
   state = read_hf_state_dict(path)
   return hf_layout.hf_to_ours(state, config, ignore_extra=ignore_extra), config

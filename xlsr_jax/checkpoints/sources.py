@@ -14,7 +14,6 @@ Sources (`detect_source`):
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import jax
 import numpy as np
@@ -74,8 +73,7 @@ def load_checkpoint(path: str) -> LoadedCheckpoint:
     tree, config, metadata = model_files.load_model(path)
     return LoadedCheckpoint(jax.tree.map(np.asarray, tree), config, source, path, metadata=metadata)
   if source == "hf":
-    with open(os.path.join(path, "config.json")) as f:
-      hf_config = json.load(f)
+    hf_config = model_files.read_json(os.path.join(path, "config.json"))
     config = hf_layout.config_from_hf(hf_config)
     state = model_files.read_hf_state_dict(path)
     if not any(k.endswith("masked_spec_embed") for k in state):  # HF omits it when masking is off

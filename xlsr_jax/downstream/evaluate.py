@@ -136,6 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     return started
   config, args = started
   workdir = args.workdir or os.path.join("workdir", "downstream", config.task)
+  from xlsr_jax.training.workdir_lock import WorkdirUnusable, check_workdir
+  try:
+    check_workdir(workdir)
+  except WorkdirUnusable as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  from xlsr_jax.checkpoints import manager
   from xlsr_jax.checkpoints.hf_layout import ConversionError
   from xlsr_jax.checkpoints.safe_pickle import CheckpointFileError, UnsafeCheckpointError
   from xlsr_jax.downstream.encoders import InitError
@@ -144,9 +151,13 @@ def main(argv: list[str] | None = None) -> int:
   try:
     run(config, workdir)
   except (InitError, VocabularyError, TaskError, ProbeError, ConversionError, CheckpointFileError,
-          UnsafeCheckpointError, ConfigError) as e:
+          UnsafeCheckpointError, ConfigError, manager.CheckpointMismatchError,
+          manager.NoIntactCheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  except (manager.CheckpointReadError, manager.CheckpointSaveError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
   return 0
 
 

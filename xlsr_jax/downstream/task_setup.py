@@ -72,12 +72,67 @@ def uses_lbfgs_probe(config: ml_collections.ConfigDict) -> bool:
 
 def model_config(config: ml_collections.ConfigDict, loaded_config=None):
   """The encoder config: the loaded one (or the preset for init=random) + config.model overrides
-  + the fine-tuning layerdrop, with the feature encoder's gradient cut when it is frozen."""
+  + the fine-tuning layerdrop, with the feature encoder's gradient cut when it is frozen. With a
+  loaded init, a model.* field that would give its parameters other shapes is refused (ConfigError
+  naming both values); the others (dropouts, dtype, ...) are applied."""
   from xlsr_jax.config_loading import model_config_from
   cfg = model_config_from(config, loaded_config)
+  if loaded_config is not None:
+    check_model_overrides(config, loaded_config, cfg)
   f = config.finetune
   return cfg.replace(layerdrop=f.layerdrop,
                      feature_grad_mult=0.0 if f.freeze_feature_encoder else cfg.feature_grad_mult)
+
+
+def _param_shapes(model_cfg) -> dict[str, tuple]:
+  """{parameter path: shape} of the encoder of `model_cfg` (shapes only, nothing allocated)."""
+  import jax
+  from xlsr_jax.models.params import abstract_params
+  from xlsr_jax.models.wav2vec2 import Wav2Vec2Model
+  tree = abstract_params(Wav2Vec2Model(model_cfg), boxed=False)
+  return {jax.tree_util.keystr(p): tuple(x.shape)
+          for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def check_model_overrides(config: ml_collections.ConfigDict, loaded, merged) -> None:
+  """ConfigError when config.model asks for another architecture than the loaded init's `loaded`:
+  a model.preset other than the default whose parameter shapes differ, or a field override that
+  changes them (`merged`: the init's config with the overrides). Names each field's two values."""
+  import dataclasses
+  from xlsr_jax.downstream.defaults import get_default_config
+  from xlsr_jax.models.config import PRESETS
+  where = f"the init {config.init}"
+  base: list = []  # the init's shapes, computed when first needed
+
+  def culprits(other) -> list[str]:  # the differing fields that change the parameter shapes
+    names = [f.name for f in dataclasses.fields(other) if getattr(other, f.name) != getattr(loaded, f.name)]
+    if not names:
+      return []
+    base[:] = base or [_param_shapes(loaded)]
+    if _param_shapes(other) == base[0]:
+      return []
+
+    def changes_shapes(name: str) -> bool:
+      try:
+        return _param_shapes(loaded.replace(**{name: getattr(other, name)})) != base[0]
+      except (ValueError, TypeError):  # not valid alone (e.g. heads that do not divide the width)
+        return True
+    rates = [n for n in names if isinstance(getattr(other, n), float)]  # no shape is a float
+    return [n for n in names if n not in rates and changes_shapes(n)] or names
+
+  preset = config.model.preset
+  if preset != get_default_config().model.preset and preset in PRESETS:
+    fields = culprits(PRESETS[preset])
+    if fields:
+      values = ", ".join(f"{n}={getattr(PRESETS[preset], n)!r} vs {getattr(loaded, n)!r}" for n in fields)
+      raise ConfigError(f"model.preset={preset} conflicts with {where} ({values}): an init brings its "
+                        f"own architecture; drop --config.model.preset or pick an init of that size")
+  fields = [n for n in culprits(merged) if n in config.model]
+  if fields:
+    values = ", ".join(f"model.{n}={getattr(merged, n)!r} vs the init's {getattr(loaded, n)!r}"
+                       for n in fields)
+    raise ConfigError(f"{values}: {where} has parameters of other shapes; drop the override "
+                      f"(an init brings its own architecture) or pick an init of that size")
 
 
 def open_corpus(config: ml_collections.ConfigDict):
@@ -91,7 +146,12 @@ def open_corpus(config: ml_collections.ConfigDict):
         raise TaskError(not_built_message(config.data.corpus, data_dir))
       builder.download_and_prepare()
     return builder
-  return tfds.builder(config.data.corpus, data_dir=data_dir)
+  try:
+    return tfds.builder(config.data.corpus, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError:  # not TFDS's list of every dataset it knows
+    raise TaskError(f"data.corpus={config.data.corpus!r} is neither built in data.data_dir="
+                    f"{config.data.data_dir} nor a TFDS dataset: fix the name or build it first "
+                    f"(python -m data_pipelines.corpora --help)") from None
 
 
 def build_task(config, loaded, train_index):

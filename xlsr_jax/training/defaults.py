@@ -74,6 +74,10 @@ def get_default_config() -> ml_collections.ConfigDict:
       batch_seconds=1600.0,  # global batch = batch_seconds * 16000 / max_sample_size utterances
       shuffle_files=True, interleave_cycle_length=4, prefetch_batches=2,
       build_if_missing=False,  # build synthetic_speech when it is not in data_dir
+      # A resume whose batch stream differs from the checkpoint's (another batch_seconds, bucket
+      # plan, sources, alpha, seed, ...) is refused; true: accept the new plan and restart the input
+      # stream from its beginning (the saved position belongs to the old stream), with a warning.
+      restart_input_stream=False,
       # Duration buckets (data_pipelines/buckets.py): crop lengths in seconds, one bucket per step,
       # rows per bucket keep batch_seconds of audio. [] = every utterance cut or padded to
       # max_sample_size. bucket_mode "crop": an utterance goes to the longest bucket it fills and

@@ -56,7 +56,14 @@ def ensure_synthetic_corpus(config: ml_collections.ConfigDict) -> None:
   for corpus, _ in list(config.data.sources) + list(config.data.replay_sources):
     if corpus.partition("/")[0] != "synthetic_speech":
       continue
-    builder = corpus_builder(corpus, data_dir)
+    try:
+      builder = corpus_builder(corpus, data_dir)
+    except ValueError:  # an unknown builder config: TFDS lists near names over several lines
+      from data_pipelines.synthetic_speech.builder import SyntheticSpeech
+      raise ConfigError(f"data.sources or replay_sources name {corpus!r}, but synthetic_speech has "
+                        f"no such config; "
+                        f"its configs: {', '.join(c.name for c in SyntheticSpeech.BUILDER_CONFIGS)}"
+                        ) from None
     if builder.is_prepared():
       continue
     if not config.data.build_if_missing:
@@ -70,6 +77,35 @@ def ensure_synthetic_corpus(config: ml_collections.ConfigDict) -> None:
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("synthetic_corpus_built")
+
+
+def check_corpora(config: ml_collections.ConfigDict) -> None:
+  """ConfigError (one line) for a data.sources / data.replay_sources corpus that is neither built in
+  data.data_dir nor a TFDS dataset, instead of TFDS's list of every dataset it knows."""
+  import tensorflow_datasets as tfds
+  data_dir = os.path.expanduser(config.data.data_dir)
+  for key in ("sources", "replay_sources"):
+    for corpus, _ in config.data[key]:
+      try:
+        tfds.builder(corpus, data_dir=data_dir)
+      except tfds.core.registered.DatasetNotFoundError:
+        raise ConfigError(
+            f"data.{key} names the corpus {corpus!r}, which is neither built in data.data_dir="
+            f"{config.data.data_dir} (built there: {', '.join(built_corpora(data_dir)) or 'none'}) "
+            f"nor a TFDS dataset: fix the name or build it first (python -m data_pipelines.corpora "
+            f"--help)") from None
+
+
+def built_corpora(data_dir: str) -> list[str]:
+  """The name[/config] of every TFDS dataset prepared in `data_dir` (a version directory with a
+  dataset_info.json)."""
+  found = []
+  for root, dirs, files in os.walk(data_dir):
+    if "dataset_info.json" in files:
+      found.append(os.path.dirname(os.path.relpath(root, data_dir)))
+    if "dataset_info.json" in files or os.path.relpath(root, data_dir).count(os.sep) >= 2:
+      dirs[:] = []  # name/config/version at most
+  return sorted(set(found))[:20]
 
 
 make_mesh_from_config = run.make_mesh
@@ -93,11 +129,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   mesh = run.make_mesh(config)
   multiple = data_multiple(config, mesh)
   ensure_synthetic_corpus(config)
+  check_corpora(config)
   train_config = pipeline_config(config, config.data.split, multiple=multiple)
   train_iter = input_pipeline.make_pretraining_iterator(
       train_config, process_index=jax.process_index(), process_count=jax.process_count())
-  if train_config.bucket_lengths:
-    report_buckets(train_config, workdir)
+  buckets = report_buckets(train_config) if train_config.bucket_lengths else None
   trainer = build_trainer(config, mesh, largest_crop(config))
   manager = run.open_checkpoints(workdir, config.train)
   state, data_state = run.restore_or_init(  # a new run: random weights, or train.init_from's
@@ -105,11 +141,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       lambda: init_from.initial_state(trainer, config),
       resumed_note=" (train.init_from is for a new run: not loaded)" if config.train.init_from
       else "")
-  if data_state is not None:
-    train_iter.set_state(data_state)
+  num_steps = config.train.num_steps
+  try:  # the resume checks: a refused resume leaves the workdir as it was
+    check_num_steps(int(state.step), num_steps, workdir)
+    if data_state is not None:
+      resume_input_position(train_iter, data_state, config, int(state.step))
+  except BaseException:
+    manager.close()
+    raise
+  if int(state.step) == num_steps:  # nothing to train: the workdir is left as it was
+    run.close(manager)
+    return {"state": state, "history": [], "last": {}, "workdir": workdir, "tensorboard": None,
+            "trained": False}
+  if buckets is not None and jax.process_index() == 0:
+    with open(os.path.join(workdir, "bucket_plan.json"), "w") as f:
+      json.dump(buckets, f, indent=1)
   run.write_config(workdir, config)
 
-  num_steps = config.train.num_steps
   writer = metrics_lib.MetricWriter(workdir, num_steps)
   accounting = StepAccounting(trainer.objective, device_peak_flops(config), jax.device_count(),
                               jax.process_count())
@@ -166,7 +214,49 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if plot:
       print(f"per-language validation: {plot}", flush=True)
   return {"state": state, "history": history, "last": last_metrics, "workdir": workdir,
-          "tensorboard": writer.log_dir}
+          "tensorboard": writer.log_dir, "trained": True}
+
+
+def check_num_steps(start: int, num_steps: int, workdir: str) -> None:
+  """After the restore: ConfigError when the checkpoint is past train.num_steps; a note when the
+  run is already there (nothing to train). Either way the workdir is not touched."""
+  if start > num_steps:
+    raise ConfigError(f"train.num_steps={num_steps} is below the latest checkpoint, step {start}, "
+                      f"in {workdir}: nothing was trained or changed; to train further set "
+                      f"--config.train.num_steps above {start}, or use another --workdir for a new "
+                      f"run")
+  if start == num_steps:
+    print(f"nothing to train: {workdir} is already at step {start} = train.num_steps, nothing was "
+          f"changed; to train further raise --config.train.num_steps; to export it: "
+          f"python -m xlsr_jax.export --workdir={workdir} --out=OUT", flush=True)
+
+
+class InputStreamChanged(ConfigError):
+  """A resume whose batch stream (batch size, bucket plan, sources, ...) differs from the one the
+  checkpoint's input position was saved for; the message names data.restart_input_stream."""
+
+
+def resume_input_position(train_iter, data_state: bytes, config: ml_collections.ConfigDict,
+                          step: int) -> None:
+  """Moves the input pipeline to the checkpoint's position. A position saved for another stream is
+  refused (InputStreamChanged), or with data.restart_input_stream the stream starts again from its
+  beginning, with a warning."""
+  from data_pipelines.pipeline_iterator import StreamMismatchError
+  try:
+    train_iter.set_state(data_state)
+  except StreamMismatchError as e:
+    changes = ", ".join(f"{k}: {saved} -> {now}" for k, (saved, now) in e.diff.items())
+    if not config.data.restart_input_stream:
+      raise InputStreamChanged(
+          f"cannot resume at step {step}: the checkpoint's input position belongs to another batch "
+          f"stream ({changes}); to continue this run with the new plan add "
+          f"--config.data.restart_input_stream=true (the input stream starts again from its "
+          f"beginning)") from None
+    message = (f"data.restart_input_stream: the batch stream changed ({changes}); the input stream "
+               f"starts again from its beginning at step {step} (utterances already trained on "
+               f"come again first; the step count and learning-rate schedule go on from {step})")
+    logging.warning("%s", message)
+    print(f"warning: {message}", flush=True)
 
 
 def data_multiple(config: ml_collections.ConfigDict, mesh) -> int:
@@ -198,9 +288,10 @@ def interval_values(interval: run.Interval, accounting: StepAccounting, done: in
   return values
 
 
-def report_buckets(pipeline: input_pipeline.PipelineConfig, workdir: str) -> dict[str, Any]:
-  """Logs the bucket plan (rows, step shares, utterances dropped as too short) and writes it to
-  workdir/bucket_plan.json, so nothing is dropped silently."""
+def report_buckets(pipeline: input_pipeline.PipelineConfig) -> dict[str, Any]:
+  """Logs the bucket plan (rows, step shares, utterances dropped as too short) and returns it (the
+  run writes it to workdir/bucket_plan.json once the resume checks passed), so nothing is dropped
+  silently."""
   sources = input_pipeline.resolve_sources(pipeline)
   plan, _ = input_pipeline.plan_buckets(pipeline, sources, input_pipeline.load_builders(pipeline))
   summary = plan.summary()
@@ -210,9 +301,6 @@ def report_buckets(pipeline: input_pipeline.PipelineConfig, workdir: str) -> dic
   print(f"buckets ({summary['mode']}): {rows}; dropped {summary['dropped_utterances']} of {total} "
         f"utterances as shorter than {pipeline.min_sample_size / SAMPLE_RATE:g} s or the shortest "
         f"bucket (by source in bucket_plan.json)", flush=True)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "bucket_plan.json"), "w") as f:
-      json.dump(summary, f, indent=1)
   return summary
 
 

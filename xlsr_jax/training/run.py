@@ -19,10 +19,11 @@ A run reads top to bottom with these:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import flax.linen as nn
 import jax
@@ -108,6 +109,86 @@ def restore_or_init(manager, abstract: Any, shardings: Any, create: Callable[[],
   state, data_state = restored
   print(f"resumed from step {int(state.step)} in {manager.directory}{resumed_note}", flush=True)
   return state, data_state
+
+
+ERRORS_LOG = "errors.log"
+# Loggers of the libraries that report from background threads (Orbax's asynchronous save, asyncio
+# tasks it leaves behind): their ERROR records are written to ERRORS_LOG, not the console.
+BACKGROUND_LOGGERS = ("absl", "orbax", "asyncio", "tensorstore")
+
+
+class _Background(logging.Filter):
+  """Passes the ERROR (and worse) records of BACKGROUND_LOGGERS only (or all others: `invert`)."""
+
+  def __init__(self, invert: bool = False):
+    super().__init__()
+    self.invert = invert
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    background = (record.levelno >= logging.ERROR
+                  and record.name.split(".")[0] in BACKGROUND_LOGGERS)
+    return background != self.invert
+
+
+class _QuietFileHandler(logging.FileHandler):
+  """A FileHandler that drops a record it cannot write (the disk the log is on may be the full one)
+  instead of printing logging's own traceback to the console."""
+
+  def handleError(self, record: logging.LogRecord) -> None:
+    del record
+
+
+@contextlib.contextmanager
+def background_errors_to_log(workdir: str, keep: bool = False) -> Iterator[str]:
+  """Sends the tracebacks of background threads to workdir/errors.log instead of the console: the
+  ERROR records of BACKGROUND_LOGGERS, uncaught exceptions of other threads (threading.excepthook),
+  those printed from native threads (sys.excepthook off the main thread) and unraisable ones
+  (sys.unraisablehook: callbacks after asyncio's loop closed), so that a failed save or a second
+  Ctrl-C ends the console output with one line. The file is created on the first record only; a
+  record it cannot write (a full disk) is dropped. Yields its path (the run's last error line
+  points at it). keep: stay diverted after the block (a CLI process: Orbax's leftover tasks report
+  while the interpreter exits)."""
+  import sys
+  import threading
+  import traceback
+  path = os.path.join(workdir, ERRORS_LOG)
+  handler = _QuietFileHandler(path, delay=True)
+  handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+  handler.addFilter(_Background())
+  root = logging.getLogger()
+  console_filter = _Background(invert=True)
+  consoles = list(root.handlers)
+  for console in consoles:
+    console.addFilter(console_filter)
+  root.addHandler(handler)
+  to_file = logging.getLogger("orbax.background")  # an ERROR of a BACKGROUND_LOGGERS name
+
+  def thread_hook(args):
+    to_file.error("uncaught in thread %s:\n%s", getattr(args.thread, "name", "?"),
+                  "".join(traceback.format_exception(args.exc_type, args.exc_value,
+                                                     args.exc_traceback)))
+
+  def excepthook(exc_type, exc_value, tb):
+    if threading.current_thread() is threading.main_thread():
+      previous[0](exc_type, exc_value, tb)
+      return
+    to_file.error("from a native thread:\n%s",
+                  "".join(traceback.format_exception(exc_type, exc_value, tb)))
+  def unraisable_hook(unraisable):  # e.g. a native thread's callback after asyncio's loop closed
+    to_file.error("unraisable%s:\n%s", f" in {unraisable.object!r}" if unraisable.object else "",
+                  "".join(traceback.format_exception(unraisable.exc_type, unraisable.exc_value,
+                                                     unraisable.exc_traceback)))
+  previous = sys.excepthook, threading.excepthook, sys.unraisablehook
+  sys.excepthook, threading.excepthook, sys.unraisablehook = excepthook, thread_hook, unraisable_hook
+  try:
+    yield path
+  finally:
+    if not keep:
+      sys.excepthook, threading.excepthook, sys.unraisablehook = previous
+      root.removeHandler(handler)
+      handler.close()
+      for console in consoles:
+        console.removeFilter(console_filter)
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:

@@ -6,6 +6,10 @@ naming the holder. A lock whose process is gone (same host, and no process with 
 start time) is stale: it is taken over with a WARNING. A lock held from another host cannot be
 checked from here and is refused; the message says which file to delete if that run is gone.
 On a multi-host run only process 0 takes the lock. Local (or mounted) workdirs only.
+
+`check_workdir` refuses an empty --workdir, a path that is (or lies under) a file, and a directory
+that cannot be written, with `WorkdirUnusable`, before anything is created; an error creating the
+workdir or the lock file is reported the same way.
 """
 from __future__ import annotations
 
@@ -23,6 +27,28 @@ logger = logging.getLogger(__name__)
 
 class WorkdirLocked(RuntimeError):
   """Another live run holds the workdir."""
+
+
+class WorkdirUnusable(ValueError):
+  """--workdir is empty, a file, under a file, or cannot be written; the message says which."""
+
+
+def check_workdir(workdir: str, flag: str = "--workdir") -> None:
+  """WorkdirUnusable when `workdir` cannot be a run directory; creates nothing."""
+  if not workdir or not workdir.strip():
+    raise WorkdirUnusable(f"{flag} is empty: give the run's directory, e.g. {flag}=/tmp/xlsr_run "
+                          f"(an empty value would train in the current directory)")
+  path = os.path.abspath(os.path.expanduser(workdir))
+  existing = path
+  while not os.path.lexists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    what = "is a file" if existing == path else f"lies under {existing}, which is a file"
+    raise WorkdirUnusable(f"{flag}={workdir} {what}, not a directory: use another {flag}")
+  if not os.access(existing, os.W_OK | os.X_OK):
+    where = "" if existing == path else f" (its nearest existing parent {existing})"
+    raise WorkdirUnusable(f"{flag}={workdir}{where} cannot be written (permission denied or a "
+                          f"read-only file system): use another {flag} or fix its permissions")
 
 
 def _start_time(pid: int) -> str | None:
@@ -75,12 +101,19 @@ def _read(path: str) -> dict | None:
 
 
 def acquire(workdir: str) -> str:
-  """Takes `<workdir>/run.lock` (creating workdir); returns its path. Raises WorkdirLocked."""
-  os.makedirs(workdir, exist_ok=True)
+  """Takes `<workdir>/run.lock` (creating workdir); returns its path. Raises WorkdirLocked, or
+  WorkdirUnusable when the workdir or the lock cannot be created (permissions, read-only, full)."""
   path = os.path.join(workdir, LOCK_FILE)
   me = _holder()
   for _ in range(3):
-    if _write_exclusive(path, me):
+    try:
+      os.makedirs(workdir, exist_ok=True)
+      taken = _write_exclusive(path, me)
+    except OSError as e:
+      raise WorkdirUnusable(f"cannot use {workdir} as the run directory: could not create {path} "
+                            f"({type(e).__name__}: {e.strerror or e}); use another --workdir or fix "
+                            f"its permissions") from None
+    if taken:
       return path
     holder = _read(path)
     if holder is None:  # released between our attempt and the read: try again
@@ -129,7 +162,12 @@ def hold(workdir: str, enabled: bool = True) -> Iterator[None]:
     return
   workdir = os.path.abspath(workdir)
   created = not os.path.exists(workdir)
-  path = acquire(workdir)
+  try:
+    path = acquire(workdir)
+  except BaseException:
+    if created and os.path.isdir(workdir) and not os.listdir(workdir):
+      os.rmdir(workdir)
+    raise
   try:
     yield
   finally:
