@@ -52,6 +52,8 @@ JOBS = (
         stdout_to="train_step_cpu.txt"),
     Job("scaling_cpu", ("scaling.json", "scaling.png"), (
         ("-m", "benchmarks.scaling", "--presets=tiny,base,xlsr_300m", "--skip_tpu"),), 12),
+    Job("input_pipeline", ("input_pipeline_cpu.txt",), (("-m", "benchmarks.input_pipeline"),), 5,
+        stdout_to="input_pipeline_cpu.txt"),
     Job("demo", ("demo_cpu.json",), (("-m", "benchmarks.demo_run"),), 12),
     Job("batching", ("batching_base.txt",), (
         ("-m", "data_pipelines.synthetic_speech", "--data_dir={tmp}/tfds"),
