@@ -8,7 +8,7 @@ A generated table sits between `<!-- report:NAME -->` and `<!-- /report -->` in 
 everything between the markers is replaced by TABLES[NAME]() followed by a source line naming the
 results file, its command, commit, date, machine and what else was running
 (`benchmarks.provenance.meta_for`). `md:FILE#N` copies the N-th table of a Markdown results file
-verbatim. Edit the results file (by re-running its command), never the table.
+verbatim; `text:FILE` shows a text results file in a code block. Edit the results file (by re-running its command), never the table.
 """
 from __future__ import annotations
 
@@ -102,6 +102,11 @@ def md_table(spec: str) -> str:
   if n > len(tables):
     raise SystemExit(f"benchmarks/results/{name} has {len(tables)} tables, not {n}")
   return _with_source(tables[n - 1], name)
+
+
+def text_output(name: str) -> str:
+  """A text results file (a benchmark's printout) verbatim in a code block, with its source."""
+  return _with_source("```text\n" + _read(name).rstrip() + "\n```", name)
 
 
 def _md_cells(name: str, table: int, row_prefix: str) -> list[str]:
@@ -365,6 +370,8 @@ def render(name: str) -> str:
   try:
     if name.startswith("md:"):
       return md_table(name[3:])
+    if name.startswith("text:"):
+      return text_output(name[5:])
     if name not in TABLES:
       raise SystemExit(f"unknown report table {name!r}; known: {', '.join(sorted(TABLES))}, md:FILE#N")
     return TABLES[name]()
