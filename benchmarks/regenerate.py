@@ -18,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 from benchmarks.provenance import RESULTS_DIR, SOURCES_INDEX, provenance
@@ -52,6 +53,9 @@ JOBS = (
         stdout_to="train_step_cpu.txt"),
     Job("scaling_cpu", ("scaling.json", "scaling.png"), (
         ("-m", "benchmarks.scaling", "--presets=tiny,base,xlsr_300m", "--skip_tpu"),), 12),
+    Job("corpus_build", ("synthetic_speech_build.txt",), (
+        ("-m", "data_pipelines.synthetic_speech", "--data_dir={tmp}/tfds_build"),), 3,
+        stdout_to="synthetic_speech_build.txt"),
     Job("input_pipeline", ("input_pipeline_cpu.txt",), (("-m", "benchmarks.input_pipeline"),), 5,
         stdout_to="input_pipeline_cpu.txt"),
     Job("demo", ("demo_cpu.json",), (("-m", "benchmarks.demo_run"),), 12),
@@ -149,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--only", default="", help="comma-separated job names")
   parser.add_argument("--include_long", action="store_true",
                       help="also the skipped jobs that have a command (TPU plans)")
-  parser.add_argument("--tmp", default="/tmp/xlsr_regenerate", help="scratch directory")
+  parser.add_argument("--tmp", default="/tmp/xlsr_regenerate", help="scratch directory (a new subdirectory per run)")
   args = parser.parse_args(argv)
   only = [n for n in args.only.split(",") if n]
   unknown = set(only) - {j.name for j in JOBS}
@@ -178,9 +182,11 @@ def main(argv: list[str] | None = None) -> int:
   if args.dry_run:
     return 0
   os.makedirs(args.tmp, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix="run_", dir=args.tmp)  # fresh: nothing built or trained before
+  print(f"scratch directory: {tmp}")
   for job in selected:
     start = time.perf_counter()
-    run_job(job, args.tmp)
+    run_job(job, tmp)
     print(f"{job.name}: done in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
   print("now run: python -m benchmarks.report")
   return 0
