@@ -45,7 +45,7 @@ JOBS = (
          "--config.init=random", "--config.model.preset=tiny", "--config.data.data_dir={tmp}/tfds",
          "--config.finetune.num_steps=600", "--workdir={tmp}/ast"),
         ("-m", "benchmarks.decoding", "--workdir={tmp}/ast", "--data_dir={tmp}/tfds",
-         "--out=decoding_cpu.json")), 15),
+         "--reps=10", "--out=decoding_cpu.json")), 25),
     Job("compile_time", ("compile_time_cpu.txt",), (("-m", "benchmarks.compile_time"),), 5,
         stdout_to="compile_time_cpu.txt"),
     Job("train_step", ("train_step_cpu.txt",), (
