@@ -51,6 +51,11 @@ def busy_processes(limit: int = 5) -> list[str]:
       except OSError:
         continue
       name = stat[stat.index("(") + 1:stat.rindex(")")]
+      try:  # the program and its first two arguments, e.g. "python -m pytest"
+        argv = open(f"/proc/{pid}/cmdline").read().split("\0")
+        name = " ".join([os.path.basename(argv[0]), *argv[1:3]])[:60] or name
+      except OSError:
+        pass
       fields = stat[stat.rindex(")") + 2:].split()
       cpu = (int(fields[11]) + int(fields[12])) / hz  # utime + stime
       age = uptime - int(fields[19]) / hz
