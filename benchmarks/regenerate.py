@@ -34,7 +34,8 @@ class Job:
   steps: tuple[tuple[str, ...], ...]  # commands, in order; {tmp} is a scratch directory
   minutes: float  # rough wall time on the 2-core development machine
   skip: str = ""  # why it does not run by default (empty: it runs)
-  stdout_to: str = ""  # the last step's stdout is this results file (a text output)
+  stdout_to: str = ""  # the stdout of step `stdout_step` is this results file (a text output)
+  stdout_step: int = -1
 
 
 _PLAN = ("-m", "xlsr_jax.plan")
@@ -53,9 +54,10 @@ JOBS = (
         stdout_to="train_step_cpu.txt"),
     Job("scaling_cpu", ("scaling.json", "scaling.png"), (
         ("-m", "benchmarks.scaling", "--presets=tiny,base,xlsr_300m", "--skip_tpu"),), 12),
-    Job("corpus_build", ("synthetic_speech_build.txt",), (
-        ("-m", "data_pipelines.synthetic_speech", "--data_dir={tmp}/tfds_build"),), 3,
-        stdout_to="synthetic_speech_build.txt"),
+    Job("corpus_build", ("synthetic_speech_build.txt", "corpus_storage.json"), (
+        ("-m", "data_pipelines.synthetic_speech", "--data_dir={tmp}/tfds_build"),
+        ("-m", "benchmarks.corpus_storage", "--data_dir={tmp}/tfds_build")), 3,
+        stdout_to="synthetic_speech_build.txt", stdout_step=0),
     Job("input_pipeline", ("input_pipeline_cpu.txt",), (("-m", "benchmarks.input_pipeline"),), 5,
         stdout_to="input_pipeline_cpu.txt"),
     Job("demo", ("demo_cpu.json",), (("-m", "benchmarks.demo_run"),), 12),
@@ -130,8 +132,7 @@ def run_job(job: Job, tmp: str) -> None:
     argv = [sys.executable, *(a.replace("{tmp}", tmp) for a in step)]
     shown = " ".join(["python", *argv[1:]])
     print(f"+ {shown}", flush=True)
-    last = i == len(job.steps) - 1
-    if last and job.stdout_to:
+    if job.stdout_to and i == job.stdout_step % len(job.steps):
       meta = provenance(argv=["python", *step])
       meta["command"] = shown
       proc = subprocess.run(argv, cwd=REPO, stdout=subprocess.PIPE, text=True,

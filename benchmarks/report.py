@@ -250,6 +250,14 @@ def demo() -> str:
   return _with_source(_table(["figure", "value"], rows), "demo_cpu.json")
 
 
+def storage() -> str:
+  r = _json("corpus_storage.json")["storage"]
+  return _with_source(_table(
+      ["corpus", "on disk", "audio", "bytes per sample (int16 uncompressed: 2)"],
+      [[r["corpus"], f"{r['bytes'] / 2**20:.0f} MiB", f"{r['hours']:.3f} h",
+        f"{r['bytes_per_sample']:.2f}"]]), "corpus_storage.json")
+
+
 def test_tiers() -> str:
   d = _json("test_tiers.json")
   rows = [[t["tier"], t["command"], t["summary"], f"{t['seconds'] / 60:.1f} min"] for t in d["tiers"]]
@@ -365,7 +373,7 @@ def headline() -> str:
 TABLES: dict[str, Callable[[], str]] = {
     "headline": headline, "train_step": train_step, "compile_time": compile_time,
     "batching": batching, "scaling": scaling, "decoding": decoding, "demo": demo,
-    "test_tiers": test_tiers, "plan": plan, "plan_buckets": plan_buckets,
+    "test_tiers": test_tiers, "storage": storage, "plan": plan, "plan_buckets": plan_buckets,
 }
 
 
