@@ -79,7 +79,8 @@ def _code_references() -> list[tuple[str, str, str]]:
   """(doc, kind, reference) for every `python -m MODULE` and repository path the docs name."""
   refs = []
   for doc in DOCS:
-    text = _text(doc)
+    # What else was running when a result was measured (other people's commands) is not a reference.
+    text = re.sub(r"running beside it: [^\n]*", "", _text(doc))
     name = os.path.relpath(doc, REPO)
     for module in re.findall(r"python3? -m ([A-Za-z_][\w.]*)", text):
       if module.split(".")[0] in TOP:
