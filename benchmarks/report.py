@@ -366,6 +366,12 @@ def headline() -> str:
        f"{p2b['memory']['total_bytes'] / 2**30:.1f} GiB / chip, est. MFU {100 * p2b['estimated_mfu']:.1f}%",
        "plan_xlsr_2b_v5p-64.json"],
   ]
+  try:
+    figures = _json("demo_cpu.json")["figures"]
+    loss = next(k for k in figures if k.startswith("validation contrastive loss"))
+    rows.insert(0, [f"the demo (tiny model, CPU): {loss}", figures[loss], "demo_cpu.json"])
+  except Missing:
+    pass
   return _table(["what", "figure", "results file"],
                 [[a, b, f"`benchmarks/results/{c}`"] for a, b, c in rows])
 
