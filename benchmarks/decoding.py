@@ -29,7 +29,7 @@ import numpy as np
 from absl import app, flags
 
 from benchmarks.common import machine_load, spread
-from benchmarks.provenance import write_results
+from benchmarks.provenance import provenance, write_results
 from xlsr_jax.downstream.translation import decoding
 from xlsr_jax.downstream.translation.decoding import NEG_INF, _check_length, _choose_first, _length_norm
 from xlsr_jax.models.speech_translation import SpeechToText, translation_preset
@@ -201,6 +201,7 @@ def _time_alternating(runs: dict, reps: int) -> tuple[dict, dict, dict]:
 
 
 def main(_):
+  start_meta = provenance()  # the machine's load when the run starts
   cfg, params, wave, pad, weights = _model_and_audio()
   states, valid = decoding.encode(cfg, params, wave, pad)
   dec = cfg.decoder
@@ -252,7 +253,7 @@ def main(_):
   if _OUT.value:
     path = write_results(_OUT.value, {
         "setup": {"decoder": decoder, "batch": n, "weights": weights},
-        "rows": rows}, notes="Replaces decoding_cpu.txt, whose baseline recomputed the whole "
+        "rows": rows}, meta=start_meta, notes="Replaces decoding_cpu.txt, whose baseline recomputed the whole "
         "max-length sequence at every step with the end token disabled.")
     print(f"wrote {path}")
   if mismatch:

@@ -23,7 +23,7 @@ import time
 
 from absl import app, flags
 
-from benchmarks.provenance import write_results
+from benchmarks.provenance import provenance, write_results
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir; default: a new empty one.")
 _OUT = flags.DEFINE_string("out", "demo_cpu.json", "Results file name under benchmarks/results/.")
@@ -67,6 +67,7 @@ def summarise(workdir: str, output: str, wall_s: float) -> dict[str, object]:
 
 def main(argv) -> None:
   del argv
+  start_meta = provenance()  # the machine's load when the run starts
   with tempfile.TemporaryDirectory(prefix="xlsr_demo_run_") as tmp:
     data_dir = _DATA_DIR.value or os.path.join(tmp, "tensorflow_datasets")
     workdir = os.path.join(tmp, "demo")
@@ -87,7 +88,7 @@ def main(argv) -> None:
     if proc.returncode != 0:
       raise SystemExit(f"the demo exited with {proc.returncode}; nothing written")
     figures = summarise(workdir, output, wall)
-  path = write_results(_OUT.value, {"figures": figures, "overrides": _EXTRA.value},
+  path = write_results(_OUT.value, {"figures": figures, "overrides": _EXTRA.value}, meta=start_meta,
                        notes="the README's demo command (experiments/demo.py) in a temporary "
                              "workdir; data dir " + ("given" if _DATA_DIR.value else "new, empty"))
   print(json.dumps(figures, indent=1))

@@ -94,12 +94,16 @@ def provenance(notes: str = "", argv: list[str] | None = None) -> dict[str, Any]
 
 
 def write_results(name: str, data: dict[str, Any], notes: str = "",
-                  results_dir: str = RESULTS_DIR) -> str:
-  """Write `results_dir/name` as JSON `{"meta": provenance(notes), **data}`; returns the path."""
+                  results_dir: str = RESULTS_DIR, meta: dict[str, Any] | None = None) -> str:
+  """Write `results_dir/name` as JSON `{"meta": ..., **data}`; returns the path. `meta`: a
+  `provenance()` taken when the measurement started (default: now), so the load and busy
+  processes are those at its start; `notes` are added to it."""
   path = os.path.join(results_dir, name)
   os.makedirs(results_dir, exist_ok=True)
+  meta = dict(meta or provenance())
+  meta["notes"] = "; ".join(n for n in (meta.get("notes"), notes) if n)
   with open(path + ".tmp", "w") as f:
-    json.dump({"meta": provenance(notes), **data}, f, indent=1)
+    json.dump({"meta": meta, **data}, f, indent=1)
     f.write("\n")
   os.replace(path + ".tmp", path)
   return path

@@ -17,7 +17,7 @@ import time
 
 from absl import app, flags
 
-from benchmarks.provenance import write_results
+from benchmarks.provenance import provenance, write_results
 
 _TIERS = flags.DEFINE_list("tiers", ["fast", "full"], "Tiers to time: fast, full.")
 _OUT = flags.DEFINE_string("out", "test_tiers.json", "Results file name under benchmarks/results/.")
@@ -34,6 +34,7 @@ def summary_line(output: str) -> str:
 
 def main(argv) -> None:
   del argv
+  start_meta = provenance()  # the machine's load when the run starts
   tiers = []
   for tier in _TIERS.value:
     cmd = COMMANDS[tier]
@@ -45,7 +46,7 @@ def main(argv) -> None:
     print(f"{tier}: exit {proc.returncode}, {summary}, {seconds / 60:.1f} min", flush=True)
     tiers.append(dict(tier=tier, command=" ".join(cmd), exit_code=proc.returncode,
                       summary=summary, seconds=seconds))
-  print(f"wrote {write_results(_OUT.value, {'tiers': tiers})}")
+  print(f"wrote {write_results(_OUT.value, {'tiers': tiers}, meta=start_meta)}")
   if any(t["exit_code"] for t in tiers):
     sys.exit(1)
 
