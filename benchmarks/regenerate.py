@@ -104,6 +104,19 @@ JOBS = (
                                                   "--json"), 120,
            "TPU plan, bucketed: one compile per bucket"),
       )),
+    Job("train_step_best_rq", ("train_step_best_rq_cpu.txt",), (
+        ("-m", "benchmarks.train_step", "--presets=tiny,base",
+         "--objectives=wav2vec2,best_rq,best_rq_fbank", "--reps=5"),), 15,
+        stdout_to="train_step_best_rq_cpu.txt"),
+    Job("beam_build", ("beam_build_cpu.json",), (("benchmarks/beam_build.py", "--repeats", "2"),), 15,
+        skip="needs the Beam extra: pip install -r requirements-beam.txt (the full test tier has it)"),
+    Job("beam_dataflow_dry_run", ("beam_dataflow_dry_run.json",), (
+        ("benchmarks/beam_dataflow_dry_run.py",),), 2,
+        skip="needs apache-beam[gcp] (Dataflow's client), not in any requirements file"),
+    Job("transfer", ("transfer_cpu.json", "transfer_cpu.md", "transfer_cpu_curves.png"), (
+        ("-m", "benchmarks.transfer", "--workdir={tmp}/transfer",
+         "--probes=lid_heldout,lid_seen,sid_heldout"),), 90,
+        skip="long proof: six pretraining runs (3 objectives x 2 seeds) and 24 probes"),
     Job("downstream_proof", ("downstream_proof_bucketed.md",), (), 180,
         skip="long proof: pretraining (45+ min) then six probes and two ASR fine-tunings; the "
              "file is a hand-written report of those runs (commands inside)"),

@@ -336,6 +336,25 @@ def plan_buckets() -> str:
        "memory (largest bucket, compiled)"], rows), *BUCKET_PLANS)
 
 
+# --- BEST-RQ ----------------------------------------------------------------------------------------
+
+TRANSFER_NAMES = {"wav2vec2": "wav2vec 2.0", "best_rq": "BEST-RQ (CNN)",
+                  "best_rq_fbank": "BEST-RQ (filterbank)"}
+
+
+def transfer() -> str:
+  """The transfer benchmark's table (benchmarks/transfer.py): accuracy per probe, per seed."""
+  from benchmarks import transfer as transfer_lib
+  return _with_source(transfer_lib.table(_json("transfer_cpu.json")), "transfer_cpu.json")
+
+
+def transfer_means() -> dict[str, float]:
+  """Held-out-language LID accuracy (%) averaged over seeds, per pretrained encoder."""
+  rows = [r for r in _json("transfer_cpu.json")["rows"] if "seed" in r]
+  return {e: 100 * sum(r["probes"]["lid_heldout"]["accuracy"] for r in rows if r["encoder"] == e)
+          / sum(r["encoder"] == e for r in rows) for e in dict.fromkeys(r["encoder"] for r in rows)}
+
+
 # --- the README's headline table ------------------------------------------------------------------
 
 def headline() -> str:
@@ -367,6 +386,15 @@ def headline() -> str:
        "plan_xlsr_2b_v5p-64.json"],
   ]
   try:
+    means = transfer_means()
+    fbank = 100 * _json("transfer_cpu.json")["baselines"]["lid_heldout"]["fbank"]["accuracy"]
+    rows.insert(1, ["LID on 5 languages unseen in pretraining, accuracy % (tiny encoders, equal "
+                    "compute, mean of 2 seeds)",
+                    ", ".join(f"{TRANSFER_NAMES.get(e, e)} {v:.1f}" for e, v in means.items())
+                    + f"; FBANK probe {fbank:.1f}", "transfer_cpu.json"])
+  except Missing:
+    pass
+  try:
     figures = _json("demo_cpu.json")["figures"]
     loss = next(k for k in figures if k.startswith("validation contrastive loss"))
     rows.insert(0, [f"the demo (tiny model, CPU): {loss}", figures[loss], "demo_cpu.json"])
@@ -380,6 +408,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "headline": headline, "train_step": train_step, "compile_time": compile_time,
     "batching": batching, "scaling": scaling, "decoding": decoding, "demo": demo,
     "test_tiers": test_tiers, "storage": storage, "plan": plan, "plan_buckets": plan_buckets,
+    "transfer": transfer,
 }
 
 
