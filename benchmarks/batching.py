@@ -110,7 +110,7 @@ def evaluate_profile(lengths: np.ndarray, spec: buckets_lib.BucketSpec, crop_old
   for mode in ("crop", "pad"):
     s = buckets_lib.BucketSpec(spec.lengths, spec.batch_sizes, mode, min_samples)
     index = buckets_lib.assign(kept, s)
-    counts = np.bincount(index[index >= 0], minlength=s.num_buckets)
+    counts = buckets_lib.bucket_counts(kept, s)
     probs = buckets_lib.step_probabilities({"all": 1.0}, {"all": counts / counts.sum()}, s)
     pad = used = real_time = real_audio = 0.0
     all_shares = []

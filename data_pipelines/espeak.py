@@ -62,11 +62,6 @@ def data_path() -> str:
   return espeakng_loader.get_data_path()
 
 
-def voice_variants() -> list[str]:
-  """Names of the voice variants in the shipped data (e.g. "f1", "m3", "klatt"), sorted."""
-  return sorted(os.listdir(os.path.join(data_path(), "voices", "!v")))
-
-
 def _declare(lib: ctypes.CDLL) -> None:
   lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
   lib.espeak_Initialize.restype = ctypes.c_int

@@ -156,12 +156,6 @@ def _set(tree: Tree, path: tuple[str, ...], value) -> None:
   tree[path[-1]] = value
 
 
-def _get(tree: Tree, path: tuple[str, ...]):
-  for key in path:
-    tree = tree[key]
-  return tree
-
-
 def _flatten(tree: Tree, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
   out = {}
   for k, v in tree.items():
@@ -329,15 +323,6 @@ def ctc_head_to_hf(head: Tree) -> dict[str, np.ndarray]:
   """Our lm_head params -> {"lm_head.weight" [vocab, hidden], "lm_head.bias" [vocab]}."""
   return {CTC_HEAD_PREFIX + "weight": np.ascontiguousarray(_to_numpy(head["kernel"]).T),
           CTC_HEAD_PREFIX + "bias": _to_numpy(head["bias"])}
-
-
-def ctc_to_ours(state_dict: dict[str, Any], config: Wav2Vec2Config) -> Tree:
-  """A Wav2Vec2ForCTC state dict -> {"wav2vec2": encoder params, "lm_head": head params}."""
-  head = ctc_head_to_ours(state_dict)
-  if head is None:
-    raise ConversionError("state dict has no lm_head.weight: not a Wav2Vec2ForCTC checkpoint")
-  encoder = hf_to_ours(state_dict, config, pretraining=False, ignore_extra=(CTC_HEAD_PREFIX,))
-  return {"wav2vec2": encoder, "lm_head": head}
 
 
 def ctc_to_hf(params: Tree, config: Wav2Vec2Config, *, weight_norm: str = "parametrizations"

@@ -78,15 +78,6 @@ def adapter_lengths(frame_lengths_: jax.Array, config: SpeechTranslationConfig) 
   return length
 
 
-def adapter_frames_static(num_frames: int, config: SpeechTranslationConfig) -> int:
-  """Python-int adapter output length for `num_frames` encoder frames (static shapes)."""
-  if not config.add_adapter:
-    return num_frames
-  for _ in range(config.num_adapter_layers):
-    num_frames = (num_frames + 2 - config.adapter_kernel_size) // config.adapter_stride + 1
-  return num_frames
-
-
 class ConvAdapter(nn.Module):
   """[Linear + LayerNorm to output_hidden_size], then per layer Conv1d(width -> 2 width, kernel k,
   stride s, padding 1) and a GLU over channels: [batch, frames, hidden] -> [batch, frames', width].

@@ -263,7 +263,7 @@ def plan_buckets(config: ml_collections.ConfigDict, topology: Topology, cost: bo
   spec = bucket_spec(config, batch_multiple(mesh.shape["data"] * mesh.shape["fsdp"], accum, 1))
   lengths = profile_lengths(profile, config.data.min_sample_size)
   index = buckets_lib.assign(lengths, spec)
-  counts = np.bincount(index[index >= 0], minlength=spec.num_buckets)
+  counts = buckets_lib.bucket_counts(lengths, spec)
   probs = buckets_lib.step_probabilities({"all": 1.0}, {"all": counts / max(counts.sum(), 1)}, spec)
   model_cfg = model_config_from(config)
   objective = make_objective(model_cfg, config.objective)
