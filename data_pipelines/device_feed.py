@@ -2,8 +2,10 @@
 
 `global_batch` turns this process's numpy batch `[local_batch, ...]` into global arrays
 `[local_batch * process_count, ...]` whose leading axis is split over the batch axes of the
-logical-axis rule table (`xlsr_jax.sharding.mesh.batch_axes`: ("data", "fsdp") by default) and
-replicated over the others. Process p's rows become rows
+`batch_spec` the caller passes (the step's own, from the logical-axis rule table:
+`xlsr_jax.sharding.mesh.batch_spec()`, ("data", "fsdp") by default) and replicated over the others.
+This module takes the spec rather than importing xlsr_jax.sharding, so data_pipelines depends on
+jax alone. Process p's rows become rows
 [p * local_batch, (p + 1) * local_batch) of the global batch when its devices are laid out in
 process order, as `jax.make_mesh` does.
 """
@@ -16,8 +18,6 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from xlsr_jax.sharding import mesh as mesh_lib
-
 
 def _batch_axes(batch_spec: PartitionSpec) -> tuple[str, ...]:
   """Mesh axis names that split the leading (batch) axis in `batch_spec`."""
@@ -28,15 +28,13 @@ def _batch_axes(batch_spec: PartitionSpec) -> tuple[str, ...]:
 
 
 def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh,
-                 batch_spec: PartitionSpec | None = None) -> dict[str, jax.Array]:
+                 batch_spec: PartitionSpec) -> dict[str, jax.Array]:
   """`{name: [local_batch, ...] numpy}` -> `{name: [global_batch, ...] jax.Array}` on `mesh`.
 
   Every array is sharded with `NamedSharding(mesh, batch_spec)` (trailing axes replicated);
-  batch_spec None = `mesh_lib.batch_spec()`, the rule table's batch axes (pass the step's own
-  spec when the config overrides the rules). Works with one process (local = global) and with
-  several (each passes its own rows).
+  batch_spec: the step's batch spec (`xlsr_jax.sharding.mesh.batch_spec()` under the config's
+  rules). Works with one process (local = global) and with several (each passes its own rows).
   """
-  batch_spec = mesh_lib.batch_spec() if batch_spec is None else batch_spec
   axes = _batch_axes(batch_spec)
   missing = [a for a in axes if a not in mesh.shape]
   if missing:

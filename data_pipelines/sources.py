@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 import numpy as np
 import tensorflow as tf
@@ -20,9 +19,7 @@ import tensorflow_datasets as tfds
 
 from data_pipelines import build_outputs, sampling
 from data_pipelines.features import SAMPLE_RATE, language_split_name, select_languages
-
-if TYPE_CHECKING:
-  from data_pipelines.input_pipeline import PipelineConfig
+from data_pipelines.pipeline_config import PipelineConfig
 
 # Bytes per stored sample when estimating hours from a split's size (for builds that record no
 # hours), by the audio feature's encoding: "none" is an int64 varint list (1-3 bytes when >= 0,

@@ -17,6 +17,7 @@ from data_pipelines.device_feed import global_batch
 from data_pipelines.features import SAMPLE_RATE
 from data_pipelines.sampling import two_level_weights
 from tests import toy_corpus
+from xlsr_jax.sharding import mesh as mesh_lib
 
 MIN, MAX = 2_000, 6_000  # min / max_sample_size; toy utterances have 800..12,000 samples
 SOURCES = (("toy_speech/alpha", None), ("toy_speech/beta", None))
@@ -217,13 +218,16 @@ def test_process_split_is_even_and_refuses_empty_slices():
     ip.process_split("train_yo", 5, 5, 6)
 
 
+_BATCH_SPEC = mesh_lib.batch_spec()  # the default rule table's: ("data", "fsdp")
+
+
 def test_global_batch_on_an_8_device_mesh():
   mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"), axis_types=(AxisType.Auto,) * 3)
   rng = np.random.default_rng(0)
   local = {"waveform": rng.standard_normal((8, 16)).astype(np.float32),
            "padding_mask": rng.random((8, 16)) > 0.5,
            "language_id": np.arange(8, dtype=np.int32)}
-  out = global_batch(local, mesh)
+  out = global_batch(local, mesh, _BATCH_SPEC)
   for name, value in local.items():
     array = out[name]
     assert array.shape == value.shape and array.dtype == value.dtype
@@ -233,11 +237,11 @@ def test_global_batch_on_an_8_device_mesh():
       assert shard.data.shape[0] == 2  # 8 rows over data x fsdp = 4 shards, replicated on tensor
       np.testing.assert_array_equal(shard.data, value[shard.index])
   with pytest.raises(TypeError, match="'id'.*drop string"):
-    global_batch({"id": np.array([b"a"] * 8)}, mesh)
+    global_batch({"id": np.array([b"a"] * 8)}, mesh, _BATCH_SPEC)
   with pytest.raises(ValueError, match="global batch 6 .* not divisible by the 4 shards"):
-    global_batch({"x": np.zeros((6, 3), np.float32)}, mesh)
+    global_batch({"x": np.zeros((6, 3), np.float32)}, mesh, _BATCH_SPEC)
   with pytest.raises(ValueError, match=r"\['fsdp'\]"):
-    global_batch(local, jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,)))
+    global_batch(local, jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,)), _BATCH_SPEC)
 
 
 _TWO_PROCESS_SCRIPT = """
@@ -245,17 +249,18 @@ import sys
 import jax, numpy as np
 from jax.sharding import AxisType
 from data_pipelines.device_feed import global_batch, process_rows
+from xlsr_jax.sharding.mesh import batch_spec
 pid = int(sys.argv[1])
 jax.distributed.initialize(f"127.0.0.1:{sys.argv[2]}", num_processes=2, process_id=pid)
 mesh = jax.make_mesh((4, 2), ("data", "fsdp"), axis_types=(AxisType.Auto,) * 2)
 rows = np.arange(4 * pid, 4 * pid + 4, dtype=np.int32)  # this process's rows of the global batch
-out = global_batch({"x": np.stack([rows, -rows], axis=1)}, mesh)["x"]
+out = global_batch({"x": np.stack([rows, -rows], axis=1)}, mesh, batch_spec())["x"]
 assert out.shape == (8, 2), out.shape
 expected = np.stack([np.arange(8), -np.arange(8)], axis=1)
 for shard in out.addressable_shards:
   np.testing.assert_array_equal(shard.data, expected[shard.index])
 whole = np.stack([np.arange(8), -np.arange(8)], axis=1)  # a batch every process built whole
-out = global_batch(process_rows({"x": whole}), mesh)["x"]  # (the downstream feed)
+out = global_batch(process_rows({"x": whole}), mesh, batch_spec())["x"]  # (the downstream feed)
 for shard in out.addressable_shards:
   np.testing.assert_array_equal(shard.data, expected[shard.index])
 print("ok", pid, sorted(int(s.index[0].start) for s in out.addressable_shards))
