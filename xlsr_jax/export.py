@@ -24,7 +24,6 @@ import numpy as np
 from xlsr_jax.checkpoints import manager as manager_lib
 from xlsr_jax.checkpoints import model_files
 from xlsr_jax.config_loading import model_config_from
-from xlsr_jax.models import Wav2Vec2ForPreTraining
 from xlsr_jax.models import params as params_lib
 from xlsr_jax.models.config import Wav2Vec2Config
 from xlsr_jax.objectives import Objective, make_objective
@@ -46,18 +45,6 @@ def read_run_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
-def abstract_params(model_config: Wav2Vec2Config, objective: Objective | None = None) -> Any:
-  """Unboxed ShapeDtypeStructs of the pretraining model's parameters (the objective's model,
-  wav2vec 2.0's by default) on one host (CPU) device."""
-  try:
-    device = jax.local_devices(backend="cpu")[0]
-  except RuntimeError:  # JAX_PLATFORMS excludes the host backend: use the first accelerator
-    device = jax.local_devices()[0]
-  model = objective.make_model() if objective else Wav2Vec2ForPreTraining(model_config)
-  return params_lib.abstract_params(model, boxed=False,
-                                    sharding=jax.sharding.SingleDeviceSharding(device))
-
-
 def run_objective(config: ml_collections.ConfigDict, model_config: Wav2Vec2Config) -> Objective:
   """The objective a run trained with (objective.name; runs from before it existed: wav2vec2)."""
   return make_objective(model_config, config.objective)
@@ -75,7 +62,8 @@ def load_params(workdir: str, step: int | None = None) -> tuple[Any, Wav2Vec2Con
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"no checkpoint directory {directory}")
   with manager_lib.CheckpointManager(directory, save_every=1, keep=1, read_only=True) as mngr:
-    target = abstract_params(model_config, objective)
+    target = params_lib.abstract_params(objective.make_model(), boxed=False,
+                                        sharding=params_lib.host_sharding())
     try:
       params, step = mngr.restore_params(target, step)
     except manager_lib.CheckpointMismatchError as e:

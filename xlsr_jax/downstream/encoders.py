@@ -55,12 +55,6 @@ class LoadedEncoder:
   metadata: dict = dataclasses.field(default_factory=dict)
 
 
-def detect_source(init: str) -> str:
-  """"random", "export", "hf" or "fairseq" (a .pt: fairseq or fairseq2) for an init string;
-  errors name the path."""
-  return "random" if init == "random" else sources.detect_source(init)
-
-
 def _vocabulary_beside(path: str) -> Vocabulary | None:
   directory = path if os.path.isdir(path) else os.path.dirname(path)
   file = os.path.join(directory, VOCAB_FILE)
@@ -88,17 +82,17 @@ def _unbox(tree: Any) -> Any:
 def load_encoder(init: str, *, random_config: Wav2Vec2Config | None = None, seed: int = 0
                  ) -> LoadedEncoder:
   """The encoder (and any head) from an export dir, HF dir, fairseq .pt or "random"."""
-  source = detect_source(init)
-  if source == "random":
+  if init == "random":
     if random_config is None:
       raise InitError("init='random' needs the architecture: give a model config (preset)")
-    return LoadedEncoder(random_encoder(random_config, seed), random_config, source, init)
-  loaded = sources.load_checkpoint(init)
+    return LoadedEncoder(random_encoder(random_config, seed), random_config, "random", init)
+  loaded = sources.load_checkpoint(init)  # (sources.detect_source: errors name the path)
   encoder, ctc_head, classifier = _split_tree(loaded.params)
-  if source != "export":  # a HF CTC head comes beside the encoder; imported heads are not read
+  if loaded.source != "export":  # a HF CTC head comes beside the encoder; imported heads unread
     ctc_head, classifier = loaded.ctc_head, None
+  vocabulary = None if loaded.source in ("fairseq", "fairseq2") else _vocabulary_beside(init)
   return LoadedEncoder(encoder, loaded.config, loaded.source, init, ctc_head, classifier,
-                       None if source == "fairseq" else _vocabulary_beside(init), loaded.metadata)
+                       vocabulary, loaded.metadata)
 
 
 @partial(jax.jit, static_argnums=(0,))

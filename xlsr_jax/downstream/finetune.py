@@ -20,6 +20,7 @@ import optax
 from jax.sharding import Mesh
 
 from xlsr_jax.checkpoints.manager import rebox, unbox
+from xlsr_jax.checkpoints.merge import merge
 from xlsr_jax.downstream import ctc
 from xlsr_jax.models.feature_encoder import frame_lengths
 from xlsr_jax.models.params import abstract_params, init_params
@@ -203,7 +204,9 @@ class Finetuner:
     """A fresh initialisation (key config.init_seed) with every subtree of `loaded` (a partial
     unboxed params tree: the pretrained encoder, a reused head) put in its place."""
     fresh = unbox(init_params(self.model, jax.random.key(self.config.init_seed), self.num_samples))
-    params = rebox(self.abstract_params, merge_params(fresh, loaded))
+    merged, _ = merge(fresh, loaded, where="the loaded params", partial=True)
+    params = rebox(self.abstract_params,  # dtypes follow the model's
+                   jax.tree.map(lambda f, v: jnp.asarray(v, f.dtype), fresh, merged))
     return FinetuneState(step=jnp.zeros((), jnp.int32), params=params,
                          opt_state=self.optimizer.init(params),
                          rng=jax.random.key(self.config.train.seed))
@@ -284,20 +287,3 @@ class Finetuner:
         tokens = decoding.greedy_search(cfg, params, states, valid, max_length=t.max_decode_length,
                                         forced_bos_token_id=t.forced_bos_token_id)
     return {"tokens": tokens}
-
-
-def merge_params(fresh: dict, loaded: dict) -> dict:
-  """`fresh` with every subtree present in `loaded` replaced by it (shapes must agree; dtypes
-  follow `fresh`)."""
-  out = dict(fresh)
-  for key, value in loaded.items():
-    if key not in fresh:
-      raise KeyError(f"loaded parameter {key!r} is not in the model (has {sorted(fresh)})")
-    if isinstance(value, dict):
-      out[key] = merge_params(fresh[key], value)
-    else:
-      if tuple(fresh[key].shape) != tuple(value.shape):
-        raise ValueError(f"parameter {key!r}: loaded shape {tuple(value.shape)}, model "
-                         f"{tuple(fresh[key].shape)}")
-      out[key] = jnp.asarray(value, fresh[key].dtype)
-  return out

@@ -31,6 +31,16 @@ def init_params(model: nn.Module, key: jax.Array, num_samples: int = INIT_SAMPLE
   return model.init({"params": key}, waveform, *args)["params"]
 
 
+def host_sharding() -> jax.sharding.Sharding:
+  """One host (CPU) device: where a restore target lives that reads parameters without the mesh
+  (export, conversion); the first accelerator when JAX_PLATFORMS leaves the host backend out."""
+  try:
+    device = jax.local_devices(backend="cpu")[0]
+  except RuntimeError:  # JAX_PLATFORMS excludes the host backend: use the first accelerator
+    device = jax.local_devices()[0]
+  return jax.sharding.SingleDeviceSharding(device)
+
+
 def abstract_params(model: nn.Module, num_samples: int = INIT_SAMPLES, *, boxed: bool = True,
                     sharding: jax.sharding.Sharding | None = None) -> Any:
   """ShapeDtypeStructs of `init_params(model, ...)`: boxed with logical names, or plain leaves

@@ -16,14 +16,14 @@ a fine-tuned checkpoint's head (lm_head / head) is not part of pretraining and i
 from __future__ import annotations
 
 import logging
-import re
 
 import jax
 import ml_collections
 import numpy as np
 
 from xlsr_jax.checkpoints import sources
-from xlsr_jax.checkpoints.manager import check_shapes, rebox, unbox
+from xlsr_jax.checkpoints.manager import rebox, unbox
+from xlsr_jax.checkpoints.merge import merge
 from xlsr_jax.config_loading import ConfigError
 from xlsr_jax.models.config import Wav2Vec2Config
 from xlsr_jax.training import train_step as ts
@@ -31,25 +31,6 @@ from xlsr_jax.training import train_step as ts
 DOWNSTREAM_HEADS = ("lm_head", "head")  # fine-tuning heads: not part of the pretraining model
 # Fields that change what the network computes without changing any parameter's shape.
 ARCHITECTURE_FIELDS = ("do_stable_layer_norm", "feat_extract_norm", "conv_stride", "conv_kernel")
-
-
-def _flat(tree: dict, prefix: str = "") -> dict[str, object]:
-  out = {}
-  for k, v in tree.items():
-    path = f"{prefix}/{k}" if prefix else k
-    out.update(_flat(v, path) if isinstance(v, dict) else {path: v})
-  return out
-
-
-def _nest(flat: dict[str, object]) -> dict:
-  tree: dict = {}
-  for path, v in flat.items():
-    *parents, leaf = path.split("/")
-    node = tree
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = v
-  return tree
 
 
 def pretraining_tree(params: dict) -> tuple[dict, list[str]]:
@@ -67,30 +48,6 @@ def check_architecture(checkpoint: Wav2Vec2Config, model: Wav2Vec2Config, where:
            for f in ARCHITECTURE_FIELDS if getattr(checkpoint, f) != getattr(model, f)]
   if diffs:
     raise ConfigError(f"{where} is another architecture than the configured model: " + "; ".join(diffs))
-
-
-def merge(fresh: dict, loaded: dict, exclude: list[str], where: str) -> tuple[dict, dict[str, int]]:
-  """Fresh (unboxed) params with every leaf not matched by `exclude` taken from `loaded` (leaves:
-  anything with a shape; the excluded ones are `fresh`'s own objects).
-
-  Returns (params, counts) with counts of loaded / re-initialised arrays and parameters. Raises
-  CheckpointMismatchError naming every non-excluded parameter missing or of another shape, and
-  ConfigError for a pattern that matches no parameter (a misspelt path would silently load it).
-  """
-  fresh_flat, loaded_flat = _flat(fresh), _flat(loaded)
-  patterns = [re.compile(p) for p in exclude]
-  unused = [p.pattern for p in patterns if not any(p.search(k) for k in fresh_flat)]
-  if unused:
-    raise ConfigError(f"train.init_exclude pattern(s) {unused} match no parameter of the model; "
-                      f"parameter paths look like {sorted(fresh_flat)[:3]}")
-  excluded = {k for k in fresh_flat if any(p.search(k) for p in patterns)}
-  keep = lambda flat: _nest({k: v for k, v in flat.items() if k not in excluded})
-  check_shapes(keep(loaded_flat), keep(fresh_flat), where)
-  out = {k: (v if k in excluded else loaded_flat[k]) for k, v in fresh_flat.items()}
-  size = lambda keys: sum(int(np.prod(np.shape(fresh_flat[k]))) for k in keys)
-  counts = dict(loaded_arrays=len(fresh_flat) - len(excluded), reinit_arrays=len(excluded),
-                loaded_parameters=size(fresh_flat.keys() - excluded), reinit_parameters=size(excluded))
-  return _nest(out), counts
 
 
 def load_checked(path: str, abstract_params: dict, model_config: Wav2Vec2Config,
