@@ -23,6 +23,7 @@ import jax
 import numpy as np
 
 from xlsr_jax.checkpoints import fairseq2_import, fairseq_import, model_files, safe_pickle
+from xlsr_jax.checkpoints.hf_translation import is_speech_to_text as _is_speech_to_text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,15 +83,6 @@ def convert(args: argparse.Namespace) -> int:
 
 def _count(params) -> int:
   return sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(params))
-
-
-def _is_speech_to_text(path: str) -> bool:
-  import os
-  file = os.path.join(path, "config.json")
-  if not os.path.isfile(file):
-    return False
-  config = model_files.read_json(file)
-  return isinstance(config, dict) and config.get("model_type") == "speech-encoder-decoder"
 
 
 def _tokenizer_beside(path: str):

@@ -9,11 +9,12 @@ is not used. Conversion is exact (transposes and reshapes); unknown or missing k
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
 
-from xlsr_jax.checkpoints import hf_layout
+from xlsr_jax.checkpoints import hf_layout, model_files
 from xlsr_jax.checkpoints.hf_layout import ConversionError, _Rule, _layer_norm, _linear, _to_numpy
 from xlsr_jax.models.speech_translation import SpeechTranslationConfig
 from xlsr_jax.models.text_decoder import DecoderConfig
@@ -22,6 +23,16 @@ Tree = dict[str, Any]
 
 _DECODER_FIELDS = tuple(f for f in DecoderConfig.__dataclass_fields__ if f not in ("dtype", "param_dtype"))
 _ADAPTER_FIELDS = ("add_adapter", "num_adapter_layers", "adapter_kernel_size", "adapter_stride")
+
+
+def is_speech_to_text(path: str) -> bool:
+  """Whether directory `path` holds a transformers SpeechEncoderDecoderModel (its config.json has
+  model_type "speech-encoder-decoder"): the translation model, not a wav2vec2 encoder."""
+  file = os.path.join(path, "config.json")
+  if not os.path.isfile(file):
+    return False
+  config = model_files.read_json(file)
+  return isinstance(config, dict) and config.get("model_type") == "speech-encoder-decoder"
 
 
 def decoder_config_from_hf(hf: dict[str, Any], **overrides) -> DecoderConfig:

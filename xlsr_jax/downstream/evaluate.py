@@ -20,6 +20,7 @@ from typing import Any
 import jax
 import ml_collections
 
+from xlsr_jax.cli import start_cli
 from xlsr_jax.config_loading import ConfigError
 from xlsr_jax.downstream import scoring
 from xlsr_jax.downstream.task_setup import (TaskData, TaskError, build_task, check_task_data,
@@ -123,7 +124,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, tuner, loaded_parts: 
 
 
 def main(argv: list[str] | None = None) -> int:
-  from xlsr_jax.main import start_cli
   argv = sys.argv[1:] if argv is None else argv
   parser = argparse.ArgumentParser(prog="python -m xlsr_jax.evaluate", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -253,10 +253,10 @@ def read_task_data(config: ml_collections.ConfigDict) -> TaskData:
 def load_init(config: ml_collections.ConfigDict):
   """The encoder of config.init (encoders.LoadedEncoder); "random" is the preset's architecture,
   initialised by the task model itself (seed init_seed)."""
+  from xlsr_jax.checkpoints.hf_translation import is_speech_to_text
   from xlsr_jax.config_loading import model_config_from
-  from xlsr_jax.convert import _is_speech_to_text
   from xlsr_jax.downstream import encoders
-  if config.init != "random" and os.path.isdir(config.init) and _is_speech_to_text(config.init):
+  if config.init != "random" and os.path.isdir(config.init) and is_speech_to_text(config.init):
     raise encoders.InitError(
         f"{config.init} is a Hugging Face SpeechEncoderDecoderModel: convert it first with "
         f"python -m xlsr_jax.convert --from=hf --input={config.init} --output=DIR, then "

@@ -74,7 +74,7 @@ def peak_flops_per_device(device_kind: str, override_tflops: float = 0.0) -> flo
 
 # XLA flags for NVIDIA GPU runs, the ones MaxText sets for its GPU runs that help this model; set
 # once (apply_gpu_xla_flags, before JAX starts its GPU backend) by every training CLI on a machine
-# with NVIDIA devices (xlsr_jax.main.default_platforms) and by benchmarks/gpu_check.py. Flags the
+# with NVIDIA devices (xlsr_jax.cli.default_platforms) and by benchmarks/gpu_check.py. Flags the
 # user already put in XLA_FLAGS come after ours and win (XLA reads them in order). Each exists in
 # jaxlib 0.10.2 (tests/test_gpu.py starts XLA with them: an unknown flag aborts the process).
 GPU_XLA_FLAGS = (
