@@ -10,6 +10,7 @@ builds the mixed, cropped batches on top.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Mapping
 
@@ -188,7 +189,6 @@ def split_lengths(builder: tfds.core.DatasetBuilder, split_name: str) -> np.ndar
       np.save(f, lengths)
     tf.io.gfile.rename(partial, path, overwrite=True)
   except (OSError, tf.errors.OpError) as e:
-    import logging
     logging.warning("could not cache the length index of %s %s at %s (%s): it is re-read on "
                     "every start", builder.info.full_name, split_name, path, e)
   return lengths

@@ -10,9 +10,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from xlsr_jax.checkpoints.manager import unbox
+from xlsr_jax.models import Wav2Vec2ForPreTraining, Wav2Vec2Model
 from xlsr_jax.models.config import Wav2Vec2Config
+from xlsr_jax.models.feature_encoder import frame_lengths
 
 Tree = dict[str, Any]
 
@@ -177,11 +182,6 @@ def is_pretraining_state_dict(state_dict: dict[str, Any]) -> bool:
 
 def expected_shapes(config: Wav2Vec2Config, pretraining: bool) -> dict[tuple[str, ...], tuple[int, ...]]:
   """Shape of every parameter of our model for `config` (no arrays allocated: jax.eval_shape)."""
-  import jax
-  import jax.numpy as jnp
-  from xlsr_jax.checkpoints.manager import unbox
-  from xlsr_jax.models import Wav2Vec2ForPreTraining, Wav2Vec2Model
-  from xlsr_jax.models.feature_encoder import frame_lengths
   samples = max(16_000, config.conv_receptive_field)
   wave = jnp.zeros((1, samples), jnp.float32)
   if pretraining:

@@ -19,13 +19,13 @@ from __future__ import annotations
 import dataclasses
 import os
 from functools import partial
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from xlsr_jax.checkpoints import sources
+from xlsr_jax.checkpoints.manager import unbox
 from xlsr_jax.downstream.heads import stack_hidden_states
 from xlsr_jax.downstream.vocabulary import VOCAB_FILE, Vocabulary
 from xlsr_jax.models import Wav2Vec2Model
@@ -71,12 +71,7 @@ def _split_tree(tree: dict) -> tuple[dict, dict | None, dict | None]:
 def random_encoder(config: Wav2Vec2Config, seed: int = 0) -> dict:
   """Freshly initialised `Wav2Vec2Model` params (unboxed numpy) for `config`."""
   params = jax.jit(partial(init_params, Wav2Vec2Model(config)))(jax.random.key(seed))
-  return jax.tree.map(np.asarray, _unbox(params))
-
-
-def _unbox(tree: Any) -> Any:
-  from xlsr_jax.checkpoints.manager import unbox
-  return unbox(tree)
+  return jax.tree.map(np.asarray, unbox(params))
 
 
 def load_encoder(init: str, *, random_config: Wav2Vec2Config | None = None, seed: int = 0

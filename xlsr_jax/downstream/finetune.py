@@ -22,8 +22,11 @@ from jax.sharding import Mesh
 from xlsr_jax.checkpoints.manager import rebox, unbox
 from xlsr_jax.checkpoints.merge import merge
 from xlsr_jax.downstream import ctc
+from xlsr_jax.downstream.translation import decoding
 from xlsr_jax.models.feature_encoder import frame_lengths
 from xlsr_jax.models.params import abstract_params, init_params
+from xlsr_jax.models.speech_translation import (SpeechToText, label_smoothed_cross_entropy,
+                                                shift_tokens_right)
 from xlsr_jax.objectives import masking
 from xlsr_jax.sharding import mesh as mesh_lib
 from xlsr_jax.training import run
@@ -140,7 +143,6 @@ def task_loss(task: str, out: dict, batch: dict, label_smoothing: float = 0.0,
   weight = batch["example_valid"].astype(jnp.float32)
   n = jnp.maximum(jnp.sum(weight), 1.0)
   if task == "ast":
-    from xlsr_jax.models.speech_translation import label_smoothed_cross_entropy
     labels = jnp.where(weight[:, None] > 0, batch["labels"], -100)
     loss, count = label_smoothed_cross_entropy(out["logits"], labels, label_smoothing)
     plain, _ = label_smoothed_cross_entropy(out["logits"], labels, 0.0)
@@ -227,7 +229,6 @@ class Finetuner:
                               self.num_frames, self.config.finetune)
         rngs = {"dropout": dropout_key, "layerdrop": layerdrop_key}
       if self.task == "ast":
-        from xlsr_jax.models.speech_translation import shift_tokens_right
         dec = self.model.config.decoder
         kwargs["decoder_input_ids"] = shift_tokens_right(batch["labels"], dec.pad_token_id,
                                                          dec.decoder_start_token_id)
@@ -272,8 +273,6 @@ class Finetuner:
 
   def _translate(self, state: FinetuneState, batch: dict) -> dict:
     """{"tokens": int32 [batch, max_decode_length]}: beam search (greedy at beam_width 0)."""
-    from xlsr_jax.downstream.translation import decoding
-    from xlsr_jax.models.speech_translation import SpeechToText
     t, cfg = self.config.translation, self.model.config
     params = unbox(state.params)
     with nn.logical_axis_rules(self.rules):

@@ -14,14 +14,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from xlsr_jax.models.best_rq import BestRqForPreTraining
+from xlsr_jax.models.feature_encoder import frame_lengths
+from xlsr_jax.models.wav2vec2 import Wav2Vec2ForPreTraining
+
 INIT_SAMPLES = 16_000  # one second: the dummy waveform's length
 
 
 def init_params(model: nn.Module, key: jax.Array, num_samples: int = INIT_SAMPLES) -> Any:
   """Fresh parameters of `model`, boxed with their logical axis names (pure: jit / eval_shape it)."""
-  from xlsr_jax.models.feature_encoder import frame_lengths
-  from xlsr_jax.models.best_rq import BestRqForPreTraining
-  from xlsr_jax.models.wav2vec2 import Wav2Vec2ForPreTraining
   waveform = jnp.zeros((1, num_samples), jnp.float32)
   args = ()
   if isinstance(model, (Wav2Vec2ForPreTraining, BestRqForPreTraining)):

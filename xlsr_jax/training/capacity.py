@@ -23,6 +23,7 @@ libtpu 0.0.52: the same FLOPs for 1 and 4 scanned layers). Two kinds of loop mat
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 from typing import Any
@@ -31,10 +32,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
+from data_pipelines import buckets as buckets_lib
+from data_pipelines import length_profiles
 from data_pipelines.features import SAMPLE_RATE
 from xlsr_jax.config_loading import model_config_from
+from xlsr_jax.models.transformer import EncoderLayer, _remat_policy
 from xlsr_jax.objectives import make_objective
+from xlsr_jax.sharding.mesh import batch_sharding, make_mesh
 from xlsr_jax.sharding.topologies import PlanError, Topology, topology_devices
 from xlsr_jax.training import devices as devices_lib
 from xlsr_jax.training import flops as flops_lib
@@ -90,9 +96,7 @@ def layer_program(trainer: Any, micro_batch: int) -> tuple[Any, tuple]:
   as in the model. Returns the output and the gradients, as the scan's forward and backward bodies
   produce them; the cotangent is an input (a constant one could be folded into reductions).
   """
-  from xlsr_jax.models.transformer import EncoderLayer, _remat_policy
-  from xlsr_jax.sharding.mesh import batch_sharding
-  from xlsr_jax.training.state import state_shardings
+  from xlsr_jax.training.state import state_shardings  # (the trainer stack: only when planning)
   cfg, mesh, rules = trainer.model.config, trainer.mesh, trainer.rules
   layer_cls = EncoderLayer
   if cfg.remat_policy != "none":  # prevent_cse: no scan around it here to keep the recompute
@@ -190,8 +194,6 @@ def xla_figures(compiled: Any, trainer: Any, micro_batch: int, chips: int) -> di
 
 def profile_lengths(name: str, min_sample_size: int, count: int = 20_000) -> Any:
   """Utterance lengths (samples) of a documented length profile, those >= min_sample_size."""
-  import numpy as np
-  from data_pipelines import length_profiles
   if name not in length_profiles.NAMES:
     raise PlanError(f"--length_profile={name!r} is not one of {list(length_profiles.NAMES)}")
   lengths = length_profiles.draw(name, count, np.random.default_rng(0))
@@ -201,7 +203,6 @@ def profile_lengths(name: str, min_sample_size: int, count: int = 20_000) -> Any
 def useful_flops_per_row(objective: Any, lengths: Any, crop: int, sample: int = 400) -> float:
   """Mean FLOPs of the real audio of one row when utterances of `lengths` are cut to `crop`
   (objective: the trainer's objectives.Objective)."""
-  import numpy as np
   picked = np.asarray(lengths)[:sample]
   return float(np.mean([flops_lib.row_train_flops(objective, int(min(n, crop)))
                         for n in picked])) if len(picked) else 0.0
@@ -250,11 +251,7 @@ def plan_buckets(config: ml_collections.ConfigDict, topology: Topology, cost: bo
   scaled by samples per step; exact for the largest bucket, and measured against the full
   method for the smallest (README, TPU plan).
   """
-  import copy
-  import numpy as np
-  from data_pipelines import buckets as buckets_lib
-  from xlsr_jax.sharding.mesh import make_mesh
-  from xlsr_jax.training.state import build_trainer
+  from xlsr_jax.training.state import build_trainer  # (the trainer stack: only when planning)
   if method not in ("layers", "full"):
     raise PlanError(f"--bucket_method={method!r}: expected layers or full")
   m, accum = config.mesh, config.train.grad_accum_steps
@@ -333,8 +330,7 @@ def plan(config: ml_collections.ConfigDict, topology: Topology, cost: bool = Tru
   Memory comes from a compile with libtpu's default options (what training runs); FLOPs and the
   step-time estimate from a second compile with COST_OPTIONS (skipped when `cost` is False).
   """
-  from xlsr_jax.sharding.mesh import make_mesh
-  from xlsr_jax.training.state import build_trainer
+  from xlsr_jax.training.state import build_trainer  # (the trainer stack: only when planning)
   slices, m = config.mesh.dcn_data, config.mesh
   found = topology_devices(topology, slices)
   chips, kind = len(found), found[0].device_kind
