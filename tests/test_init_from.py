@@ -13,6 +13,7 @@ from tests import parity_utils as pu
 from tests.configs import small_config
 from xlsr_jax.checkpoints import sources
 from xlsr_jax.checkpoints.manager import CheckpointMismatchError, unbox
+from xlsr_jax.checkpoints.merge import merge
 from xlsr_jax.config_loading import ConfigError, model_config_from
 from xlsr_jax.sharding import mesh as mesh_lib
 from xlsr_jax.objectives import wav2vec2 as w2v
@@ -173,6 +174,21 @@ def test_encoder_only_checkpoint_needs_the_head_excluded():
   assert merged["wav2vec2"]["encoder"]["w"][0, 0] == 5.0 and merged["quantizer"] is not None
   assert merged["quantizer"]["codevectors"] is fresh["quantizer"]["codevectors"]
   assert counts == dict(loaded_arrays=1, reinit_arrays=2, loaded_parameters=6, reinit_parameters=8)
+
+
+def test_partial_merge_keeps_what_the_loaded_tree_lacks_and_names_what_does_not_fit():
+  """Fine-tuning's merge (partial=True): the loaded subtrees replace the fresh ones, every other
+  parameter stays fresh; a parameter the model lacks or of another shape is named."""
+  fresh = {"wav2vec2": {"encoder": {"w": np.zeros((2, 3))}}, "head": {"kernel": np.ones((3, 4))}}
+  merged, counts = merge(fresh, {"wav2vec2": {"encoder": {"w": np.full((2, 3), 5.0)}}}, partial=True)
+  assert merged["wav2vec2"]["encoder"]["w"][0, 0] == 5.0
+  assert merged["head"]["kernel"] is fresh["head"]["kernel"]
+  assert counts == dict(loaded_arrays=1, reinit_arrays=1, loaded_parameters=6, reinit_parameters=12)
+  with pytest.raises(CheckpointMismatchError, match=r"\['lm_head'\]\['kernel'\]: not in the model"):
+    merge(fresh, {"lm_head": {"kernel": np.ones((3, 4))}}, partial=True)
+  with pytest.raises(CheckpointMismatchError,
+                     match=r"\['head'\]\['kernel'\]: checkpoint \(3, 5\), model \(3, 4\)"):
+    merge(fresh, {"head": {"kernel": np.ones((3, 5))}}, partial=True)
 
 
 def test_architecture_difference_with_equal_shapes_is_refused(reference, trainer):
