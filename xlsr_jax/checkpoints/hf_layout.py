@@ -10,14 +10,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from xlsr_jax.checkpoints.manager import unbox
 from xlsr_jax.models import Wav2Vec2ForPreTraining, Wav2Vec2Model
+from xlsr_jax.models import params as params_lib
 from xlsr_jax.models.config import Wav2Vec2Config
-from xlsr_jax.models.feature_encoder import frame_lengths
 
 Tree = dict[str, Any]
 
@@ -182,15 +179,8 @@ def is_pretraining_state_dict(state_dict: dict[str, Any]) -> bool:
 
 def expected_shapes(config: Wav2Vec2Config, pretraining: bool) -> dict[tuple[str, ...], tuple[int, ...]]:
   """Shape of every parameter of our model for `config` (no arrays allocated: jax.eval_shape)."""
-  samples = max(16_000, config.conv_receptive_field)
-  wave = jnp.zeros((1, samples), jnp.float32)
-  if pretraining:
-    frames = max(frame_lengths(samples, config), 1)
-    init = lambda: Wav2Vec2ForPreTraining(config).init(
-        jax.random.key(0), wave, None, jnp.zeros((1, frames), bool), jnp.zeros((1, 1), jnp.int32))
-  else:
-    init = lambda: Wav2Vec2Model(config).init(jax.random.key(0), wave)
-  params = unbox(jax.eval_shape(init)["params"])
+  model = Wav2Vec2ForPreTraining(config) if pretraining else Wav2Vec2Model(config)
+  params = params_lib.abstract_params(model, max(16_000, config.conv_receptive_field), boxed=False)
   return {k: tuple(v.shape) for k, v in _flatten(params).items()}
 
 
