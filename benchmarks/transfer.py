@@ -260,7 +260,18 @@ def main(argv: list[str] | None = None) -> int:
           f"TFLOP/step -> {steps[v]} steps", flush=True)
 
   rows: list[dict[str, Any]] = []
+  random_rows: list[dict[str, Any]] = []
   baselines: dict[str, dict] = {}
+  for frontend in sorted({"fbank" if "fbank" in v else "cnn" for v in variants}):
+    probes = {}
+    for n in probe_names:
+      metrics = probe("random", n, os.path.join(workdir, f"random_{frontend}"), data_dir,
+                      groups[PROBES[n][1]], handmade=not baselines.get(n), frontend=frontend)
+      probes[n] = _scores(metrics)
+      if n not in baselines:
+        baselines[n] = metrics["baselines"]
+    random_rows.append(dict(encoder=f"random init ({frontend})", probes=probes))
+
   for v in variants:
     for seed in seeds:
       print(f"pretraining {v} seed {seed} ({steps[v]} steps)", flush=True)
@@ -273,16 +284,7 @@ def main(argv: list[str] | None = None) -> int:
                        curve=run["curve"]))
       print(f"  {v} s{seed}: " + ", ".join(f"{n} {100 * p['accuracy']:.1f}"
                                            for n, p in probes.items()), flush=True)
-  for frontend in sorted({"fbank" if "fbank" in v else "cnn" for v in variants}):
-    probes = {}
-    for n in probe_names:
-      metrics = probe("random", n, os.path.join(workdir, f"random_{frontend}"), data_dir,
-                      groups[PROBES[n][1]], handmade=not baselines.get(n), frontend=frontend)
-      probes[n] = _scores(metrics)
-      if n not in baselines:
-        baselines[n] = metrics["baselines"]
-    rows.append(dict(encoder=f"random init ({frontend})", probes=probes))
-
+  rows += random_rows
   result = dict(
       finished=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
       load_average_end=os.getloadavg(), held_out_languages=base.NEW, seen_languages=base.OLD,
