@@ -172,7 +172,7 @@ def _scores(metrics: dict[str, Any]) -> dict[str, float]:
 
 def table(result: dict[str, Any]) -> str:
   """The markdown table: accuracy per probe, one row per encoder and seed, then the baselines."""
-  names = list(PROBES)
+  names = list(result["baselines"])
   head = ("| encoder | seed | steps | train s | model TFLOP/step | "
           + " | ".join(n.replace("_", " ") for n in names) + " |")
   lines = [head, "|" + "---|" * (5 + len(names))]
@@ -227,16 +227,19 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--seeds", default="0,1")
   parser.add_argument("--reference_steps", type=int, default=400,
                       help="wav2vec 2.0's steps; the others get the same measured compute")
+  parser.add_argument("--probes", default=",".join(PROBES), help=f"a subset of {list(PROBES)}")
   parser.add_argument("--data_dir", default="./data/tensorflow_datasets")
   parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "transfer_cpu"))
   parser.add_argument("--note", default="", help="what else ran on the machine, for the record")
   args = parser.parse_args(argv)
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   variants, seeds = args.variants.split(","), [int(s) for s in args.seeds.split(",")]
-  unknown = [v for v in variants if v not in VARIANTS]
-  if unknown:
-    print(f"--variants: {unknown} not in {sorted(VARIANTS)}", file=sys.stderr)
-    return 2
+  probe_names = args.probes.split(",")
+  for flag, names, known in (("--variants", variants, VARIANTS), ("--probes", probe_names, PROBES)):
+    unknown = [n for n in names if n not in known]
+    if unknown:
+      print(f"{flag}: {unknown} not in {sorted(known)}", file=sys.stderr)
+      return 2
   workdir, data_dir = os.path.abspath(args.workdir), os.path.abspath(args.data_dir)
   os.makedirs(workdir, exist_ok=True)
   base = _base_module()
@@ -268,8 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     for seed in seeds:
       print(f"pretraining {v} seed {seed} ({steps[v]} steps)", flush=True)
       run = pretrain(v, seed, steps[v], workdir, data_dir)
-      probes = {n: _scores(probe(run["export"], n, run["run_dir"], data_dir, groups[g], False))
-                for n, (_, g) in PROBES.items()}
+      probes = {n: _scores(probe(run["export"], n, run["run_dir"], data_dir, groups[PROBES[n][1]],
+                                 False)) for n in probe_names}
       rows.append(dict(encoder=v, seed=seed, steps=steps[v], probes=probes,
                        train_seconds=run["train_seconds"], wall_seconds=run["wall_seconds"],
                        model_tflops_per_step=calibration[v]["model_tflops_per_step"],
@@ -278,9 +281,9 @@ def main(argv: list[str] | None = None) -> int:
                                            for n, p in probes.items()), flush=True)
   for frontend in sorted({"fbank" if "fbank" in v else "cnn" for v in variants}):
     probes = {}
-    for n, (_, g) in PROBES.items():
+    for n in probe_names:
       metrics = probe("random", n, os.path.join(workdir, f"random_{frontend}"), data_dir,
-                      groups[g], handmade=not baselines.get(n), frontend=frontend)
+                      groups[PROBES[n][1]], handmade=not baselines.get(n), frontend=frontend)
       probes[n] = _scores(metrics)
       if n not in baselines:
         baselines[n] = metrics["baselines"]
