@@ -24,13 +24,14 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from typing import Any
 
 import numpy as np
+
+from benchmarks.provenance import provenance, write_results
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "experiments", "transfer.py")
@@ -212,13 +213,6 @@ def plot_curves(rows: list[dict[str, Any]], path: str) -> None:
   fig.savefig(path, dpi=100)
 
 
-def _git_commit() -> str:
-  try:
-    return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=REPO, text=True).strip()
-  except (OSError, subprocess.CalledProcessError):
-    return "unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -244,8 +238,8 @@ def main(argv: list[str] | None = None) -> int:
   os.makedirs(workdir, exist_ok=True)
   base = _base_module()
   groups = {"NEW": base.NEW, "OLD": base.OLD}
-  started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-  load_start = os.getloadavg()
+  meta = provenance(notes=args.note, argv=["benchmarks/transfer.py", *(
+      argv if argv is not None else sys.argv[1:])])  # the machine's load when it started
 
   print("calibrating step times (every variant and bucket compiled, then their steps alternating)",
         flush=True)
@@ -266,7 +260,18 @@ def main(argv: list[str] | None = None) -> int:
           f"TFLOP/step -> {steps[v]} steps", flush=True)
 
   rows: list[dict[str, Any]] = []
+  random_rows: list[dict[str, Any]] = []
   baselines: dict[str, dict] = {}
+  for frontend in sorted({"fbank" if "fbank" in v else "cnn" for v in variants}):
+    probes = {}
+    for n in probe_names:
+      metrics = probe("random", n, os.path.join(workdir, f"random_{frontend}"), data_dir,
+                      groups[PROBES[n][1]], handmade=not baselines.get(n), frontend=frontend)
+      probes[n] = _scores(metrics)
+      if n not in baselines:
+        baselines[n] = metrics["baselines"]
+    random_rows.append(dict(encoder=f"random init ({frontend})", probes=probes))
+
   for v in variants:
     for seed in seeds:
       print(f"pretraining {v} seed {seed} ({steps[v]} steps)", flush=True)
@@ -279,32 +284,21 @@ def main(argv: list[str] | None = None) -> int:
                        curve=run["curve"]))
       print(f"  {v} s{seed}: " + ", ".join(f"{n} {100 * p['accuracy']:.1f}"
                                            for n, p in probes.items()), flush=True)
-  for frontend in sorted({"fbank" if "fbank" in v else "cnn" for v in variants}):
-    probes = {}
-    for n in probe_names:
-      metrics = probe("random", n, os.path.join(workdir, f"random_{frontend}"), data_dir,
-                      groups[PROBES[n][1]], handmade=not baselines.get(n), frontend=frontend)
-      probes[n] = _scores(metrics)
-      if n not in baselines:
-        baselines[n] = metrics["baselines"]
-    rows.append(dict(encoder=f"random init ({frontend})", probes=probes))
-
+  rows += random_rows
   result = dict(
-      command="python -m benchmarks.transfer " + " ".join(argv if argv is not None else sys.argv[1:]),
-      commit=_git_commit(), machine=f"{platform.node()} {platform.processor() or platform.machine()} "
-      f"{os.cpu_count()} CPUs", started=started,
       finished=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-      load_average_start=load_start, load_average_end=os.getloadavg(), other_jobs=args.note,
-      held_out_languages=base.NEW, seen_languages=base.OLD, calibration=calibration,
+      load_average_end=os.getloadavg(), held_out_languages=base.NEW, seen_languages=base.OLD,
+      reference_steps=args.reference_steps, calibration=calibration,
       rows=rows, baselines={n: {k: _scores(b[k]) for k in ("fbank", "mfcc", "majority_class",
                                                           "chance")} for n, b in baselines.items()})
   text = table(result)
+  out_dir, name = os.path.split(os.path.abspath(args.out))
   plot_curves(rows, args.out + "_curves.png")
-  with open(args.out + ".json", "w") as f:
-    json.dump(result, f, indent=1)
+  write_results(name + ".json", result, results_dir=out_dir, meta=meta)
   with open(args.out + ".md", "w") as f:
-    f.write(f"Written by `{result['command']}` at {result['commit'][:7]} on {result['finished']}; "
-            f"{result['machine']}; other jobs: {args.note or 'none noted'}.\n\n{text}\n")
+    f.write(f"Written by `{meta['command']}` at {meta['commit']} ({meta['date']}); {meta['machine']};"
+            f" load at the start {meta['concurrent']['load_avg']}; {args.note or 'no other jobs noted'}"
+            f".\n\n{text}\n")
   print(text)
   return 0
 
