@@ -167,6 +167,13 @@ def probe(init: str, name: str, workdir: str, data_dir: str, languages: list[str
     return json.load(f)
 
 
+def finished(workdir: str, variant: str, seed: int, probe_names: list[str]) -> bool:
+  """Whether a run's export and every probe of it are already in the workdir."""
+  run_dir = os.path.join(workdir, f"{variant}_s{seed}")
+  return (os.path.exists(os.path.join(run_dir, "export", "model_config.json"))
+          and all(os.path.exists(os.path.join(run_dir, n, "metrics.json")) for n in probe_names))
+
+
 def _scores(metrics: dict[str, Any]) -> dict[str, float]:
   return {k: float(metrics[k]) for k in ("accuracy", "balanced_accuracy", "macro_f1")}
 
@@ -225,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--data_dir", default="./data/tensorflow_datasets")
   parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "transfer_cpu"))
   parser.add_argument("--note", default="", help="what else ran on the machine, for the record")
+  parser.add_argument("--only_finished", action="store_true",
+                      help="run nothing new: write the results of the runs and probes already in W "
+                           "(the others are listed as not run)")
   args = parser.parse_args(argv)
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   variants, seeds = args.variants.split(","), [int(s) for s in args.seeds.split(",")]
@@ -272,8 +282,12 @@ def main(argv: list[str] | None = None) -> int:
         baselines[n] = metrics["baselines"]
     random_rows.append(dict(encoder=f"random init ({frontend})", probes=probes))
 
+  not_run = []
   for v in variants:
     for seed in seeds:
+      if args.only_finished and not finished(workdir, v, seed, probe_names):
+        not_run.append(f"{v} seed {seed}")
+        continue
       print(f"pretraining {v} seed {seed} ({steps[v]} steps)", flush=True)
       run = pretrain(v, seed, steps[v], workdir, data_dir)
       probes = {n: _scores(probe(run["export"], n, run["run_dir"], data_dir, groups[PROBES[n][1]],
@@ -288,10 +302,12 @@ def main(argv: list[str] | None = None) -> int:
   result = dict(
       finished=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
       load_average_end=os.getloadavg(), held_out_languages=base.NEW, seen_languages=base.OLD,
-      reference_steps=args.reference_steps, calibration=calibration,
+      reference_steps=args.reference_steps, calibration=calibration, not_run=not_run,
       rows=rows, baselines={n: {k: _scores(b[k]) for k in ("fbank", "mfcc", "majority_class",
                                                           "chance")} for n, b in baselines.items()})
   text = table(result)
+  if not_run:
+    text += f"\n\nNot run (stopped before they finished): {', '.join(not_run)}."
   out_dir, name = os.path.split(os.path.abspath(args.out))
   plot_curves(rows, args.out + "_curves.png")
   write_results(name + ".json", result, results_dir=out_dir, meta=meta)
