@@ -387,10 +387,14 @@ def headline() -> str:
   ]
   try:
     means = transfer_means()
-    fbank = 100 * _json("transfer_cpu.json")["baselines"]["lid_heldout"]["fbank"]["accuracy"]
+    result = _json("transfer_cpu.json")
+    fbank = 100 * result["baselines"]["lid_heldout"]["fbank"]["accuracy"]
+    random = {r["encoder"]: 100 * r["probes"]["lid_heldout"]["accuracy"] for r in result["rows"]
+              if r["encoder"].startswith("random init")}
     rows.insert(1, ["LID on 5 languages unseen in pretraining, accuracy % (tiny encoders, equal "
                     "compute, mean of 2 seeds)",
                     ", ".join(f"{TRANSFER_NAMES.get(e, e)} {v:.1f}" for e, v in means.items())
+                    + "; " + ", ".join(f"{e} {v:.1f}" for e, v in random.items())
                     + f"; FBANK probe {fbank:.1f}", "transfer_cpu.json"])
   except Missing:
     pass
