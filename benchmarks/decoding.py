@@ -128,13 +128,8 @@ def beam_prefix(config, params, states, valid, *, max_length: int, beam_width: i
 
   carry = (jnp.int32(0), seqs, alive_logp, fin_seqs, fin_scores)
   _, seqs, alive_logp, fin_seqs, fin_scores = jax.lax.while_loop(cond, body, carry)
-  alive_scores = jnp.where(alive_logp <= NEG_INF / 2, NEG_INF,
-                           _length_norm(alive_logp, max_length, length_penalty))
-  all_scores = jnp.concatenate([fin_scores, alive_scores], axis=1)
-  best = jnp.argmax(all_scores, axis=1)
-  best_seq = jnp.take_along_axis(jnp.concatenate([fin_seqs, seqs], axis=1),
-                                 best[:, None, None], axis=1)[:, 0]
-  return best_seq[:, 1:]
+  return decoding.finalize_beams(seqs, alive_logp, fin_seqs, fin_scores, max_length,
+                                 length_penalty)[0]
 
 
 def generated_lengths(tokens: np.ndarray, eos: int) -> np.ndarray:

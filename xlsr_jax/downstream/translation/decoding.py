@@ -193,7 +193,14 @@ def beam_search(config: SpeechTranslationConfig, params: dict, states: jax.Array
     cond = lambda c: ~done(c[0], c[2], c[4])
     carry = (jnp.int32(0), seqs, alive_logp, fin_seqs, fin_scores)
     _, seqs, alive_logp, fin_seqs, fin_scores = jax.lax.while_loop(cond, body, carry)
-  # Beams alive at max_length count as hypotheses of full length (transformers' finalize).
+  return finalize_beams(seqs, alive_logp, fin_seqs, fin_scores, max_length, length_penalty)
+
+
+def finalize_beams(seqs: jax.Array, alive_logp: jax.Array, fin_seqs: jax.Array,
+                   fin_scores: jax.Array, max_length: int, length_penalty: float
+                   ) -> tuple[jax.Array, jax.Array]:
+  """(best tokens [batch, max_length], its score [batch]) over finished and alive beams; beams
+  alive at max_length count as hypotheses of full length (transformers' finalize)."""
   alive_scores = jnp.where(alive_logp <= NEG_INF / 2, NEG_INF,
                            _length_norm(alive_logp, max_length, length_penalty))
   all_scores = jnp.concatenate([fin_scores, alive_scores], axis=1)
