@@ -70,6 +70,10 @@ def test_fbank_frontend_export_refuses_the_hf_layout(tmp_path):
   assert export.main([f"--workdir={workdir}", f"--out={tmp_path / 'ours'}"]) == 0
   loaded, model_config, _ = model_files.load_model(str(tmp_path / "ours"))
   assert model_config.frontend == "fbank" and "feature_extractor" not in loaded
+  # The training main's end-of-run export names only what it wrote.
+  written = export.export_every_format(str(workdir), str(tmp_path / "export"))
+  assert written == [f"{tmp_path / 'export'}/orbax (xlsr_jax)"]
+  assert not (tmp_path / "export" / "hf").exists()
 
 
 def test_best_rq_continues_from_a_wav2vec2_export_with_fresh_heads(run, tmp_path, capsys):

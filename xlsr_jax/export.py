@@ -88,6 +88,14 @@ def export(workdir: str, out: str, fmt: str = "orbax", step: int | None = None) 
   return step
 
 
+def export_every_format(workdir: str, export_dir: str) -> list[str]:
+  """Exports `workdir`'s newest checkpoint into export_dir/<format> for each format; returns what
+  was written as "<dir> (<layout>)" (a format the model cannot have prints why and is left out)."""
+  layouts = {"orbax": "xlsr_jax", "hf": "Hugging Face"}
+  return [f"{export_dir}/{fmt} ({layouts[fmt]})" for fmt in FORMATS
+          if main([f"--workdir={workdir}", f"--out={export_dir}/{fmt}", f"--format={fmt}"]) == 0]
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--workdir", required=True, help="training workdir (config.json, checkpoints/)")

@@ -112,9 +112,8 @@ def main(argv: list[str] | None = None) -> int:
       if not args.no_export and jax.process_index() == 0:
         from xlsr_jax import export
         export_dir = os.path.join(result["workdir"], "export")
-        export.main([f"--workdir={result['workdir']}", f"--out={export_dir}/orbax"])
-        export.main([f"--workdir={result['workdir']}", f"--out={export_dir}/hf", "--format=hf"])
-        print(f"export: {export_dir}/orbax (xlsr_jax) and {export_dir}/hf (Hugging Face)")
+        written = export.export_every_format(result["workdir"], export_dir)
+        print(f"export: {' and '.join(written) or 'nothing written'}")
   except InputStreamChanged as e:
     print(f"error: {e}, or start a new run in another workdir: "
           f"{new_workdir_command(argv, args.workdir)}", file=sys.stderr)
