@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.provenance import provenance, write_results
+from data_pipelines import DEFAULT_DATA_DIR
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "experiments", "transfer.py")
@@ -229,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--reference_steps", type=int, default=400,
                       help="wav2vec 2.0's steps; the others get the same measured compute")
   parser.add_argument("--probes", default=",".join(PROBES), help=f"a subset of {list(PROBES)}")
-  parser.add_argument("--data_dir", default="./data/tensorflow_datasets")
+  parser.add_argument("--data_dir", default=DEFAULT_DATA_DIR)
   parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "transfer_cpu"))
   parser.add_argument("--note", default="", help="what else ran on the machine, for the record")
   parser.add_argument("--only_finished", action="store_true",

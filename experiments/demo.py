@@ -24,7 +24,6 @@ def get_config():
   c.train.eval_batches = 2
   c.train.checkpoint_every = 100
   c.train.peak_tflops_per_device = 0.0
-  c.data.data_dir = "./data/tensorflow_datasets"
   c.data.sources = [["synthetic_speech/default", None]]
   # Duration buckets: each step crops its rows to one of these lengths (an utterance goes to the
   # longest bucket it fills), with 24 s of audio per step: 12 x 2 s, 8 x 3 s, 5 x 5 s or 3 x 8 s.

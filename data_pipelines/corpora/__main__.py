@@ -19,7 +19,7 @@ import sys
 
 import tensorflow_datasets as tfds
 
-from data_pipelines import build_outputs, corpora
+from data_pipelines import DEFAULT_DATA_DIR, build_outputs, corpora
 from data_pipelines.corpora import read_build_report
 from data_pipelines.corpora.manifest_check import ManifestChanged
 from data_pipelines.voxceleb import Voxceleb
@@ -33,7 +33,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog="python -m data_pipelines.corpora", description=__doc__)
   parser.add_argument("corpus", choices=sorted(BUILDERS))
   parser.add_argument("--manual_dir", required=True, help="where the downloaded corpus is")
-  parser.add_argument("--data_dir", required=True, help="where the TFDS dataset is written")
+  parser.add_argument("--data_dir", default=DEFAULT_DATA_DIR,
+                      help=f"where the TFDS dataset is written (default {DEFAULT_DATA_DIR})")
   parser.add_argument("--config", default="all", help="a BuilderConfig of the corpus to start from")
   parser.add_argument("--config_name", help="name of the resulting config (default: --config, "
                       "or the languages joined by '+' when --languages is given)")

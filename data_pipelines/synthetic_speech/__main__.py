@@ -8,12 +8,12 @@ import time
 from absl import app, flags
 import tensorflow_datasets as tfds
 
+from data_pipelines import DEFAULT_DATA_DIR
 from data_pipelines.build_outputs import beam_pipeline_options
 from data_pipelines.features import language_split_name
 from data_pipelines.synthetic_speech.builder import SPLITS, SyntheticSpeech
 
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory to build into.",
-                                required=True)
+_DATA_DIR = flags.DEFINE_string("data_dir", DEFAULT_DATA_DIR, "TFDS data directory to build into.")
 _CONFIG = flags.DEFINE_string("config", "default", "Builder config: default, tiny or translation.")
 _BEAM = flags.DEFINE_string(
     "beam_pipeline_options", "", "Build as an Apache Beam pipeline with these comma-separated "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from data_pipelines import DEFAULT_DATA_DIR
 from xlsr_jax.sharding.mesh import DEFAULT_RULES
 
 TASKS = ("asr", "lid", "sid", "ast", "ml_superb")
@@ -111,7 +112,7 @@ def get_default_config() -> ml_collections.ConfigDict:
       num_examples=25,  # example translations in the report
   ))
   c.data = ml_collections.ConfigDict(dict(
-      data_dir="data/tensorflow_datasets",
+      data_dir=DEFAULT_DATA_DIR,
       corpus="synthetic_speech/default",
       languages=None,  # None = every language of the corpus
       train_split="train", eval_split="test",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from data_pipelines import DEFAULT_DATA_DIR
 from xlsr_jax.sharding.mesh import DEFAULT_RULES
 
 
@@ -67,7 +68,7 @@ def get_default_config() -> ml_collections.ConfigDict:
 
   # Input pipeline (data_pipelines.input_pipeline.PipelineConfig) and batch size in seconds.
   c.data = ml_collections.ConfigDict(dict(
-      data_dir="~/tensorflow_datasets",
+      data_dir=DEFAULT_DATA_DIR,
       sources=[["synthetic_speech/default", None]],  # [TFDS name/config, languages or None = all]
       split="train", eval_split="validation",
       alpha=0.5, max_sample_size=320_000, min_sample_size=32_000, normalize=True,
