@@ -223,3 +223,20 @@ def test_layers_method_estimate_scales_the_non_layer_part_by_samples():
   assert half == dict(flops=2 * (20.0 + 18.0), optimal_seconds=2 * (2.0 + 1.5))
   none = capacity.layers_method_estimate(reference, dict(flops=6.0, optimal_seconds=-7.0), 200, 3, 1)
   assert none["optimal_seconds"] is None and none["flops"] == 20.0 + 18.0
+
+
+def test_lowering_keeps_the_frozen_parameters_empty_optimizer_slots():
+  """BEST-RQ's frozen quantizer has no optimizer state (optax.MaskedNode slots in the boxed
+  abstract state): the plan's abstract state keeps them and the step lowers (AttributeError
+  before), with one input per state leaf plus the batch."""
+  from tests.configs import small_config
+  from tests.test_checkpoints import SAMPLES
+  from xlsr_jax.sharding.mesh import make_mesh
+  from xlsr_jax.training.state import build_trainer
+  config = small_config()
+  config.objective.name = "best_rq"
+  config.objective.best_rq.codebook_size = 64
+  trainer = build_trainer(config, make_mesh(1, 1, 1, devices=jax.devices()[:1]), SAMPLES)
+  lowered, _ = capacity.lower_step(trainer, 2)
+  num_leaves = len(jax.tree.leaves(trainer.abstract_state))
+  assert len(jax.tree.leaves(lowered.in_avals)) == num_leaves + 2

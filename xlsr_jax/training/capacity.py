@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 from data_pipelines import buckets as buckets_lib
 from data_pipelines import length_profiles
@@ -64,6 +65,8 @@ def with_shardings(abstract: Any, shardings: Any) -> Any:
   def attach(sharding, leaf):
     if isinstance(leaf, nn.meta.AxisMetadata):
       value = leaf.unbox()
+      if isinstance(value, optax.MaskedNode):  # a frozen parameter's (empty) optimizer slot
+        return leaf
       return leaf.replace_boxed(jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=sharding))
     return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
   return jax.tree.map(attach, shardings, abstract)
