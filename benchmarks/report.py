@@ -273,41 +273,57 @@ PLAN_FILES = ("plan_xlsr_2b_v5p-64.json", "plan_xlsr_300m_v5e-8.json", "plan_xls
               "plan_omni_7b_v5p-64.json")
 
 
-def plan() -> str:
-  rows = []
-  for name in PLAN_FILES:
-    p = _json(name)
-    mesh = p["mesh"]
-    per_chip = p["global_batch"] // (mesh["data"] * mesh["fsdp"]) // p["grad_accum_steps"]
-    mem = p["memory"]
-    fits = "fits" if mem["fits"] else "**does not fit**"
-    memory = f"{mem['total_bytes'] / 2**30:.1f} GiB ({p['hbm_bytes'] / 2**30:.0f} GiB): {fits}"
-    analytic = f"{p['analytic_flops']['total'] / 1e12:,.0f}"
-    if "cost_memory" not in p:
-      flops, step, mfu = f"not compiled (`--skip_cost`) ({analytic})", "-", "-"
-      compile_s = f"{p['compile_seconds']:.0f} s"
+def _plan_row(p: dict) -> list[str]:
+  """One plan JSON as a row of the plan table (PLAN_COLUMNS)."""
+  mesh = p["mesh"]
+  per_chip = p["global_batch"] // (mesh["data"] * mesh["fsdp"]) // p["grad_accum_steps"]
+  mem = p["memory"]
+  fits = "fits" if mem["fits"] else "**does not fit**"
+  memory = f"{mem['total_bytes'] / 2**30:.1f} GiB ({p['hbm_bytes'] / 2**30:.0f} GiB): {fits}"
+  analytic = f"{p['analytic_flops']['total'] / 1e12:,.0f}"
+  if "cost_memory" not in p:
+    flops, step, mfu = f"not compiled (`--skip_cost`) ({analytic})", "-", "-"
+    compile_s = f"{p['compile_seconds']:.0f} s"
+  else:
+    flops = f"{p['xla_flops'] / 1e12:,.0f} ({analytic})"
+    compile_s = (f"{p['compile_seconds']:.0f} s + {p['cost_compile_seconds']:.0f} s cost + "
+                 f"{p['layer_compile_seconds']:.0f} s layer")
+    if p.get("optimal_seconds") is None:
+      step = (f"none: libtpu's `optimal_seconds` is {p['xla_raw']['optimal_seconds']:.0f} s")
+      mfu = "-"
     else:
-      flops = f"{p['xla_flops'] / 1e12:,.0f} ({analytic})"
-      compile_s = (f"{p['compile_seconds']:.0f} s + {p['cost_compile_seconds']:.0f} s cost + "
-                   f"{p['layer_compile_seconds']:.0f} s layer")
-      if p.get("optimal_seconds") is None:
-        step = (f"none: libtpu's `optimal_seconds` is {p['xla_raw']['optimal_seconds']:.0f} s")
-        mfu = "-"
-      else:
-        step = f"{p['optimal_seconds']:.3f} s"
-        mfu = f"{100 * p['estimated_mfu']:.1f}%"
-        if p.get("estimated_useful_mfu") is not None:
-          mfu += f" (useful {100 * p['estimated_useful_mfu']:.1f}%, {p['length_profile']})"
-    rows.append([p["model"], f"{p['topology']} ({p['chips']} chips)",
-                 f"{mesh['data']}, {mesh['fsdp']}, {mesh['tensor']}", p["remat_policy"],
-                 f"{per_chip} x {p['grad_accum_steps']}",
-                 f"{p['global_batch']} x {p['num_samples'] / 16000:g} s", memory, flops, step, mfu,
-                 compile_s])
-  return _with_source(_table(
-      ["preset", "topology", "mesh (data, fsdp, tensor)", "remat",
-       "crops/chip per micro-step x accum", "global batch", "memory / chip (HBM)",
-       "XLA TFLOP/step (analytic)", "step estimate (compiler model)", "est. MFU (model)",
-       "AOT compile"], rows), *PLAN_FILES)
+      step = f"{p['optimal_seconds']:.3f} s"
+      mfu = f"{100 * p['estimated_mfu']:.1f}%"
+      if p.get("estimated_useful_mfu") is not None:
+        mfu += f" (useful {100 * p['estimated_useful_mfu']:.1f}%, {p['length_profile']})"
+  objective = p.get("objective", "wav2vec2")
+  if objective == "best_rq" and p.get("frontend") == "fbank":
+    objective = "best_rq_fbank"
+  preset = p["model"] + ("" if objective == "wav2vec2" else f" ({TRANSFER_NAMES[objective]})")
+  return [preset, f"{p['topology']} ({p['chips']} chips)",
+          f"{mesh['data']}, {mesh['fsdp']}, {mesh['tensor']}", p["remat_policy"],
+          f"{per_chip} x {p['grad_accum_steps']}",
+          f"{p['global_batch']} x {p['num_samples'] / 16000:g} s", memory, flops, step, mfu,
+          compile_s]
+
+
+PLAN_COLUMNS = ["preset", "topology", "mesh (data, fsdp, tensor)", "remat",
+                "crops/chip per micro-step x accum", "global batch", "memory / chip (HBM)",
+                "XLA TFLOP/step (analytic)", "step estimate (compiler model)", "est. MFU (model)",
+                "AOT compile"]
+
+
+def plan() -> str:
+  return _with_source(_table(PLAN_COLUMNS, [_plan_row(_json(n)) for n in PLAN_FILES]), *PLAN_FILES)
+
+
+OBJECTIVE_PLANS = ("plan_xlsr_300m_v5p-16.json", "plan_xlsr_300m_best_rq_v5p-16.json")
+
+
+def plan_objectives() -> str:
+  """The 0.3B model's v5p-16 plan under each objective (same batch, accumulation and mesh)."""
+  return _with_source(_table(PLAN_COLUMNS, [_plan_row(_json(n)) for n in OBJECTIVE_PLANS]),
+                      *OBJECTIVE_PLANS)
 
 
 BUCKET_PLANS = ("plan_xlsr_2b_v5p-64_buckets.json", "plan_xlsr_300m_v5p-64_buckets.json")
@@ -411,7 +427,8 @@ def headline() -> str:
 TABLES: dict[str, Callable[[], str]] = {
     "headline": headline, "train_step": train_step, "compile_time": compile_time,
     "batching": batching, "scaling": scaling, "decoding": decoding, "demo": demo,
-    "test_tiers": test_tiers, "storage": storage, "plan": plan, "plan_buckets": plan_buckets,
+    "test_tiers": test_tiers, "storage": storage, "plan": plan, "plan_objectives": plan_objectives,
+    "plan_buckets": plan_buckets,
     "transfer": transfer,
 }
 

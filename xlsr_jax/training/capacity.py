@@ -355,7 +355,7 @@ def plan(config: ml_collections.ConfigDict, topology: Topology, cost: bool = Tru
       batch_per_shard=batch // (mesh.shape["data"] * mesh.shape["fsdp"] * accum),
       grad_accum_steps=accum, num_samples=samples, num_frames=shapes.num_frames,
       max_masked=shapes.max_masked, model=config.model.preset, objective=trainer.objective.name,
-      parameters=params,
+      frontend=model_cfg.frontend, parameters=params,
       dtype=str(jnp.dtype(model_cfg.dtype)), remat_policy=model_cfg.remat_policy,
       peak_flops_per_chip=peak, hbm_bytes=hbm, analytic_flops=analytic, lower_seconds=lower_s,
       compile_seconds=compile_s, compile_error=error,
