@@ -33,8 +33,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def summarise(workdir: str, output: str, wall_s: float) -> dict[str, object]:
-  """The demo's figures from its workdir (metrics.json, bucket_plan.json) and console output."""
-  with open(os.path.join(workdir, "metrics.json")) as f:
+  """The demo's figures from its workdir (history.json, bucket_plan.json) and console output."""
+  with open(os.path.join(workdir, "history.json")) as f:
     history = json.load(f)
   train = [m for m in history if "contrastive_loss" in m]
   evals = [m for m in history if "eval_contrastive_loss" in m]

@@ -13,7 +13,7 @@ per unit of compute.
 3. Probe each export and the random-init encoder of each frontend with the L-BFGS probe
    (experiments/downstream/{lid,sid}.py): LID and SID on the 5 held-out languages alone, and on
    the 20 seen ones; the first probe of each kind also fits the FBANK and MFCC probes.
-   Each stage's output stays in W (calibration.json, each run's workdir and export, each probe's
+   Each stage's output stays in W (calibration.json, each run's workdir (history.json) and export, each probe's
    metrics.json): the same command again resumes where it stopped.
 4. Write OUT.json (every figure, the validation curves, the command, commit, machine, load) and
    OUT.md (the table), and print the table.

@@ -51,7 +51,7 @@ def finish(proc, timeout=600):
 
 @pytest.fixture(scope="module")
 def run(data_dir, tmp_path_factory):
-  """The shared run's workdir: 4 steps, then resumed to 8 (metrics.json must span both)."""
+  """The shared run's workdir: 4 steps, then resumed to 8 (history.json must span both)."""
   workdir = tmp_path_factory.mktemp("run") / "w"
   for steps in (4, 8):
     code, out = finish(launch(run_args(data_dir, workdir, **{"train.num_steps": steps})))
@@ -184,7 +184,7 @@ def _trainer_target(workdir):
 
 
 def test_shared_run_kept_metrics_across_the_resume_and_checksums_in_every_step(run):
-  with open(run / "metrics.json") as f:
+  with open(run / "history.json") as f:
     assert [m["step"] for m in json.load(f)] == [2, 4, 6, 8]
   for step in ("4", "8"):
     record = json.loads((run / "checkpoints" / step / "checksums.json").read_text())
@@ -369,7 +369,7 @@ def test_rerunning_a_finished_run_keeps_its_metrics(run, data_dir, tmp_path, cap
   before = tree_digest(workdir)
   code, out, err = main_in_process(run_args(data_dir, workdir), capsys)
   assert code == 0, err[-2000:]
-  with open(workdir / "metrics.json") as f:
+  with open(workdir / "history.json") as f:
     assert [m["step"] for m in json.load(f)] == [2, 4, 6, 8]
   assert "nothing to train" in out and "step 8 = train.num_steps" in out, out[-2000:]
   assert tree_digest(workdir) == before  # config.json, tensorboard/ untouched too
@@ -498,7 +498,7 @@ def test_first_ctrl_c_saves_and_exits_a_second_aborts(run, data_dir, tmp_path):
     if presses == 1:
       steps = sorted(int(p) for p in os.listdir(workdir / "checkpoints") if p.isdigit())
       assert "preempted: saved step" in out and steps[-1] > 8, (steps, out[-2000:])
-      with open(workdir / "metrics.json") as f:
+      with open(workdir / "history.json") as f:
         assert [m["step"] for m in json.load(f)][-1] == steps[-1]
     else:  # one line at the end (the tracebacks of a save it interrupts go to errors.log)
       assert "aborted" in out.strip().splitlines()[-1] and "Traceback" not in out, out[-3000:]

@@ -141,7 +141,7 @@ def test_demo_config_lowers_the_contrastive_loss_and_raises_accuracy(data_dir, t
   proc = run_main(args, devices=1)
   out = proc.communicate(timeout=900)[0]
   assert proc.returncode == 0, out[-3000:]
-  with open(tmp_path / "demo" / "metrics.json") as f:
+  with open(tmp_path / "demo" / "history.json") as f:
     logged = [m for m in json.load(f) if "contrastive_loss" in m]
   assert [m["step"] for m in logged] == list(range(20, steps + 1, 20))
   first, last = logged[0], logged[-2:]

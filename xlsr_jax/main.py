@@ -41,7 +41,7 @@ def make_parser() -> argparse.ArgumentParser:
                       "experiments/demo.py; then --config.<section>.<key>=VALUE overrides any key "
                       "of xlsr_jax/training/defaults.py")
   parser.add_argument("--workdir", required=True, help="run directory: config.json, checkpoints/, "
-                      "tensorboard/, metrics.json; re-running the same command resumes")
+                      "tensorboard/, history.json; re-running the same command resumes")
   parser.add_argument("--no_export", action="store_true", help="skip the export after training")
   return parser
 

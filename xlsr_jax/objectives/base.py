@@ -87,7 +87,7 @@ def summarize_sums(sums: dict[str, jax.Array], per_batch: tuple[str, ...],
 class Objective(Protocol):
   """A pretraining objective, as the train step, the trainer and the export see it.
 
-  name: the config's objective.name. metric_names: the step's metrics (metrics.json names); every
+  name: the config's objective.name. metric_names: the step's metrics (history.json names); every
   objective has loss, num_masked (the loss's denominator), masked_fraction and real_frames.
   frozen_params: regular expressions searched in "/"-joined parameter paths whose parameters the
   optimizer never sees (no update, no weight decay, no optimizer state). fresh_heads: top-level

@@ -83,7 +83,7 @@ def loss_sums(params: Any, model: Wav2Vec2ForPreTraining, batch: Batch, draws: S
 
 # Values of a whole (micro-)batch, averaged over micro-batches; every other sum is added.
 PER_BATCH = ("code_perplexity", "diversity_loss", "feature_penalty")
-# The step's metrics (metrics.json names).
+# The step's metrics (history.json names).
 STEP_METRICS = ("loss", "contrastive_loss", "contrastive_loss_bits", "accuracy", "code_perplexity",
                 "diversity_loss", "feature_penalty", "num_masked", "masked_fraction", "real_frames")
 

@@ -3,7 +3,7 @@
 With train.eval_language_batches = n > 0, every evaluation also scores n validation batches of
 each language on its own (data.eval_language_sources, default the training and replay sources), so
 that continued pretraining shows what it gains on new languages and forgets on old ones. The values
-go to TensorBoard (eval_language/<language>/<metric>) and metrics.json; at the end of the run
+go to TensorBoard (eval_language/<language>/<metric>) and history.json; at the end of the run
 `write_report` draws <workdir>/language_metrics.png and writes <workdir>/language_metrics.json.
 """
 from __future__ import annotations
@@ -59,7 +59,7 @@ def evaluate_languages(pipelines: dict[str, input_pipeline.PipelineConfig], num_
 
 
 def flatten(per_language: dict[str, dict[str, float]]) -> dict[str, float]:
-  """{"<language>/<metric>": value} of METRICS, for the metric writer and metrics.json."""
+  """{"<language>/<metric>": value} of METRICS, for the metric writer and history.json."""
   return {f"{lang}/{k}": v for lang, m in per_language.items() for k, v in m.items() if k in METRICS}
 
 

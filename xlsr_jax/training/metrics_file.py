@@ -1,4 +1,5 @@
-"""`<workdir>/metrics.json`: the logged metrics of every segment of a run, kept across resumes.
+"""`<workdir>/history.json`: the logged metrics of every segment of a pretraining run, kept across
+resumes (a downstream workdir's metrics.json holds its test results instead).
 
 A resumed run restarts at its checkpoint's step: entries of earlier segments up to that step are
 kept, later ones (logged after the checkpoint, then lost with the process) are replaced by the
@@ -11,12 +12,15 @@ import json
 import os
 from typing import Sequence
 
-FILENAME = "metrics.json"
+FILENAME = "history.json"
+LEGACY_FILENAME = "metrics.json"  # what runs before this name wrote; read when history.json is absent
 
 
 def read(workdir: str) -> list[dict]:
-  """The entries in `workdir/metrics.json` ([] when there is none)."""
+  """The entries in `workdir/history.json` (or an older run's metrics.json; [] when neither)."""
   path = os.path.join(workdir, FILENAME)
+  if not os.path.exists(path):
+    path = os.path.join(workdir, LEGACY_FILENAME)
   if not os.path.exists(path):
     return []
   with open(path) as f:
@@ -28,7 +32,7 @@ def read(workdir: str) -> list[dict]:
 
 
 def write(workdir: str, start_step: int, segment: Sequence[dict]) -> None:
-  """metrics.json = earlier entries with step <= start_step, then `segment` (this run's entries)."""
+  """history.json = earlier entries with step <= start_step, then `segment` (this run's entries)."""
   kept = [e for e in read(workdir) if int(e.get("step", 0)) <= start_step]
   path = os.path.join(workdir, FILENAME)
   tmp = f"{path}.tmp-{os.getpid()}"
