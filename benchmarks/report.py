@@ -299,7 +299,7 @@ def _plan_row(p: dict) -> list[str]:
   objective = p.get("objective", "wav2vec2")
   if objective == "best_rq" and p.get("frontend") == "fbank":
     objective = "best_rq_fbank"
-  preset = p["model"] + ("" if objective == "wav2vec2" else f" ({TRANSFER_NAMES[objective]})")
+  preset = p["model"] + ("" if objective == "wav2vec2" else f", {TRANSFER_NAMES[objective]}")
   return [preset, f"{p['topology']} ({p['chips']} chips)",
           f"{mesh['data']}, {mesh['fsdp']}, {mesh['tensor']}", p["remat_policy"],
           f"{per_chip} x {p['grad_accum_steps']}",
