@@ -3,7 +3,8 @@
   python -m xlsr_jax.evaluate --config=experiments/downstream/<asr|lid|sid|ast>.py \
       --config.init=<export dir | HF dir | fairseq .pt | random> --workdir=DIR [--config.a.b=v ...]
 
-Top to bottom: config -> data index (labels, vocabulary) -> encoder -> model (`task_setup`) ->
+Top to bottom: config -> data index (labels, vocabulary) -> encoder -> model (`task_setup`; what
+differs between tasks is the task object's, `downstream.tasks.TASKS[config.task]`) ->
 mesh, jitted step, restore or init, train on the run skeleton shared with pretraining
 (`training.run`: progress line, TensorBoard, Orbax checkpoints, preemption; re-running the same
 command resumes) -> test split -> metrics.json, report.md + plots, the fine-tuned model in
