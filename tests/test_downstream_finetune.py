@@ -7,6 +7,7 @@ from data_pipelines import espeak
 from data_pipelines.synthetic_speech.builder import synthesize_16k
 from xlsr_jax.checkpoints.manager import CheckpointManager, restore_target, unbox
 from xlsr_jax.downstream import ctc, defaults, finetune, heads, metrics
+from xlsr_jax.downstream.tasks import TASKS
 from xlsr_jax.downstream.vocabulary import build_vocabulary
 from xlsr_jax.models.config import get_preset
 from xlsr_jax.sharding import mesh as mesh_lib
@@ -45,7 +46,7 @@ def test_finetuning_lowers_cer_with_the_recipe_freezing(tmp_path):
   c.optimizer.peak_lr, c.optimizer.phase_ratio = 5e-3, (0.1, 0.8, 0.1)
   cfg = get_preset("tiny").replace(feature_grad_mult=0.0)  # feature encoder frozen (recipe)
   mesh = mesh_lib.make_mesh(2, 1, 1, devices=jax.devices()[:2])  # data-parallel over 2 devices
-  tuner = finetune.Finetuner(heads.Wav2Vec2ForCTC(cfg, vocab.size), "asr", c, mesh, 16_000, 4)
+  tuner = finetune.Finetuner(heads.Wav2Vec2ForCTC(cfg, vocab.size), TASKS["asr"], c, mesh, 16_000, 4)
   state = tuner.create_state({})
 
   def cer(state):
@@ -111,7 +112,7 @@ def lid_tuner():
   cfg = get_preset("tiny").replace(feature_grad_mult=0.0)
   model = heads.Wav2Vec2ForUtteranceClassification(cfg, 3, layer_weighting=False)
   mesh = mesh_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1])
-  return finetune.Finetuner(model, "lid", c, mesh, 4000, 4)
+  return finetune.Finetuner(model, TASKS["lid"], c, mesh, 4000, 4)
 
 
 def test_freeze_update_equals_the_select_implementation(lid_tuner):

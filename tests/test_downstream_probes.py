@@ -128,8 +128,9 @@ def tiny_features(synthetic_tiny_dir):
   config = get_preset("tiny")
   params = encoders.random_encoder(config, seed=0)
   train_names = data_lib.split_names(builder, "train", None)
-  names = data_lib.class_names_from(data_lib.index_split(builder, train_names), "lid")
-  labeler = data_lib.Labeler("lid", class_names=names)
+  names = data_lib.class_names_from(data_lib.index_split(builder, train_names), "language",
+                                    "lid")
+  labeler = data_lib.ClassLabeler("language", names)
   out = {}
   for split in ("train", "test"):
     split_names = data_lib.split_names(builder, split, None)

@@ -83,7 +83,7 @@ def test_joint_ctc_attention_loss_against_torch():
   the CTC head reads the encoder's frames with their padding; w = 0 is the CE alone."""
   import jax
   import torch
-  from xlsr_jax.downstream.finetune import task_loss
+  from xlsr_jax.downstream.tasks.ast import translation_loss
   from xlsr_jax.models.feature_encoder import frame_lengths
   from xlsr_jax.models.speech_translation import (SpeechToText, label_smoothed_cross_entropy,
                                                   translation_preset)
@@ -104,7 +104,7 @@ def test_joint_ctc_attention_loss_against_torch():
   source_valid = source > 0
   batch = {"labels": tokens, "example_valid": jnp.ones(2, bool),
            "source_labels": jnp.asarray(source), "source_label_valid": jnp.asarray(source_valid)}
-  joint, extra = task_loss("ast", out, batch, 0.1, ctc_weight=0.3)
+  joint, extra = translation_loss(out, batch, 0.1, ctc_weight=0.3)
   ce, _ = label_smoothed_cross_entropy(out["logits"], tokens, 0.1)
   log_probs = torch.log_softmax(torch.tensor(np.asarray(out["ctc_logits"])), -1)
   ref_ctc = torch.nn.functional.ctc_loss(
@@ -112,7 +112,7 @@ def test_joint_ctc_attention_loss_against_torch():
       torch.from_numpy(source_valid.sum(-1)), blank=0, reduction="sum").item() / source_valid.sum()
   assert float(extra["ctc_loss"]) == pytest.approx(ref_ctc, rel=1e-5)
   assert float(joint) == pytest.approx(0.7 * float(ce) + 0.3 * ref_ctc, rel=1e-5)
-  alone, extra = task_loss("ast", out, batch, 0.1)
+  alone, extra = translation_loss(out, batch, 0.1)
   assert float(alone) == pytest.approx(float(ce), rel=1e-6) and "ctc_loss" not in extra
 
 

@@ -1,7 +1,7 @@
 """`python -m xlsr_jax.evaluate --config=... --config.init=... --workdir=DIR`: the downstream
 evaluation command at its usual path. The code is in `xlsr_jax.downstream`: `evaluate` (the run
-and this CLI), `task_setup` (config, data, encoder, task model), `scoring` (test split, export,
-report).
+and this CLI), `task_setup` (config, data, encoder, task model), `tasks` (one object per task:
+labels, model, loss, eval step, scores, export), `scoring` (test split, export, report).
 """
 import sys
 

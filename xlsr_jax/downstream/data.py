@@ -1,7 +1,8 @@
 """tf.data input for downstream tasks over per-language TFDS splits ("train_<lang>", "test_<lang>").
 
-Labels: the transcript (ASR, as token ids of a `Vocabulary`), the language (LID) or the speaker
-(SID), as class indices into name lists taken from the training split. Batches have static
+Labels come from the task's labeler: the transcript (`CtcLabeler`: token ids of a `Vocabulary`),
+the language or the speaker (`ClassLabeler`: class indices into name lists taken from the training
+split), or a task's own (speech translation's targets). Batches have static
 shapes: waveform float32 [batch, samples] (scaled to [-1, 1), normalised per utterance),
 padding_mask bool [batch, samples] (True = padded), and either label int32 [batch] or labels
 int32 [batch, max_label_length] + label_valid bool [batch, max_label_length]; example_valid bool
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -25,7 +26,6 @@ from data_pipelines.features import SAMPLE_RATE, language_split_name, select_lan
 from data_pipelines.input_pipeline import crop_and_pad, stream_key
 from xlsr_jax.downstream.vocabulary import Vocabulary
 
-TASK_LABEL = {"asr": "transcript", "lid": "language", "sid": "speaker"}
 _CROP_STREAM = 11
 
 
@@ -42,8 +42,10 @@ class SplitIndex:
   def __len__(self) -> int:
     return len(self.ids)
 
-  def labels(self, task: str) -> list[str]:
-    return {"asr": self.transcripts, "lid": self.languages, "sid": self.speakers}[task]
+  def values(self, field: str) -> list[str]:
+    """Every utterance's `field`: "transcript", "language" or "speaker"."""
+    return {"transcript": self.transcripts, "language": self.languages,
+            "speaker": self.speakers}[field]
 
 
 def split_names(builder: tfds.core.DatasetBuilder, split: str,
@@ -84,36 +86,47 @@ def index_split(builder: tfds.core.DatasetBuilder, names: Sequence[str]) -> Spli
 
 
 @dataclasses.dataclass(frozen=True)
-class Labeler:
-  """Turns an example's text field into the task's label arrays (inside tf.data)."""
-  task: str
-  class_names: tuple[str, ...] = ()
-  vocabulary: Vocabulary | None = None
-  max_label_length: int = 0
+class CtcLabeler:
+  """An example's transcript as CTC labels (inside tf.data): labels int32 [max_label_length]
+  (token ids of `vocabulary`, 0 after) and label_valid bool [max_label_length]."""
+  vocabulary: Vocabulary
+  max_label_length: int
 
   def label_text(self, transcript: str, language: str) -> str:
-    """The text an ASR example's CTC labels encode (the transcript itself here)."""
+    """The text an example's CTC labels encode (the transcript itself here)."""
     del language
     return transcript
 
   def label_length(self, transcript: str, language: str) -> int:
-    """Tokens of an ASR example's labels (checked against max_label_length before training)."""
+    """Tokens of an example's labels (checked against max_label_length before training)."""
     return len(self.vocabulary.encode(self.label_text(transcript, language)))
 
   def __call__(self, ex: dict) -> dict:
-    if self.task == "asr":
-      def encode(text, language):
-        line = self.label_text(text.decode("utf-8"), language.decode())
-        labels, valid = self.vocabulary.encode_batch([line], self.max_label_length)
-        return labels[0], valid[0]
-      labels, valid = tf.numpy_function(encode, [ex["transcript"], ex["language"]],
-                                        [tf.int32, tf.bool])
-      return {"labels": tf.ensure_shape(labels, [self.max_label_length]),
-              "label_valid": tf.ensure_shape(valid, [self.max_label_length])}
+    def encode(text, language):
+      line = self.label_text(text.decode("utf-8"), language.decode())
+      labels, valid = self.vocabulary.encode_batch([line], self.max_label_length)
+      return labels[0], valid[0]
+    labels, valid = tf.numpy_function(encode, [ex["transcript"], ex["language"]],
+                                      [tf.int32, tf.bool])
+    return {"labels": tf.ensure_shape(labels, [self.max_label_length]),
+            "label_valid": tf.ensure_shape(valid, [self.max_label_length])}
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassLabeler:
+  """An example's `field` ("language", "speaker") as label int32 []: its index in class_names,
+  -1 for a class the training split does not have."""
+  field: str
+  class_names: tuple[str, ...]
+
+  def __call__(self, ex: dict) -> dict:
     table = tf.lookup.StaticHashTable(
         tf.lookup.KeyValueTensorInitializer(tf.constant(self.class_names),
                                             tf.range(len(self.class_names), dtype=tf.int32)), -1)
-    return {"label": table.lookup(ex[TASK_LABEL[self.task]])}
+    return {"label": table.lookup(ex[self.field])}
+
+
+Labeler = Callable[[dict], dict]  # CtcLabeler, ClassLabeler, a task's own: example -> label arrays
 
 
 def _prepare(ex: dict, labeler: Labeler, key: tf.Tensor, max_samples: int, normalize: bool) -> dict:
@@ -131,7 +144,8 @@ def train_iterator(builder: tfds.core.DatasetBuilder, names: Sequence[str], labe
   """Endless shuffled batches from step `start_step` on (same batches as an uninterrupted run).
 
   Utterances longer than `max_samples` are randomly cropped, or dropped with `drop_longer` (ASR:
-  a transcript cannot be cropped with its audio). Unknown classes (label -1) are dropped. With
+  a transcript cannot be cropped with its audio). Examples labelled -1 (`label`: an unknown class,
+  a missing target) are dropped. With
   `keep_ids` only those utterances are read (a labelled budget, ML-SUPERB).
   """
   keys = ("audio", "language", "speaker", "transcript", "id") + (
@@ -149,7 +163,7 @@ def train_iterator(builder: tfds.core.DatasetBuilder, names: Sequence[str], labe
   crop_key = tf.constant(stream_key(seed, _CROP_STREAM))
   ds = ds.map(lambda i, ex: _prepare(
       ex, labeler, tf.random.experimental.stateless_fold_in(crop_key, i), max_samples, normalize))
-  if labeler.task != "asr":
+  if "label" in ds.element_spec:
     ds = ds.filter(lambda ex: ex["label"] >= 0)
   ds = ds.batch(batch_size, drop_remainder=True).prefetch(2)
   return iter(tfds.as_numpy(ds))
@@ -172,18 +186,19 @@ def eval_batches(builder: tfds.core.DatasetBuilder, names: Sequence[str], labele
     yield batch
 
 
-def class_names_from(index: SplitIndex, task: str) -> tuple[str, ...]:
-  """Sorted distinct labels of the training split (LID: languages, SID: speakers)."""
-  names = tuple(sorted(set(index.labels(task))))
-  if task == "sid" and names == ("",):
-    raise ValueError("the training split has no speaker ids: SID needs a corpus with speakers")
+def class_names_from(index: SplitIndex, field: str, task: str) -> tuple[str, ...]:
+  """Sorted distinct `field` values of the training split (LID: languages, SID: speakers)."""
+  names = tuple(sorted(set(index.values(field))))
+  if names == ("",):
+    raise ValueError(f"the training split has no {field} ids: {task.upper()} needs a corpus with "
+                     f"{field}s")
   if len(names) < 2:
     raise ValueError(f"{task}: the training split has {len(names)} class(es) {names}; need >= 2")
   return names
 
 
-def warn_unseen(train: tuple[str, ...], test: SplitIndex, task: str) -> None:
-  unseen = sorted(set(test.labels(task)) - set(train))
+def warn_unseen(train: tuple[str, ...], test: SplitIndex, field: str, task: str) -> None:
+  unseen = sorted(set(test.values(field)) - set(train))
   if unseen:
     logging.warning("%s: %d test label(s) not in the training split are scored as errors: %s",
                     task, len(unseen), unseen[:10])

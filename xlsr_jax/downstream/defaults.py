@@ -12,13 +12,12 @@ import ml_collections
 from data_pipelines import DEFAULT_DATA_DIR
 from xlsr_jax.sharding.mesh import DEFAULT_RULES
 
-TASKS = ("asr", "lid", "sid", "ast", "ml_superb")
-
 
 def get_default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.task = "asr"  # asr (CTC, WER/CER), lid (language id), sid (speaker id), ast (X -> En, BLEU),
-                  # ml_superb (frozen encoder, CTC ASR + LID on a labelled budget per language)
+  # A name in downstream.tasks.TASKS: asr (CTC, WER/CER), lid (language id), sid (speaker id),
+  # ast (X -> En, BLEU), ml_superb (frozen encoder, CTC ASR + LID on a labelled budget per language)
+  c.task = "asr"
   # The encoder: an export dir, a Hugging Face wav2vec2 dir, a fairseq .pt, or "random" (the
   # architecture of `model` at random initialisation: the baseline pretraining must beat).
   c.init = "random"

@@ -3,7 +3,8 @@
   python -m xlsr_jax.evaluate --config=experiments/downstream/<asr|lid|sid|ast>.py \
       --config.init=<export dir | HF dir | fairseq .pt | random> --workdir=DIR [--config.a.b=v ...]
 
-Top to bottom: config -> data index (labels, vocabulary) -> encoder -> model (`task_setup`) ->
+Top to bottom: config -> data index (labels, vocabulary) -> encoder -> model (`task_setup`; what
+differs between tasks is the task object's, `downstream.tasks.TASKS[config.task]`) ->
 mesh, jitted step, restore or init, train on the run skeleton shared with pretraining
 (`training.run`: progress line, TensorBoard, Orbax checkpoints, preemption; re-running the same
 command resumes) -> test split -> metrics.json, report.md + plots, the fine-tuned model in
@@ -23,49 +24,43 @@ import ml_collections
 from xlsr_jax.cli import start_cli
 from xlsr_jax.config_loading import ConfigError
 from xlsr_jax.downstream import scoring
-from xlsr_jax.downstream.task_setup import (TaskData, TaskError, build_task, check_task_data,
-                                            load_init, parse_config, read_task_data,
-                                            uses_lbfgs_probe)
+from xlsr_jax.downstream.task_setup import (TaskData, TaskError, build_task, load_init,
+                                            parse_config, read_task_data)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Fine-tune / probe, evaluate the test split, write the report; returns the metrics."""
   from xlsr_jax.downstream import finetune
+  from xlsr_jax.downstream.tasks import task_for
   from xlsr_jax.training import run as run_lib
   workdir = os.path.abspath(workdir)
-  task, d = config.task, config.data
-  data = read_task_data(config)
+  task, d = task_for(config), config.data
+  data = read_task_data(task, config)
   loaded = load_init(config)
-  model, loaded_parts, labeler, label_info = build_task(config, loaded, data.train_index)
-  check_task_data(config, data, label_info, labeler)
-  print(f"{task}: init={config.init} ({loaded.source}), {len(data.train_index)} train / "
+  model, loaded_parts, labeler, label_info = build_task(task, config, loaded, data.train_index)
+  task.check_data(config, data, label_info, labeler)
+  print(f"{config.task}: init={config.init} ({loaded.source}), {len(data.train_index)} train / "
         f"{len(data.test_index)} test utterances, mode={config.finetune.mode}"
-        + (f", solver={config.probe.solver}" if task in ("lid", "sid")
-           and config.finetune.mode == "probe" else ""), flush=True)
-  if uses_lbfgs_probe(config):
-    from xlsr_jax.downstream import encoders, linear_probe
-    params = loaded.params or encoders.random_encoder(model.config, config.init_seed)
-    results = linear_probe.run_probe(config, workdir, data.builder, params, model.config, model,
-                                     labeler, label_info, data.test_index)
-    results["init_source"] = loaded.source
-    return results
+        + task.run_line(config), flush=True)
+  if task.fits_without_steps(config):
+    return task.fit_without_steps(config, workdir, data, loaded, model, labeler, label_info)
 
   mesh = run_lib.make_mesh(config)
-  tuner = finetune.Finetuner(model, "asr" if task == "ml_superb" else task, config, mesh,
-                             d.max_sample_size, d.batch_size)
+  tuner = finetune.Finetuner(model, task, config, mesh, d.max_sample_size, d.batch_size)
   state, curves, writer, preempted = train(config, workdir, tuner, loaded_parts, data, labeler,
                                            label_info)
   if preempted:
     writer.close()
-    return {"task": task, "preempted_at": int(state.step)}
+    return {"task": config.task, "preempted_at": int(state.step)}
   results, report_kwargs = scoring.evaluate_split(tuner, state, data.builder, data.test_names,
-                                          data.test_index, labeler, label_info, config)
-  scoring.add_task_results(results, config, data, label_info, loaded, labeler, workdir)
+                                                  data.test_index, labeler, label_info, config)
+  task.add_results(results, config, data, label_info, labeler, loaded, workdir)
   writer.write(config.finetune.num_steps,
                {k: v for k, v in results.items() if isinstance(v, float)}, prefix="test")
   writer.close()
-  export_dir = scoring.export_model(os.path.join(workdir, "model"), state, model, config, label_info)
-  report = scoring.write_report(workdir, results, curves, report_kwargs, config)
+  export_dir = scoring.export_model(os.path.join(workdir, "model"), task, state, model, config,
+                                    label_info)
+  report = scoring.write_report(workdir, task, results, curves, report_kwargs, config)
   print(f"report: {report}\nmetrics: {os.path.join(workdir, 'metrics.json')}\n"
         f"model: {export_dir}\nTensorBoard: {writer.log_dir}", flush=True)
   return results
@@ -79,7 +74,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, tuner, loaded_parts: 
   from xlsr_jax.downstream import data as data_lib
   from xlsr_jax.training import metrics as metrics_lib
   from xlsr_jax.training import run as run_lib
-  d, task, num_steps = config.data, config.task, config.finetune.num_steps
+  d, num_steps = config.data, config.finetune.num_steps
   manager = run_lib.open_checkpoints(workdir, config.train)
   state, _ = run_lib.restore_or_init(manager, tuner.abstract_state, tuner.state_sharding,
                                      lambda: tuner.create_state(loaded_parts))
@@ -88,8 +83,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, tuner, loaded_parts: 
   train_iter = data_lib.train_iterator(
       data.builder, data.train_names, labeler, batch_size=d.batch_size,
       max_samples=d.max_sample_size, seed=config.train.seed, start_step=start,
-      normalize=d.normalize, drop_longer=task in ("asr", "ast", "ml_superb"),
-      keep_ids=label_info.keep_ids if task == "ml_superb" else None)
+      normalize=d.normalize, drop_longer=tuner.task.drop_longer,
+      keep_ids=tuner.task.keep_ids(label_info))
   writer = metrics_lib.MetricWriter(workdir, num_steps)
   history_path = os.path.join(workdir, "train_history.json")
   curves: dict[str, list[tuple[int, float]]] = {}

@@ -21,12 +21,8 @@ from jax.sharding import Mesh
 
 from xlsr_jax.checkpoints.manager import rebox, unbox
 from xlsr_jax.checkpoints.merge import merge
-from xlsr_jax.downstream import ctc
-from xlsr_jax.downstream.translation import decoding
 from xlsr_jax.models.feature_encoder import frame_lengths
 from xlsr_jax.models.params import abstract_params, init_params
-from xlsr_jax.models.speech_translation import (SpeechToText, label_smoothed_cross_entropy,
-                                                shift_tokens_right)
 from xlsr_jax.objectives import masking
 from xlsr_jax.sharding import mesh as mesh_lib
 from xlsr_jax.training import run
@@ -135,47 +131,16 @@ def sample_masks(rng: jax.Array, padding_mask: jax.Array, model_config, num_fram
   return out
 
 
-def task_loss(task: str, out: dict, batch: dict, label_smoothing: float = 0.0,
-              ctc_weight: float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Mean loss over the batch's real examples (CTC: per-utterance sum, sentence-averaged;
-  translation: label-smoothed cross-entropy per target token, with its plain NLL, and with
-  `ctc_weight` > 0 (1 - w) * that + w * the auxiliary CTC per source character)."""
-  weight = batch["example_valid"].astype(jnp.float32)
-  n = jnp.maximum(jnp.sum(weight), 1.0)
-  if task == "ast":
-    labels = jnp.where(weight[:, None] > 0, batch["labels"], -100)
-    loss, count = label_smoothed_cross_entropy(out["logits"], labels, label_smoothing)
-    plain, _ = label_smoothed_cross_entropy(out["logits"], labels, 0.0)
-    extra = {"nll": plain, "target_tokens": count.astype(jnp.float32)}
-    if ctc_weight > 0:
-      per = ctc.ctc_loss(out["ctc_logits"], out["frame_valid"], batch["source_labels"],
-                         batch["source_label_valid"])
-      chars = jnp.sum(batch["source_label_valid"] * weight[:, None])
-      extra["ctc_loss"] = jnp.sum(per * weight) / jnp.maximum(chars, 1.0)
-      loss = (1.0 - ctc_weight) * loss + ctc_weight * extra["ctc_loss"]
-    return loss, extra
-  if task == "asr":
-    valid = out["frame_valid"]
-    if valid is None:
-      valid = jnp.ones(out["logits"].shape[:2], bool)
-    per = ctc.ctc_loss(out["logits"], valid, batch["labels"], batch["label_valid"])
-    return jnp.sum(per * weight) / n, {}
-  logits = out["logits"]
-  per = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(batch["label"], 0))
-  correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
-  return jnp.sum(per * weight) / n, {"accuracy": jnp.sum(correct * weight) / n}
-
-
 class Finetuner:
   """Jitted, sharded init / train / eval for one downstream model on one mesh.
 
-  `model` is heads.Wav2Vec2ForCTC, heads.Wav2Vec2ForUtteranceClassification or (task "ast")
-  models.speech_translation.SpeechToText, whose eval step decodes (greedy or beam); `create_state`
-  takes a partial unboxed params tree whose subtrees replace the fresh initialisation (the
-  pretrained encoder, and a head when one is reused).
+  `model` is the model `task` (a tasks.Task) built; the task gives the loss, the forward's extra
+  inputs and the eval step (a speech-translation one decodes). `create_state` takes a partial
+  unboxed params tree whose subtrees replace the fresh initialisation (the pretrained encoder,
+  and a head when one is reused).
   """
 
-  def __init__(self, model: nn.Module, task: str, config: ml_collections.ConfigDict, mesh: Mesh,
+  def __init__(self, model: nn.Module, task, config: ml_collections.ConfigDict, mesh: Mesh,
                num_samples: int, batch_size: int):
     self.model, self.task, self.config, self.mesh = model, task, config, mesh
     self.rules = mesh_lib.rules_from_config(config.sharding.logical_axis_rules)
@@ -219,7 +184,9 @@ class Finetuner:
       init = jax.jit(self._init_state, out_shardings=self.state_sharding)
       return init(jax.tree.map(jnp.asarray, loaded))
 
-  def _forward(self, params, batch, rng, deterministic):
+  def forward(self, params, batch, rng, deterministic):
+    """The model's outputs on a batch (time / channel masks, dropout and layerdrop drawn from
+    `rng` unless deterministic)."""
     with nn.logical_axis_rules(self.rules):
       kwargs = {}
       rngs = {}
@@ -228,10 +195,7 @@ class Finetuner:
         kwargs = sample_masks(mask_key, batch["padding_mask"], self.encoder_config,
                               self.num_frames, self.config.finetune)
         rngs = {"dropout": dropout_key, "layerdrop": layerdrop_key}
-      if self.task == "ast":
-        dec = self.model.config.decoder
-        kwargs["decoder_input_ids"] = shift_tokens_right(batch["labels"], dec.pad_token_id,
-                                                         dec.decoder_start_token_id)
+      kwargs.update(self.task.forward_inputs(self.model, batch))
       return self.model.apply({"params": params}, batch["waveform"], batch["padding_mask"],
                               deterministic=deterministic, rngs=rngs, **kwargs)
 
@@ -239,9 +203,8 @@ class Finetuner:
     rng = jax.random.fold_in(state.rng, state.step)
 
     def loss_fn(params):
-      out = self._forward(params, batch, rng, deterministic=False)
-      return task_loss(self.task, out, batch, self._label_smoothing,
-                       self.config.translation.ctc_weight if self.task == "ast" else 0.0)
+      out = self.forward(params, batch, rng, deterministic=False)
+      return self.task.loss(out, batch, self.config)
 
     (loss, extra), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     # fairseq freeze_finetune_updates: the Transformer (and projection) stay fixed, with their
@@ -255,34 +218,5 @@ class Finetuner:
                "transformer_frozen": frozen.astype(jnp.float32), **extra}
     return state.replace(step=state.step + 1, params=new_params, opt_state=new_opt), metrics
 
-  @property
-  def _label_smoothing(self) -> float:
-    return self.config.translation.label_smoothing if self.task == "ast" else 0.0
-
   def _eval_step(self, state: FinetuneState, batch: dict) -> dict:
-    if self.task == "ast":
-      return self._translate(state, batch)
-    out = self._forward(state.params, batch, None, deterministic=True)
-    valid = out["frame_valid"]
-    result = {"logits": out["logits"]}
-    if self.task == "asr":
-      result["frame_valid"] = (jnp.ones(out["logits"].shape[:2], bool) if valid is None else valid)
-    else:
-      result["embedding"] = out["pooled"][-1]
-    return result
-
-  def _translate(self, state: FinetuneState, batch: dict) -> dict:
-    """{"tokens": int32 [batch, max_decode_length]}: beam search (greedy at beam_width 0)."""
-    t, cfg = self.config.translation, self.model.config
-    params = unbox(state.params)
-    with nn.logical_axis_rules(self.rules):
-      states, valid = self.model.apply({"params": params}, batch["waveform"], batch["padding_mask"],
-                                       method=SpeechToText.encode)
-      if t.beam_width > 0:
-        tokens, _ = decoding.beam_search(cfg, params, states, valid, max_length=t.max_decode_length,
-                                         beam_width=t.beam_width, length_penalty=t.length_penalty,
-                                         forced_bos_token_id=t.forced_bos_token_id)
-      else:
-        tokens = decoding.greedy_search(cfg, params, states, valid, max_length=t.max_decode_length,
-                                        forced_bos_token_id=t.forced_bos_token_id)
-    return {"tokens": tokens}
+    return self.task.eval_step(self, state, batch)

@@ -89,7 +89,7 @@ class TaskInfo:
 
 
 @dataclasses.dataclass(frozen=True)
-class MLSuperbLabeler(data_lib.Labeler):
+class MLSuperbLabeler(data_lib.CtcLabeler):
   """CTC labels of "<language token> <cleaned transcript>" (joint ASR + LID, as the recipe's
   `--lid true`: "[lang] TEXT")."""
   lid_tokens: tuple[tuple[str, str], ...] = ()

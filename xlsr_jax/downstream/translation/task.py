@@ -62,7 +62,6 @@ class TranslationLabeler:
   than max_source_length also gets label -1)."""
   tokenizer: Tokenizer
   max_target_length: int
-  task: str = "ast"
   source_vocabulary: Vocabulary | None = None
   max_source_length: int = 0
 
