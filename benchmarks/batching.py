@@ -68,17 +68,24 @@ def masked_shares(lengths: np.ndarray, crop: int, same: bool, seed: int) -> np.n
   return np.concatenate(out)
 
 
-def step_seconds(preset: str, crop: int, rows: int, reps: int) -> float:
-  """Median CPU time (this process, all threads) of the real train step (one CPU device) on
-  [rows, crop] audio: CPU seconds, not wall, so that other jobs on the machine change it little."""
-  from xlsr_jax.sharding.mesh import make_mesh
+def step_config(preset: str):
+  """The default pretraining config at `preset`, 100 negatives, no dropout: the step the model times
+  (and the end-to-end runs of benchmarks.batching_e2e train)."""
   from xlsr_jax.training.defaults import get_default_config
-  from xlsr_jax.training.state import build_trainer
   config = get_default_config()
   config.model.preset = preset
   config.objective.num_negatives = 100
   for field in common.DROPOUT_FIELDS:
     config.model[field] = 0.0
+  return config
+
+
+def step_seconds(preset: str, crop: int, rows: int, reps: int) -> float:
+  """Median CPU time (this process, all threads) of the real train step (one CPU device) on
+  [rows, crop] audio: CPU seconds, not wall, so that other jobs on the machine change it little."""
+  from xlsr_jax.sharding.mesh import make_mesh
+  from xlsr_jax.training.state import build_trainer
+  config = step_config(preset)
   trainer = build_trainer(config, make_mesh(1, 1, 1, devices=jax.devices()[:1]), crop)
   state = trainer.create_state()
   wave = np.random.default_rng(0).standard_normal((rows, crop)).astype(np.float32)
@@ -92,12 +99,19 @@ def step_seconds(preset: str, crop: int, rows: int, reps: int) -> float:
   return float(np.median(times[1:]))
 
 
+def old_rows(batch_seconds: float, crop_old: int) -> int:
+  """Rows per step of the old fixed-crop batching: batch_seconds of audio in crops of crop_old."""
+  return max(1, int(round(batch_seconds * SAMPLE_RATE / crop_old)))
+
+
 def evaluate_profile(lengths: np.ndarray, spec: buckets_lib.BucketSpec, crop_old: int,
-                     min_samples: int, timings: dict, seed: int) -> dict[str, dict]:
-  """Padding, used audio, masked share and real audio per CPU second for old / crop / pad."""
+                     min_samples: int, timings: dict, seed: int, batch_seconds: float,
+                     modes: tuple[str, ...] = ("crop", "pad")) -> dict[str, dict]:
+  """Padding, used audio, masked share and real audio per CPU second for old and each of `modes`;
+  `timings`: CPU seconds per step by (crop, rows), for the old shape and every bucket used."""
   kept = lengths[lengths >= min_samples]
   rng = np.random.default_rng(seed)
-  rows_old = max(1, int(round(_BATCH_SECONDS.value * SAMPLE_RATE / crop_old)))
+  rows_old = old_rows(batch_seconds, crop_old)
   out = {}
   # Old: every utterance cut or padded to crop_old, batches in arrival order, masks trimmed.
   sample = rng.permutation(kept)[:rows_old * max(1, 4096 // rows_old)]
@@ -107,7 +121,7 @@ def evaluate_profile(lengths: np.ndarray, spec: buckets_lib.BucketSpec, crop_old
   out["old"] = dict(padding=1 - cut.mean() / crop_old, used=float(np.mean(cut / sample)),
                     masked=shares.mean(), masked_min=shares.min(),
                     rate=real_per_step / timings[(crop_old, rows_old)])
-  for mode in ("crop", "pad"):
+  for mode in modes:
     s = buckets_lib.BucketSpec(spec.lengths, spec.batch_sizes, mode, min_samples)
     index = buckets_lib.assign(kept, s)
     counts = buckets_lib.bucket_counts(kept, s)
@@ -144,7 +158,7 @@ def main(_):
   if _DATA_DIR.value:
     profiles = {_CORPUS.value: corpus_lengths(os.path.expanduser(_DATA_DIR.value), _CORPUS.value),
                 **profiles}
-  shapes = {(crop_old, max(1, int(round(_BATCH_SECONDS.value * SAMPLE_RATE / crop_old))))}
+  shapes = {(crop_old, old_rows(_BATCH_SECONDS.value, crop_old))}
   shapes |= set(zip(spec.lengths, spec.batch_sizes))
   timings = {}
   for crop, rows in sorted(shapes):
@@ -156,7 +170,8 @@ def main(_):
   print(f"{'profile':<26}{'batching':<9}{'padding':>9}{'used':>7}{'masked':>8}{'lowest':>8}"
         f"{'real s/CPU s':>13}{'x old':>7}")
   for name, lengths in profiles.items():
-    result = evaluate_profile(lengths, spec, crop_old, min_samples, timings, seed=7)
+    result = evaluate_profile(lengths, spec, crop_old, min_samples, timings, seed=7,
+                              batch_seconds=_BATCH_SECONDS.value)
     for mode, r in result.items():
       print(f"{name:<26}{mode:<9}{r['padding']:>9.3f}{r['used']:>7.2f}{r['masked']:>8.3f}"
             f"{r['masked_min']:>8.3f}{r['rate']:>13.2f}{r['rate'] / result['old']['rate']:>7.2f}")

@@ -65,6 +65,8 @@ JOBS = (
         ("-m", "data_pipelines.synthetic_speech", "--data_dir={tmp}/tfds"),
         ("-m", "benchmarks.batching", "--data_dir={tmp}/tfds", "--preset=base", "--reps=2")), 20,
         stdout_to="batching_base.txt"),
+    Job("batching_e2e", ("batching_e2e_cpu.json",), (
+        ("-m", "benchmarks.batching_e2e", "--workdir={tmp}/batching_e2e"),), 26),
     Job("test_tiers", ("test_tiers.json",), (("-m", "benchmarks.test_tiers"),), 18),
     Job("scaling_tpu", ("scaling.json", "scaling.png"), (
         ("-m", "benchmarks.scaling", "--skip_cpu"),), 30,

@@ -198,6 +198,33 @@ def batching() -> str:
        "model: real audio s per CPU s", "model: x old"], rows), "batching_base.txt")
 
 
+def batching_e2e() -> str:
+  """Measured end-to-end rates (the real loop on corpora built from the length profiles) beside
+  benchmarks.batching's model for the same corpora, preset and settings."""
+  data = _json("batching_e2e_cpu.json")
+  rows = []
+  for name, p in data["profiles"].items():
+    c = p["corpus"]
+    corpus = f"{c['utterances']} utts, {c['hours']:.2f} h, median {c['median_seconds']:.1f} s"
+    for mode in ("old", "crop"):
+      m, model = p["measured"][mode], p["model"][mode]
+      ratio = ([f"{p['measured_ratio']:.2f}", f"{p['model_ratio']:.2f}",
+                f"{p['measured_ratio'] / p['model_ratio']:.2f}"] if mode == "crop"
+               else ["1.00", "1.00", ""])
+      rows.append([f"{name} (assumed profile)", corpus, mode, str(m["steps"]),
+                   f"{m['padding']:.3f} / {model['padding']:.3f}", f"{m['rate']:.2f}",
+                   f"{model['rate']:.2f}", *ratio])
+  s = data["settings"]
+  head = (f"Preset {s['preset']}, {s['batch_seconds']:g} s of audio per step, old: "
+          f"{s['crop_seconds']:g} s crops with trimmed masks; crop: buckets "
+          f"{', '.join(f'{b:g}' for b in s['bucket_seconds'])} s; min {s['min_seconds']:g} s; one "
+          f"CPU device.\n\n")
+  return _with_source(head + _table(
+      ["length profile", "built corpus", "batching", "steps timed", "padding (measured / model)",
+       "measured: real audio s per CPU s", "model: real audio s per CPU s", "measured: x old",
+       "model: x old", "measured / model"], rows), "batching_e2e_cpu.json")
+
+
 def scaling() -> str:
   from benchmarks.scaling import fit_fixed_plus_flops
   data = _json("scaling.json")
@@ -426,9 +453,9 @@ def headline() -> str:
 
 TABLES: dict[str, Callable[[], str]] = {
     "headline": headline, "train_step": train_step, "compile_time": compile_time,
-    "batching": batching, "scaling": scaling, "decoding": decoding, "demo": demo,
-    "test_tiers": test_tiers, "storage": storage, "plan": plan, "plan_objectives": plan_objectives,
-    "plan_buckets": plan_buckets,
+    "batching": batching, "batching_e2e": batching_e2e, "scaling": scaling, "decoding": decoding,
+    "demo": demo, "test_tiers": test_tiers, "storage": storage, "plan": plan,
+    "plan_objectives": plan_objectives, "plan_buckets": plan_buckets,
     "transfer": transfer,
 }
 

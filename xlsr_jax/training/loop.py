@@ -284,6 +284,8 @@ def interval_values(interval: run.Interval, accounting: StepAccounting, done: in
   values["skipped_nonfinite"] = float(sum(m["skipped_nonfinite"] for m in interval.rows))
   values["real_frames_per_step"] = values.pop("real_frames")
   values.update(accounting.flush(interval.seconds), steps_per_second=interval.steps_per_second)
+  # Process CPU (all threads: step, input pipeline, logging), e.g. real audio per CPU second on CPU.
+  values["cpu_seconds_per_step"] = interval.cpu_seconds / max(len(interval.rows), 1)
   values["hours_seen"] = done * batch_seconds / 3600  # nominal: steps x batch_seconds
   return values
 

@@ -60,13 +60,16 @@ def _bar(step: int, total: int, width: int = 20) -> str:
 
 
 class Throughput:
-  """Steps/s, frames/s and audio hours between log steps (host wall clock)."""
+  """Steps/s and seconds between log steps (host wall clock), and this process's CPU seconds (all
+  threads: the step's XLA threads, the input pipeline, logging) over the same interval."""
 
   def __init__(self, start_step: int):
-    self.last_time, self.last_step = time.perf_counter(), start_step
+    self.last_time, self.last_cpu, self.last_step = time.perf_counter(), time.process_time(), start_step
 
-  def update(self, step: int) -> tuple[float, float]:
-    now = time.perf_counter()
+  def update(self, step: int) -> tuple[float, float, float]:
+    """(steps per second, wall seconds, process CPU seconds) since the previous update."""
+    now, cpu = time.perf_counter(), time.process_time()
     steps, seconds = step - self.last_step, max(now - self.last_time, 1e-9)
-    self.last_time, self.last_step = now, step
-    return steps / seconds, seconds
+    cpu_seconds = cpu - self.last_cpu
+    self.last_time, self.last_cpu, self.last_step = now, cpu, step
+    return steps / seconds, seconds, cpu_seconds

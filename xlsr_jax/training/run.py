@@ -202,10 +202,11 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
 @dataclasses.dataclass
 class Interval:
   """One log interval: the host metrics of each step (one device_get for all of them), and the
-  speed since the previous interval."""
+  speed since the previous interval (wall seconds, and this process's CPU seconds, all threads)."""
   rows: list[dict[str, np.ndarray]]
   steps_per_second: float
   seconds: float
+  cpu_seconds: float = 0.0
 
   def mean(self) -> dict[str, float]:
     """Every metric averaged over the interval's steps."""
@@ -226,8 +227,7 @@ class LogCadence:
     if done % self.log_every and done != self.num_steps:
       return None
     rows, self.pending = jax.device_get(self.pending), []
-    steps_per_second, seconds = self.throughput.update(done)
-    return Interval(rows, steps_per_second, seconds)
+    return Interval(rows, *self.throughput.update(done))
 
 
 def save_or_stop(manager, done: int, state: Any, *, last: bool,
