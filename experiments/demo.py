@@ -12,7 +12,7 @@ def get_config():
   c.objective.num_negatives = 20
   # Spans of 5 frames (100 ms) instead of XLS-R's 10: with per-row masks (the default) the 2-layer,
   # 64-wide model stayed at chance for 240 steps with spans of 10 on the test's tiny corpus; with 5
-  # it leaves chance at step ~180 (tests/test_main.py runs this recipe for 400 steps).
+  # it leaves chance at step ~180 (tests/test_main_demo.py runs this recipe for 400 steps).
   c.objective.mask_length = 5
   c.objective.gumbel_end = 0.5
   c.objective.gumbel_decay = 0.995

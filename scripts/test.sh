@@ -3,7 +3,7 @@
 #   bash scripts/test.sh            fast tier: every test not marked slow (the default)
 #   bash scripts/test.sh --full     full tier: every test (what .ci/run runs); also installs the
 #                                   Beam extra (requirements-beam.txt) so the Beam build tests run
-# Further arguments go to pytest (e.g. bash scripts/test.sh --full tests/test_main.py).
+# Further arguments go to pytest (e.g. bash scripts/test.sh --full tests/test_main_demo.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TIER=(-m "not slow")
