@@ -100,3 +100,13 @@ class Worker:
     reply = self.call("quit")
     self.proc.wait()
     return reply
+
+
+def fit_fixed_plus_flops(rows: list[dict]) -> tuple[float, float]:
+  """Least-squares step_s = fixed + flops / rate over one preset's crops: (fixed s, rate FLOP/s).
+
+  `fixed` is per-step work that does not grow with the crop (AdamW over the parameters, the layer
+  scan's stacked parameter and gradient buffers); `rate` is the throughput on the FLOPs that do.
+  """
+  slope, fixed = np.polyfit([r["flops"] for r in rows], [r["step_s"] for r in rows], 1)
+  return float(fixed), float(1.0 / slope)

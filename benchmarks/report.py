@@ -226,7 +226,7 @@ def batching_e2e() -> str:
 
 
 def scaling() -> str:
-  from benchmarks.scaling import fit_fixed_plus_flops
+  from benchmarks.common import fit_fixed_plus_flops
   data = _json("scaling.json")
   by_preset: dict[str, list[dict]] = {}
   for r in data["cpu"]:

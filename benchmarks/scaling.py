@@ -117,17 +117,6 @@ def tpu_part() -> list[dict]:
   return rows
 
 
-def fit_fixed_plus_flops(rows: list[dict]) -> tuple[float, float]:
-  """Least-squares step_s = fixed + flops / rate over one preset's crops: (fixed s, rate FLOP/s).
-
-  `fixed` is per-step work that does not grow with the crop (AdamW over the parameters, the layer
-  scan's stacked parameter and gradient buffers); `rate` is the throughput on the FLOPs that do.
-  """
-  import numpy as np
-  slope, fixed = np.polyfit([r["flops"] for r in rows], [r["step_s"] for r in rows], 1)
-  return float(fixed), float(1.0 / slope)
-
-
 def plot(result: dict, path: str) -> None:
   import matplotlib
   matplotlib.use("Agg")
@@ -143,7 +132,7 @@ def plot(result: dict, path: str) -> None:
     scale = rows[0]["step_s"] / rows[0]["flops"]
     axes[0].plot(x, [r["flops"] * scale for r in rows], "--", color=line.get_color(),
                  label=f"{preset}: proportional to analytic FLOPs")
-    fixed, rate = fit_fixed_plus_flops(rows)
+    fixed, rate = common.fit_fixed_plus_flops(rows)
     axes[0].plot(x, [fixed + r["flops"] / rate for r in rows], ":", color=line.get_color(),
                  label=f"{preset}: fit {fixed:.2g} s + FLOPs / {rate / 1e9:.0f} GFLOP/s")
     axes[1].plot(x, [r["flops"] / r["step_s"] / 1e9 for r in rows], "o-", color=line.get_color(),
@@ -202,7 +191,7 @@ def main(argv) -> None:
           f"x{r['step_s'] / base['step_s']:>6.2f} time  x{r['flops'] / base['flops']:>6.2f} FLOPs "
           f"{r['flops'] / r['step_s'] / 1e9:>7.1f} GFLOP/s")
   for preset in dict.fromkeys(r["preset"] for r in result.get("cpu", [])):
-    fixed, rate = fit_fixed_plus_flops([r for r in result["cpu"] if r["preset"] == preset])
+    fixed, rate = common.fit_fixed_plus_flops([r for r in result["cpu"] if r["preset"] == preset])
     print(f"{preset:<10} fit: step = {fixed:.3f} s + analytic FLOPs / {rate / 1e9:.1f} GFLOP/s")
   for r in result.get("tpu", []):
     total = "does not fit" if r["total_bytes"] is None else f"{r['total_bytes'] / 2**30:.2f} GiB"

@@ -3,7 +3,9 @@ written as WAVs, built by audio_manifest and trained on by the real loop, old an
 import numpy as np
 import pytest
 
-from benchmarks import batching_e2e
+from tests.benchmark_import import import_benchmark
+
+batching_e2e = import_benchmark("batching_e2e")
 
 
 def _row(step, crop_seconds, real, cpu, padding=0.0):

@@ -16,6 +16,7 @@ from xlsr_jax.models import transformer
 from xlsr_jax.models.config import get_preset
 from xlsr_jax.models.wav2vec2 import Wav2Vec2Model
 from xlsr_jax.training import devices
+from tests.benchmark_import import import_benchmark
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -101,7 +102,7 @@ def test_xlsr_300m_train_step_lowers_for_cuda_with_cudnn_attention(cudnn_9_10):
   """The step the GPU check times: xlsr_300m as its experiment configures it (bf16, remat
   dots_with_no_batch_dims), 32 crops of 20 s (999 frames: odd), the whole jitted train step
   (masking, loss, AdamW) lowered for CUDA on this CPU machine."""
-  from benchmarks.gpu_check import make_config
+  make_config = import_benchmark("gpu_check").make_config
   from xlsr_jax.sharding.mesh import make_mesh
   from xlsr_jax.training.state import build_trainer
   samples = 320_000
@@ -141,7 +142,7 @@ def test_gpu_xla_flags_are_known_to_this_xla():
 
 
 def test_gpu_check_rows_are_sized_to_the_card():
-  from benchmarks import gpu_check
+  gpu_check = import_benchmark("gpu_check")
   h100, h200 = devices.lookup("NVIDIA H100 80GB HBM3"), devices.lookup("NVIDIA H200")
   assert gpu_check.rows_for("xlsr_300m", 20.0, h100.hbm_bytes) == 32
   assert gpu_check.rows_for("xlsr_300m", 5.0, h100.hbm_bytes) == 128  # same audio per step

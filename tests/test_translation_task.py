@@ -8,6 +8,7 @@ import pytest
 from data_pipelines.synthetic_speech import texts
 from xlsr_jax.downstream.translation import text
 from xlsr_jax.downstream.translation import task as translation
+from tests.benchmark_import import import_benchmark
 
 
 def test_english_rendering_recovers_the_generated_english():
@@ -163,7 +164,7 @@ def test_evaluate_end_to_end_resume_and_exports(tiny_corpus, tmp_path, capsys):
   np.testing.assert_allclose(np.asarray(ours["logits"]), theirs.numpy(), rtol=1e-4, atol=1e-4)
 
   # The audio-use benchmark reads the export: teacher-forced NLLs and accuracies on the test split.
-  from benchmarks.translation_audio_use import audio_use
+  audio_use = import_benchmark("translation_audio_use").audio_use
   from data_pipelines.synthetic_speech.builder import SyntheticSpeech
   use = audio_use(str(workdir), SyntheticSpeech(config="tiny", data_dir=str(tiny_corpus)),
                   ["test_ru"], 16000 * 12)
