@@ -76,6 +76,13 @@ def tree_digest(directory) -> dict:
   return out
 
 
+def assert_unchanged(workdir, before: dict) -> None:
+  """The workdir holds exactly the files of `before` (tree_digest), byte for byte; the message
+  shows errors.log when a run wrote one."""
+  errors_log = workdir / "errors.log"
+  assert tree_digest(workdir) == before, errors_log.exists() and errors_log.read_text()[-3000:]
+
+
 def largest_array_file(step_dir):
   files = [os.path.join(r, f) for r, _, fs in os.walk(os.path.join(step_dir, "params")) for f in fs
            if os.sep + "d" + os.sep in os.path.join(r, f) + os.sep or r.endswith(os.sep + "d")]
@@ -262,7 +269,7 @@ def test_read_error_on_the_newest_step_stops_naming_the_file_and_keeps_the_step(
   assert code == 1 and bad_file in err and "Input/output error" in err, err[-3000:]
   assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err[-3000:]
   assert "trying the previous" not in out + err  # no fall back to step 4
-  assert tree_digest(workdir) == before  # step 8 kept as it was, nothing replaced
+  assert_unchanged(workdir, before)  # step 8 kept as it was, nothing replaced
   with CheckpointManager(workdir / "checkpoints", save_every=4, keep=3) as manager:
     state, _ = manager.restore_latest(_trainer_target(workdir))  # readable again: step 8
   assert int(state.step) == 8
@@ -321,7 +328,7 @@ def test_every_checkpoint_damaged_is_refused_in_one_line(run, data_dir, tmp_path
   code, out, err = main_in_process(run_args(data_dir, workdir, **{"train.num_steps": 12}), capsys)
   assert code == 2 and "every checkpoint under" in err and "step 8:" in err and "step 4:" in err, err
   assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err[-3000:]
-  assert tree_digest(workdir) == before  # nothing deleted
+  assert_unchanged(workdir, before)  # nothing deleted
 
 
 # ---------------------------------------------------------------------------------------------
@@ -338,7 +345,7 @@ def test_second_run_on_a_locked_workdir_is_refused_naming_the_holder(run, data_d
     before = tree_digest(workdir)
     code, out, err = main_in_process(run_args(data_dir, workdir, **{"train.num_steps": 12}), capsys)
     assert code == 2 and f"pid {holder.pid}" in err and "since 2026-01-01" in err, err
-    assert tree_digest(workdir) == before
+    assert_unchanged(workdir, before)
   finally:
     holder.kill()
     holder.wait()
@@ -363,7 +370,7 @@ def test_refused_resume_leaves_the_workdir_byte_identical(run, data_dir, tmp_pat
   code, out, err = main_in_process(run_args(data_dir, workdir, **{"model.hidden_size": 128,
                                                                   "train.num_steps": 12}), capsys)
   assert code == 2 and "does not match the model" in err, err[-2000:]
-  assert tree_digest(workdir) == before
+  assert_unchanged(workdir, before)
   from xlsr_jax import export  # the intact run still exports
   assert export.main([f"--workdir={workdir}", f"--out={tmp_path / 'out'}"]) == 0
 
@@ -376,7 +383,7 @@ def test_rerunning_a_finished_run_keeps_its_metrics(run, data_dir, tmp_path, cap
   with open(workdir / "history.json") as f:
     assert [m["step"] for m in json.load(f)] == [2, 4, 6, 8]
   assert "nothing to train" in out and "step 8 = train.num_steps" in out, out[-2000:]
-  assert tree_digest(workdir) == before  # config.json, tensorboard/ untouched too
+  assert_unchanged(workdir, before)  # config.json, tensorboard/ untouched too
 
 
 # Resumes that cannot go on as configured: refused (exit 2) with the way on, the workdir unchanged.
@@ -398,8 +405,7 @@ def test_resume_that_cannot_go_on_is_refused_with_the_way_on(name, overrides, te
   code, out, err = main_in_process(run_args(data_dir, workdir, **overrides), capsys)
   assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err[-3000:]
   assert all(text in err for text in texts), err
-  errors_log = workdir / "errors.log"
-  assert tree_digest(workdir) == before, errors_log.exists() and errors_log.read_text()[-3000:]
+  assert_unchanged(workdir, before)
 
 
 def test_restart_input_stream_accepts_another_stream_with_a_warning(capsys):
