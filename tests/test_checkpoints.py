@@ -2,7 +2,6 @@
 import logging
 import os
 import shutil
-import signal
 
 import flax.linen as nn
 import jax
@@ -200,15 +199,6 @@ def test_unfinalised_step_is_ignored_and_all_corrupt_is_an_error(tmp_path, train
 def test_empty_directory_restores_nothing(tmp_path, trainers):
   with CheckpointManager(tmp_path / "none", save_every=1, keep=1) as mngr:
     assert mngr.restore_latest(target_of(trainers[(1, 1, 1)])) is None
-
-
-def test_sigterm_marks_preemption(tmp_path):
-  before = signal.getsignal(signal.SIGTERM)
-  with CheckpointManager(tmp_path, save_every=1, keep=1) as mngr:
-    assert not mngr.reached_preemption(1)
-    os.kill(os.getpid(), signal.SIGTERM)
-    assert mngr.reached_preemption(2)
-  assert signal.getsignal(signal.SIGTERM) == before
 
 
 def test_other_model_config_is_an_error_not_a_fallback(tmp_path, states):

@@ -22,7 +22,8 @@ restored values are not finite: a WARNING naming the file, then the previous ste
 that step replaces it later). A step saved before checksums existed is damaged when Orbax reports
 a file missing or truncated; any other error restoring it is a CheckpointReadError as above. A save that fails (disk
 full, permissions) raises `CheckpointSaveError` naming the step and the cause at the next step of
-the loop (`reached_preemption`), not one save later.
+the loop (`check_for_errors`), not one save later. When to save and stop on a signal is
+`training.preemption`'s business, not this module's.
 """
 from __future__ import annotations
 
@@ -32,8 +33,6 @@ import hashlib
 import json
 import logging
 import os
-import signal
-import threading
 from typing import Any
 
 import flax.linen as nn
@@ -230,8 +229,7 @@ class CheckpointManager:
 
   With `async_save` the arrays are copied to host before `save` returns and written in the
   background; the next save (or `wait_until_finished`) waits for the previous one. Create it after
-  `jax.distributed.initialize`: without jax.distributed it installs a SIGTERM handler that
-  `reached_preemption` reports.
+  `jax.distributed.initialize`.
   """
 
   def __init__(self, directory: str | os.PathLike, *, save_every: int, keep: int,
@@ -252,11 +250,6 @@ class CheckpointManager:
     handlers = {PARAMS: ocp.StandardCheckpointHandler(), TRAIN_STATE: ocp.StandardCheckpointHandler(),
                 DATA_STATE: ProcessBytesHandler()}
     self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
-    self._sigterm = threading.Event()
-    self._previous_handler = None
-    self._previous_sigint = None
-    if not read_only and not jax.distributed.is_initialized():
-      self._install_sigterm_handler()
 
   # Saving.
 
@@ -478,50 +471,10 @@ class CheckpointManager:
       return  # unreadable metadata: the restore itself decides
     check_shapes(stored, params, str(self.directory / str(step) / PARAMS))
 
-  # Preemption.
-
-  def _install_sigterm_handler(self) -> None:
-    if threading.current_thread() is not threading.main_thread():
-      return  # signal handlers can only be installed from the main thread
-
-    def on_sigterm(signum, frame):
-      del signum, frame
-      self._sigterm.set()
-
-    def on_sigint(signum, frame):  # first Ctrl-C: save and stop like SIGTERM; a second one aborts
-      del signum, frame
-      if self._sigterm.is_set():
-        raise KeyboardInterrupt
-      # Set before printing: a second press arriving during the print must abort, not repeat this.
-      self._sigterm.set()
-      print("interrupted: saving a checkpoint at the end of this step, then exiting "
-            "(Ctrl-C again to abort without saving)", flush=True)
-
-    self._previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
-    self._previous_sigint = signal.signal(signal.SIGINT, on_sigint)
-
-  def reached_preemption(self, step: int) -> bool:
-    """True when the run should save and stop: jax's preemption sync point, or a SIGTERM / first
-    SIGINT received. Called once per step, it also raises CheckpointSaveError as soon as an
-    asynchronous save has failed."""
-    self.check_for_errors()
-    if jax.distributed.is_initialized():
-      from jax.experimental import multihost_utils
-      return multihost_utils.reached_preemption_sync_point(step)
-    return self._sigterm.is_set()
-
   def close(self) -> None:
-    """Waits for a pending save, then releases Orbax's threads and the SIGTERM handler."""
-    try:
-      with self._save_errors():
-        self._manager.close()
-    finally:
-      if self._previous_handler is not None:
-        signal.signal(signal.SIGTERM, self._previous_handler)
-        self._previous_handler = None
-      if self._previous_sigint is not None:
-        signal.signal(signal.SIGINT, self._previous_sigint)
-        self._previous_sigint = None
+    """Waits for a pending save, then releases Orbax's threads."""
+    with self._save_errors():
+      self._manager.close()
 
   def __enter__(self) -> "CheckpointManager":
     return self

@@ -78,6 +78,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, tuner, loaded_parts: 
   from data_pipelines import device_feed
   from xlsr_jax.downstream import data as data_lib
   from xlsr_jax.training import metrics as metrics_lib
+  from xlsr_jax.training import preemption
   from xlsr_jax.training import run as run_lib
   d, task, num_steps = config.data, config.task, config.finetune.num_steps
   manager = run_lib.open_checkpoints(workdir, config.train)
@@ -104,21 +105,22 @@ def train(config: ml_collections.ConfigDict, workdir: str, tuner, loaded_parts: 
 
   log = run_lib.LogCadence(config.train.log_every, num_steps, start)
   preempted = False
-  for step in range(start, num_steps):
-    batch = device_feed.global_batch(device_feed.process_rows(next(train_iter)), tuner.mesh,
-                                     tuner.batch_sharding.spec)
-    state, step_metrics = tuner.step(state, batch)
-    done = step + 1
-    if (interval := log.add(done, step_metrics)) is not None:
-      values = dict(interval.mean(), steps_per_second=interval.steps_per_second)
-      writer.write(done, values)
-      for k in ("loss", "accuracy", "nll", "learning_rate"):
-        if k in values:
-          curves.setdefault(f"train_{k}", []).append((done, values[k]))
-    preempted = run_lib.save_or_stop(manager, done, state, last=done == num_steps,
-                                     on_save=save_curves)
-    if preempted:
-      break
+  with preemption.Watcher() as watcher:
+    for step in range(start, num_steps):
+      batch = device_feed.global_batch(device_feed.process_rows(next(train_iter)), tuner.mesh,
+                                       tuner.batch_sharding.spec)
+      state, step_metrics = tuner.step(state, batch)
+      done = step + 1
+      if (interval := log.add(done, step_metrics)) is not None:
+        values = dict(interval.mean(), steps_per_second=interval.steps_per_second)
+        writer.write(done, values)
+        for k in ("loss", "accuracy", "nll", "learning_rate"):
+          if k in values:
+            curves.setdefault(f"train_{k}", []).append((done, values[k]))
+      preempted = run_lib.save_or_stop(manager, watcher, done, state, last=done == num_steps,
+                                       on_save=save_curves)
+      if preempted:
+        break
   run_lib.close(manager)
   return state, curves, writer, preempted
 

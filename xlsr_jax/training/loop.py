@@ -14,7 +14,7 @@ import numpy as np
 from data_pipelines import device_feed, input_pipeline
 from xlsr_jax.config_loading import ConfigError, model_config_from
 from xlsr_jax.training import metrics as metrics_lib
-from xlsr_jax.training import init_from, language_metrics, metrics_file, run
+from xlsr_jax.training import init_from, language_metrics, metrics_file, preemption, run
 from xlsr_jax.training.batch_size import (batch_multiple, bucket_spec, global_batch,
                                            largest_crop)
 from xlsr_jax.training.state import build_trainer
@@ -172,40 +172,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if jax.process_index() == 0:
       metrics_file.write(workdir, start_step, history)
 
-  for step in range(start_step, num_steps):
-    local = next(train_iter)
-    batch = device_feed.global_batch(_feed(local), mesh, trainer.batch_sharding["waveform"].spec)
-    state, step_metrics = trainer.step(state, batch)
-    accounting.add(local["lengths"], local["waveform"].shape[1])
-    done = step + 1
-    if (interval := log.add(done, step_metrics)) is not None:
-      values = interval_values(interval, accounting, done, config.data.batch_seconds)
-      real_seconds_seen += values["real_audio_seconds_per_step"] * len(interval.rows)
-      values["real_hours_seen_this_run"] = real_seconds_seen / 3600
-      writer.write(done, values)
-      history.append(dict(step=done, **values))
-      last_metrics = values
-      if values.get("stop_nonfinite", 0) > 0:
-        manager.wait_until_finished()
-        raise FloatingPointError(
-            f"{config.train.max_nonfinite_steps} consecutive steps had a NaN/Inf loss or gradient "
-            f"at step {done} (total skipped {int(values['total_nonfinite'])}); the last good "
-            f"checkpoint is in {manager.directory}")
-    if config.train.eval_every and (done % config.train.eval_every == 0 or done == num_steps):
-      eval_metrics = evaluate(trainer, state, config, mesh, eval_cache)
-      writer.write(done, eval_metrics, prefix="eval")
-      history.append(dict(step=done, **{f"eval_{k}": v for k, v in eval_metrics.items()}))
-      if config.train.eval_language_batches:
-        per_language = language_metrics.flatten(evaluate_languages(trainer, state, config, mesh,
-                                                                   language_cache))
-        writer.write(done, per_language, prefix=language_metrics.PREFIX, console=False)
-        if jax.process_index() == 0:
-          print(language_metrics.console_line(done, per_language), flush=True)
-        history.append(dict(step=done, **{f"{language_metrics.PREFIX}/{k}": v
-                                          for k, v in per_language.items()}))
-    if run.save_or_stop(manager, done, state, last=done == num_steps,
-                        data_state=train_iter.get_state, on_save=save_history):
-      break
+  with preemption.Watcher() as watcher:
+    for step in range(start_step, num_steps):
+      local = next(train_iter)
+      batch = device_feed.global_batch(_feed(local), mesh, trainer.batch_sharding["waveform"].spec)
+      state, step_metrics = trainer.step(state, batch)
+      accounting.add(local["lengths"], local["waveform"].shape[1])
+      done = step + 1
+      if (interval := log.add(done, step_metrics)) is not None:
+        values = interval_values(interval, accounting, done, config.data.batch_seconds)
+        real_seconds_seen += values["real_audio_seconds_per_step"] * len(interval.rows)
+        values["real_hours_seen_this_run"] = real_seconds_seen / 3600
+        writer.write(done, values)
+        history.append(dict(step=done, **values))
+        last_metrics = values
+        if values.get("stop_nonfinite", 0) > 0:
+          manager.wait_until_finished()
+          raise FloatingPointError(
+              f"{config.train.max_nonfinite_steps} consecutive steps had a NaN/Inf loss or gradient "
+              f"at step {done} (total skipped {int(values['total_nonfinite'])}); the last good "
+              f"checkpoint is in {manager.directory}")
+      if config.train.eval_every and (done % config.train.eval_every == 0 or done == num_steps):
+        eval_metrics = evaluate(trainer, state, config, mesh, eval_cache)
+        writer.write(done, eval_metrics, prefix="eval")
+        history.append(dict(step=done, **{f"eval_{k}": v for k, v in eval_metrics.items()}))
+        if config.train.eval_language_batches:
+          per_language = language_metrics.flatten(evaluate_languages(trainer, state, config, mesh,
+                                                                     language_cache))
+          writer.write(done, per_language, prefix=language_metrics.PREFIX, console=False)
+          if jax.process_index() == 0:
+            print(language_metrics.console_line(done, per_language), flush=True)
+          history.append(dict(step=done, **{f"{language_metrics.PREFIX}/{k}": v
+                                            for k, v in per_language.items()}))
+      if run.save_or_stop(manager, watcher, done, state, last=done == num_steps,
+                          data_state=train_iter.get_state, on_save=save_history):
+        break
   run.close(manager)
   writer.close()
   save_history()
