@@ -167,7 +167,8 @@ def task_loss(task: str, out: dict, batch: dict, label_smoothing: float = 0.0,
 
 
 class Finetuner:
-  """Jitted, sharded init / train / eval for one downstream model on one mesh.
+  """Jitted, sharded init / train / eval for one downstream model on one mesh; a `fit.StepOwner`,
+  trained by `training.fit`.
 
   `model` is heads.Wav2Vec2ForCTC, heads.Wav2Vec2ForUtteranceClassification or (task "ast")
   models.speech_translation.SpeechToText, whose eval step decodes (greedy or beam); `create_state`
@@ -196,6 +197,7 @@ class Finetuner:
     self.abstract_state, self.state_sharding = run.abstract_state(
         lambda: self._init_state({}), mesh, self.rules)
     self.batch_sharding = mesh_lib.batch_sharding(mesh, self.rules)
+    self.batch_spec = self.batch_sharding.spec  # how a global batch's rows split (fit.StepOwner)
     # (state, batch) -> (state, metrics), and (state, batch) -> outputs: jitted, called under mesh.
     self.step = run.jit_train_step(self._train_step, mesh, self.state_sharding,
                                    self.batch_sharding)

@@ -33,7 +33,8 @@ def batch_shardings(mesh: Mesh, rules: tuple) -> dict[str, NamedSharding]:
 
 
 class Trainer:
-  """Holds the jitted init / train / eval functions for one config on one mesh (`training.run`)."""
+  """Holds the jitted init / train / eval functions for one config on one mesh (`training.run`);
+  a `fit.StepOwner`, trained by `training.fit`."""
 
   def __init__(self, objective: Objective, config: ml_collections.ConfigDict, mesh: Mesh,
                rules: tuple, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
@@ -45,6 +46,7 @@ class Trainer:
     init_fn = lambda: init_state(model, optimizer, shapes, seed)
     self.abstract_state, self.state_sharding = run.abstract_state(init_fn, mesh, rules)
     self.batch_sharding = batch_shardings(mesh, rules)
+    self.batch_spec = self.batch_sharding["waveform"].spec  # how a global batch's rows split
     self.create_state = run.InMesh(jax.jit(init_fn, out_shardings=self.state_sharding), mesh)
     self.step = run.jit_train_step(
         ts.make_train_step(model, objective, optimizer, schedule, config, rules),
