@@ -35,7 +35,6 @@ import logging
 import os
 from typing import Any
 
-import flax.linen as nn
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -44,6 +43,7 @@ from orbax.checkpoint import checkpoint_managers
 
 from xlsr_jax.checkpoints import integrity
 from xlsr_jax.checkpoints.integrity import CheckpointCorruptError, CheckpointReadError
+from xlsr_jax.models.params import rebox, unbox  # noqa: F401  (re-exported: callers import them here)
 
 logger = logging.getLogger(__name__)
 
@@ -57,26 +57,9 @@ def _log(level: int, message: str, *args: Any) -> None:
     logger.log(level, message, *args)
 
 
-def _is_box(x: Any) -> bool:
-  return isinstance(x, nn.meta.AxisMetadata)
-
-
-def unbox(tree: Any) -> Any:
-  """Boxed (nn.LogicallyPartitioned) leaves -> their values; no sharding constraint applied."""
-  return jax.tree.map(lambda x: x.value if _is_box(x) else x, tree, is_leaf=_is_box)
-
-
-def rebox(boxed_like: Any, values: Any) -> Any:
-  """Puts `values` (unboxed, same structure) back into the boxes of `boxed_like`."""
-  return jax.tree.map(lambda b, v: b.replace_boxed(v) if _is_box(b) else v, boxed_like, values,
-                      is_leaf=_is_box)
-
-
 def restore_target(abstract_state: Any, shardings: Any) -> Any:
-  """Abstract state (boxed, from jax.eval_shape) + its shardings -> ShapeDtypeStructs on that mesh.
-
-  `shardings` is `Trainer.state_sharding` (one NamedSharding per box); boxes are kept.
-  """
+  """Abstract state (`Trainer.abstract_state`: plain ShapeDtypeStructs) + its shardings
+  (`Trainer.state_sharding`) -> ShapeDtypeStructs on that mesh."""
   def with_sharding(sharding, subtree):
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), subtree)
   return jax.tree.map(with_sharding, shardings, abstract_state)
@@ -219,7 +202,7 @@ def _outcomes(here: int) -> list[int]:
 
 
 def _split(state: Any) -> tuple[Any, dict[str, Any]]:
-  """Unboxed TrainState -> (params, every other field by name)."""
+  """TrainState -> (params, every other field by name)."""
   rest = {f.name: getattr(state, f.name) for f in dataclasses.fields(state) if f.name != "params"}
   return state.params, rest
 
@@ -262,11 +245,11 @@ class CheckpointManager:
     return due and (step not in self._manager.all_steps() or step in self._damaged)
 
   def save(self, step: int, state: Any, data_state: bytes | None = None, force: bool = False) -> bool:
-    """Starts saving `state` (boxed or not) and this process's input position; False if skipped."""
+    """Starts saving `state` and this process's input position; False if skipped."""
     exists = step in self._manager.all_steps() and step not in self._damaged
     if exists or not (force or self.should_save(step)):
       return False
-    params, rest = _split(unbox(state))
+    params, rest = _split(state)
     items = {PARAMS: ocp.args.StandardSave(params), TRAIN_STATE: ocp.args.StandardSave(rest)}
     if data_state is not None:
       items[DATA_STATE] = ProcessBytesSave(data_state)
@@ -325,7 +308,7 @@ class CheckpointManager:
   def restore_latest(self, target: Any) -> tuple[Any, bytes | None] | None:
     """(state, this process's input position or None) from the newest step that restores; None if none.
 
-    `target`: the boxed abstract state with the current shardings (see `restore_target`). A
+    `target`: the abstract state with the current shardings (see `restore_target`). A
     damaged step (CheckpointCorruptError: a file missing, of another size or sha256, values not
     finite) is skipped with a WARNING naming the file; if every step is damaged,
     NoIntactCheckpointError lists them. Any other error (CheckpointReadError: permissions, I/O,
@@ -373,9 +356,8 @@ class CheckpointManager:
     return None
 
   def restore(self, step: int, target: Any) -> tuple[Any, bytes | None]:
-    """Restores one step onto the shardings of `target` (boxed abstract state)."""
-    abstract = unbox(target)
-    params, rest = _split(abstract)
+    """Restores one step onto the shardings of `target` (abstract state)."""
+    params, rest = _split(target)
     step_dir = self.directory / str(step)
     verified = self._verify(step, (PARAMS, TRAIN_STATE, DATA_STATE))
     with self._read_errors(step, verified):
@@ -385,12 +367,11 @@ class CheckpointManager:
       if has_data:
         items[DATA_STATE] = ProcessBytesRestore()
       restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-    values = abstract.replace(params=restored[PARAMS], **restored[TRAIN_STATE])
-    bad = integrity.nonfinite_leaves(values)
+    state = target.replace(params=restored[PARAMS], **restored[TRAIN_STATE])
+    bad = integrity.nonfinite_leaves(state)
     if bad:
       raise CheckpointCorruptError(f"{step_dir}: restored values are not finite (NaN/Inf) in "
                                    f"{len(bad)} array(s): {', '.join(bad[:5])}")
-    state = rebox(target, values)
     data_state = None
     if has_data:
       data = restored[DATA_STATE]
@@ -406,7 +387,7 @@ class CheckpointManager:
     return state, data_state
 
   def restore_params(self, target: Any, step: int | None = None) -> tuple[Any, int]:
-    """Only the params item of `step` (default: the newest) onto `target` (unboxed abstract params)."""
+    """Only the params item of `step` (default: the newest) onto `target` (abstract params)."""
     steps = self.all_steps()
     if not steps:
       raise FileNotFoundError(f"no finalised checkpoint under {self.directory}")
@@ -416,9 +397,9 @@ class CheckpointManager:
                               f"available steps: {steps}")
     verified = self._verify(step, (PARAMS,))
     with self._read_errors(step, verified):
-      self._check_params(step, unbox(target))
+      self._check_params(step, target)
       restored = self._manager.restore(step, args=ocp.args.Composite(
-          **{PARAMS: ocp.args.StandardRestore(unbox(target))}))
+          **{PARAMS: ocp.args.StandardRestore(target)}))
     bad = integrity.nonfinite_leaves(restored[PARAMS])
     if bad:
       raise CheckpointCorruptError(f"{self.directory / str(step) / PARAMS}: parameters are not "

@@ -19,12 +19,11 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
-from xlsr_jax.checkpoints.manager import rebox, unbox
 from xlsr_jax.checkpoints.merge import merge
 from xlsr_jax.downstream import ctc
 from xlsr_jax.downstream.translation import decoding
 from xlsr_jax.models.feature_encoder import frame_lengths
-from xlsr_jax.models.params import abstract_params, init_params
+from xlsr_jax.models.params import abstract_params, init_params, rebox, unbox
 from xlsr_jax.models.speech_translation import (SpeechToText, label_smoothed_cross_entropy,
                                                 shift_tokens_right)
 from xlsr_jax.objectives import masking
@@ -36,7 +35,8 @@ FROZEN, ENCODER, HEAD = "frozen", "encoder", "head"
 
 @flax.struct.dataclass
 class FinetuneState:
-  """What a fine-tuning step changes; params and opt_state boxed with logical axis names."""
+  """What a fine-tuning step changes, as plain arrays (`_init_state` boxes them for the shardings;
+  `create_state` unboxes)."""
   step: jax.Array
   params: Any
   opt_state: Any
@@ -190,9 +190,9 @@ class Finetuner:
         params, freeze_feature_encoder=f.freeze_feature_encoder, freeze_encoder=probe)
     with jax.set_mesh(mesh), nn.logical_axis_rules(self.rules):
       self.abstract_params = abstract_params(model, num_samples)
-    labels = self._labels_fn(self.abstract_params)
-    self.optimizer, self.schedule = make_optimizer(config.optimizer, f.num_steps, labels)
-    self.frozen_optimizer, _ = make_optimizer(config.optimizer, f.num_steps, labels,
+    # Labels from the params of each call: boxed at `_init_state` (for the shardings), plain after.
+    self.optimizer, self.schedule = make_optimizer(config.optimizer, f.num_steps, self._labels_fn)
+    self.frozen_optimizer, _ = make_optimizer(config.optimizer, f.num_steps, self._labels_fn,
                                               hold_encoder=True)
     self.abstract_state, self.state_sharding = run.abstract_state(
         lambda: self._init_state({}), mesh, self.rules)
@@ -218,8 +218,8 @@ class Finetuner:
   def create_state(self, loaded: Any) -> FinetuneState:
     """The initial state on the mesh: see `_init_state`; `loaded` may be {} (all random)."""
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
-      init = jax.jit(self._init_state, out_shardings=self.state_sharding)
-      return init(jax.tree.map(jnp.asarray, loaded))
+      return run.jit_init(self._init_state, self.mesh, self.state_sharding)(
+          jax.tree.map(jnp.asarray, loaded))
 
   def _forward(self, params, batch, rng, deterministic):
     with nn.logical_axis_rules(self.rules):

@@ -30,6 +30,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from xlsr_jax.models.params import unbox
 from xlsr_jax.sharding import mesh as mesh_lib
 from xlsr_jax.training import metrics as metrics_lib
 from xlsr_jax.training import preemption
@@ -48,10 +49,17 @@ def state_shardings(abstract_state: Any, mesh: Mesh, rules: tuple) -> Any:
 
 
 def abstract_state(init_fn: Callable[[], Any], mesh: Mesh, rules: tuple) -> tuple[Any, Any]:
-  """(ShapeDtypeStructs of `init_fn()`, their NamedShardings): no memory is allocated."""
+  """(ShapeDtypeStructs of `init_fn()`, their NamedShardings): no memory is allocated. The
+  shardings are read from the boxes' logical axis names; the state is unboxed right after (as
+  `jit_init` makes it), so the steps, checkpoints and init see plain arrays."""
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    abstract = jax.eval_shape(init_fn)
-  return abstract, state_shardings(abstract, mesh, rules)
+    boxed = jax.eval_shape(init_fn)
+  return unbox(boxed), state_shardings(boxed, mesh, rules)
+
+
+def jit_init(init_fn: Callable[..., Any], mesh: Mesh, state_sharding: Any) -> "InMesh":
+  """(*args) -> `init_fn(*args)` unboxed, made on the mesh with `state_sharding`."""
+  return InMesh(jax.jit(lambda *args: unbox(init_fn(*args)), out_shardings=state_sharding), mesh)
 
 
 class InMesh:
