@@ -2,7 +2,6 @@
 import logging
 import os
 import shutil
-import signal
 
 import flax.linen as nn
 import jax
@@ -89,7 +88,7 @@ def test_round_trip_is_bit_exact(tmp_path, trainers, states):
   assert_equal_states(state, restored)
   assert jax.dtypes.issubdtype(restored.rng.dtype, jax.dtypes.prng_key)
   assert int(restored.step) == int(state.step)
-  assert isinstance(query_kernel(restored), nn.LogicallyPartitioned)  # boxes as create_state gives
+  assert isinstance(query_kernel(restored), jax.Array)  # plain arrays, as create_state gives
 
 
 @pytest.mark.parametrize("saved_on,restored_on", [((1, 1, 1), (2, 2, 2)), ((2, 2, 2), (1, 1, 1))])
@@ -100,13 +99,13 @@ def test_restore_onto_another_mesh_shape(tmp_path, trainers, states, saved_on, r
   assert data is None
   assert_equal_states(states[saved_on], restored)
   mesh = trainers[restored_on].mesh
-  q = query_kernel(restored).value
+  q = query_kernel(restored)
   assert q.sharding.mesh.shape == mesh.shape
   if restored_on == (2, 2, 2):
     assert q.sharding.spec == P(None, "fsdp", "tensor", None)
     assert q.addressable_shards[0].data.shape == (2, 32, 2, 16)
   assert len(q.sharding.device_set) == mesh.size
-  def check(sharding, subtree):  # state_sharding holds one sharding per (boxed) leaf
+  def check(sharding, subtree):  # state_sharding holds one sharding per parameter
     for leaf in jax.tree.leaves(ckpt.unbox(subtree)):
       assert leaf.sharding == sharding, (leaf.sharding, sharding)
   jax.tree.map(check, trainers[restored_on].state_sharding, restored)
@@ -200,15 +199,6 @@ def test_unfinalised_step_is_ignored_and_all_corrupt_is_an_error(tmp_path, train
 def test_empty_directory_restores_nothing(tmp_path, trainers):
   with CheckpointManager(tmp_path / "none", save_every=1, keep=1) as mngr:
     assert mngr.restore_latest(target_of(trainers[(1, 1, 1)])) is None
-
-
-def test_sigterm_marks_preemption(tmp_path):
-  before = signal.getsignal(signal.SIGTERM)
-  with CheckpointManager(tmp_path, save_every=1, keep=1) as mngr:
-    assert not mngr.reached_preemption(1)
-    os.kill(os.getpid(), signal.SIGTERM)
-    assert mngr.reached_preemption(2)
-  assert signal.getsignal(signal.SIGTERM) == before
 
 
 def test_other_model_config_is_an_error_not_a_fallback(tmp_path, states):

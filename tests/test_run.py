@@ -13,7 +13,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 from xlsr_jax.sharding import mesh as mesh_lib
-from xlsr_jax.training import run
+from xlsr_jax.training import preemption, run
 
 
 @flax.struct.dataclass
@@ -44,15 +44,17 @@ def test_init_log_cadence_save_preempt_then_restore(tmp_path):
   step = run.jit_train_step(_step, mesh, shardings, NamedSharding(mesh, PartitionSpec()))
   log = run.LogCadence(log_every=2, num_steps=5, start_step=0)
   logged = []
-  for i in range(5):
-    state, metrics = step(state, {"x": np.full((2,), i, np.float32)})
-    if (interval := log.add(i + 1, metrics)) is not None:
-      assert all(not isinstance(r["loss"], jax.Array) for r in interval.rows)  # on the host
-      logged.append((i + 1, interval.mean()["loss"]))
-    if i + 1 == 3:
-      os.kill(os.getpid(), signal.SIGTERM)  # arrives during step 3: save it, then stop
-    if run.save_or_stop(manager, i + 1, state, last=i + 1 == 5, data_state=lambda: b"position"):
-      break
+  with preemption.Watcher() as watcher:
+    for i in range(5):
+      state, metrics = step(state, {"x": np.full((2,), i, np.float32)})
+      if (interval := log.add(i + 1, metrics)) is not None:
+        assert all(not isinstance(r["loss"], jax.Array) for r in interval.rows)  # on the host
+        logged.append((i + 1, interval.mean()["loss"]))
+      if i + 1 == 3:
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives during step 3: save it, then stop
+      if run.save_or_stop(manager, watcher, i + 1, state, last=i + 1 == 5,
+                          data_state=lambda: b"position"):
+        break
   assert i + 1 == 3 and logged == [(2, 1.0)]  # losses 0 and 2 averaged at step 2
   assert manager.all_steps() == [2, 3]  # the cadence's step 2 and the preempted step 3
   run.close(manager)

@@ -7,6 +7,7 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from xlsr_jax.models.params import abstract_params
 from xlsr_jax.sharding.mesh import make_mesh
 from tests.configs import small_config
 from xlsr_jax.training.optimizer import make_optimizer
@@ -61,20 +62,22 @@ def test_sharded_step_equals_one_device(one_device_run, sharded_run):
 
 def test_parameters_and_optimizer_state_are_sharded_by_the_rules(sharded_run):
   trainer, state, _ = sharded_run
+  boxed = abstract_params(trainer.model)  # the logical names the shardings were read from
+  assert boxed["wav2vec2"]["encoder"]["layers"]["attention"]["query_kernel"].names == (
+      "layers", "embed", "heads", "kv")
   q = state.params["wav2vec2"]["encoder"]["layers"]["attention"]["query_kernel"]
-  assert q.names == ("layers", "embed", "heads", "kv")
-  assert q.value.sharding.spec == P(None, "fsdp", "tensor", None)
+  assert isinstance(q, jax.Array)  # the state is unboxed once its shardings are known
+  assert q.sharding.spec == P(None, "fsdp", "tensor", None)
   # [layers, embed, heads, kv] = [2, 64, 4, 16]: each device holds embed/2 x heads/2.
-  assert q.value.addressable_shards[0].data.shape == (2, 32, 2, 16)
+  assert q.addressable_shards[0].data.shape == (2, 32, 2, 16)
   ffn = state.params["wav2vec2"]["encoder"]["layers"]["feed_forward"]["intermediate"]["kernel"]
-  assert ffn.value.sharding.spec == P(None, "fsdp", "tensor")
-  is_box = lambda x: isinstance(x, nn.LogicallyPartitioned)
+  assert ffn.sharding.spec == P(None, "fsdp", "tensor")
   moments = [(jax.tree_util.keystr(path), leaf) for path, leaf in
-             jax.tree_util.tree_flatten_with_path(state.opt_state, is_leaf=is_box)[0]
+             jax.tree_util.tree_flatten_with_path(state.opt_state)[0]
              if "query_kernel" in jax.tree_util.keystr(path)]
   assert len(moments) == 2  # Adam's mu and nu
   for path, leaf in moments:
-    assert leaf.value.sharding.spec == P(None, "fsdp", "tensor", None), path
+    assert leaf.sharding.spec == P(None, "fsdp", "tensor", None), path
   assert state.rng.sharding.spec == P()
 
 

@@ -22,7 +22,8 @@ restored values are not finite: a WARNING naming the file, then the previous ste
 that step replaces it later). A step saved before checksums existed is damaged when Orbax reports
 a file missing or truncated; any other error restoring it is a CheckpointReadError as above. A save that fails (disk
 full, permissions) raises `CheckpointSaveError` naming the step and the cause at the next step of
-the loop (`reached_preemption`), not one save later.
+the loop (`check_for_errors`), not one save later. When to save and stop on a signal is
+`training.preemption`'s business, not this module's.
 """
 from __future__ import annotations
 
@@ -32,11 +33,8 @@ import hashlib
 import json
 import logging
 import os
-import signal
-import threading
 from typing import Any
 
-import flax.linen as nn
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -45,6 +43,7 @@ from orbax.checkpoint import checkpoint_managers
 
 from xlsr_jax.checkpoints import integrity
 from xlsr_jax.checkpoints.integrity import CheckpointCorruptError, CheckpointReadError
+from xlsr_jax.models.params import rebox, unbox  # noqa: F401  (re-exported: callers import them here)
 
 logger = logging.getLogger(__name__)
 
@@ -58,26 +57,9 @@ def _log(level: int, message: str, *args: Any) -> None:
     logger.log(level, message, *args)
 
 
-def _is_box(x: Any) -> bool:
-  return isinstance(x, nn.meta.AxisMetadata)
-
-
-def unbox(tree: Any) -> Any:
-  """Boxed (nn.LogicallyPartitioned) leaves -> their values; no sharding constraint applied."""
-  return jax.tree.map(lambda x: x.value if _is_box(x) else x, tree, is_leaf=_is_box)
-
-
-def rebox(boxed_like: Any, values: Any) -> Any:
-  """Puts `values` (unboxed, same structure) back into the boxes of `boxed_like`."""
-  return jax.tree.map(lambda b, v: b.replace_boxed(v) if _is_box(b) else v, boxed_like, values,
-                      is_leaf=_is_box)
-
-
 def restore_target(abstract_state: Any, shardings: Any) -> Any:
-  """Abstract state (boxed, from jax.eval_shape) + its shardings -> ShapeDtypeStructs on that mesh.
-
-  `shardings` is `Trainer.state_sharding` (one NamedSharding per box); boxes are kept.
-  """
+  """Abstract state (`Trainer.abstract_state`: plain ShapeDtypeStructs) + its shardings
+  (`Trainer.state_sharding`) -> ShapeDtypeStructs on that mesh."""
   def with_sharding(sharding, subtree):
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), subtree)
   return jax.tree.map(with_sharding, shardings, abstract_state)
@@ -220,7 +202,7 @@ def _outcomes(here: int) -> list[int]:
 
 
 def _split(state: Any) -> tuple[Any, dict[str, Any]]:
-  """Unboxed TrainState -> (params, every other field by name)."""
+  """TrainState -> (params, every other field by name)."""
   rest = {f.name: getattr(state, f.name) for f in dataclasses.fields(state) if f.name != "params"}
   return state.params, rest
 
@@ -230,8 +212,7 @@ class CheckpointManager:
 
   With `async_save` the arrays are copied to host before `save` returns and written in the
   background; the next save (or `wait_until_finished`) waits for the previous one. Create it after
-  `jax.distributed.initialize`: without jax.distributed it installs a SIGTERM handler that
-  `reached_preemption` reports.
+  `jax.distributed.initialize`.
   """
 
   def __init__(self, directory: str | os.PathLike, *, save_every: int, keep: int,
@@ -252,11 +233,6 @@ class CheckpointManager:
     handlers = {PARAMS: ocp.StandardCheckpointHandler(), TRAIN_STATE: ocp.StandardCheckpointHandler(),
                 DATA_STATE: ProcessBytesHandler()}
     self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
-    self._sigterm = threading.Event()
-    self._previous_handler = None
-    self._previous_sigint = None
-    if not read_only and not jax.distributed.is_initialized():
-      self._install_sigterm_handler()
 
   # Saving.
 
@@ -269,11 +245,11 @@ class CheckpointManager:
     return due and (step not in self._manager.all_steps() or step in self._damaged)
 
   def save(self, step: int, state: Any, data_state: bytes | None = None, force: bool = False) -> bool:
-    """Starts saving `state` (boxed or not) and this process's input position; False if skipped."""
+    """Starts saving `state` and this process's input position; False if skipped."""
     exists = step in self._manager.all_steps() and step not in self._damaged
     if exists or not (force or self.should_save(step)):
       return False
-    params, rest = _split(unbox(state))
+    params, rest = _split(state)
     items = {PARAMS: ocp.args.StandardSave(params), TRAIN_STATE: ocp.args.StandardSave(rest)}
     if data_state is not None:
       items[DATA_STATE] = ProcessBytesSave(data_state)
@@ -332,7 +308,7 @@ class CheckpointManager:
   def restore_latest(self, target: Any) -> tuple[Any, bytes | None] | None:
     """(state, this process's input position or None) from the newest step that restores; None if none.
 
-    `target`: the boxed abstract state with the current shardings (see `restore_target`). A
+    `target`: the abstract state with the current shardings (see `restore_target`). A
     damaged step (CheckpointCorruptError: a file missing, of another size or sha256, values not
     finite) is skipped with a WARNING naming the file; if every step is damaged,
     NoIntactCheckpointError lists them. Any other error (CheckpointReadError: permissions, I/O,
@@ -380,9 +356,8 @@ class CheckpointManager:
     return None
 
   def restore(self, step: int, target: Any) -> tuple[Any, bytes | None]:
-    """Restores one step onto the shardings of `target` (boxed abstract state)."""
-    abstract = unbox(target)
-    params, rest = _split(abstract)
+    """Restores one step onto the shardings of `target` (abstract state)."""
+    params, rest = _split(target)
     step_dir = self.directory / str(step)
     verified = self._verify(step, (PARAMS, TRAIN_STATE, DATA_STATE))
     with self._read_errors(step, verified):
@@ -392,12 +367,11 @@ class CheckpointManager:
       if has_data:
         items[DATA_STATE] = ProcessBytesRestore()
       restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-    values = abstract.replace(params=restored[PARAMS], **restored[TRAIN_STATE])
-    bad = integrity.nonfinite_leaves(values)
+    state = target.replace(params=restored[PARAMS], **restored[TRAIN_STATE])
+    bad = integrity.nonfinite_leaves(state)
     if bad:
       raise CheckpointCorruptError(f"{step_dir}: restored values are not finite (NaN/Inf) in "
                                    f"{len(bad)} array(s): {', '.join(bad[:5])}")
-    state = rebox(target, values)
     data_state = None
     if has_data:
       data = restored[DATA_STATE]
@@ -413,7 +387,7 @@ class CheckpointManager:
     return state, data_state
 
   def restore_params(self, target: Any, step: int | None = None) -> tuple[Any, int]:
-    """Only the params item of `step` (default: the newest) onto `target` (unboxed abstract params)."""
+    """Only the params item of `step` (default: the newest) onto `target` (abstract params)."""
     steps = self.all_steps()
     if not steps:
       raise FileNotFoundError(f"no finalised checkpoint under {self.directory}")
@@ -423,9 +397,9 @@ class CheckpointManager:
                               f"available steps: {steps}")
     verified = self._verify(step, (PARAMS,))
     with self._read_errors(step, verified):
-      self._check_params(step, unbox(target))
+      self._check_params(step, target)
       restored = self._manager.restore(step, args=ocp.args.Composite(
-          **{PARAMS: ocp.args.StandardRestore(unbox(target))}))
+          **{PARAMS: ocp.args.StandardRestore(target)}))
     bad = integrity.nonfinite_leaves(restored[PARAMS])
     if bad:
       raise CheckpointCorruptError(f"{self.directory / str(step) / PARAMS}: parameters are not "
@@ -478,50 +452,10 @@ class CheckpointManager:
       return  # unreadable metadata: the restore itself decides
     check_shapes(stored, params, str(self.directory / str(step) / PARAMS))
 
-  # Preemption.
-
-  def _install_sigterm_handler(self) -> None:
-    if threading.current_thread() is not threading.main_thread():
-      return  # signal handlers can only be installed from the main thread
-
-    def on_sigterm(signum, frame):
-      del signum, frame
-      self._sigterm.set()
-
-    def on_sigint(signum, frame):  # first Ctrl-C: save and stop like SIGTERM; a second one aborts
-      del signum, frame
-      if self._sigterm.is_set():
-        raise KeyboardInterrupt
-      # Set before printing: a second press arriving during the print must abort, not repeat this.
-      self._sigterm.set()
-      print("interrupted: saving a checkpoint at the end of this step, then exiting "
-            "(Ctrl-C again to abort without saving)", flush=True)
-
-    self._previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
-    self._previous_sigint = signal.signal(signal.SIGINT, on_sigint)
-
-  def reached_preemption(self, step: int) -> bool:
-    """True when the run should save and stop: jax's preemption sync point, or a SIGTERM / first
-    SIGINT received. Called once per step, it also raises CheckpointSaveError as soon as an
-    asynchronous save has failed."""
-    self.check_for_errors()
-    if jax.distributed.is_initialized():
-      from jax.experimental import multihost_utils
-      return multihost_utils.reached_preemption_sync_point(step)
-    return self._sigterm.is_set()
-
   def close(self) -> None:
-    """Waits for a pending save, then releases Orbax's threads and the SIGTERM handler."""
-    try:
-      with self._save_errors():
-        self._manager.close()
-    finally:
-      if self._previous_handler is not None:
-        signal.signal(signal.SIGTERM, self._previous_handler)
-        self._previous_handler = None
-      if self._previous_sigint is not None:
-        signal.signal(signal.SIGINT, self._previous_sigint)
-        self._previous_sigint = None
+    """Waits for a pending save, then releases Orbax's threads."""
+    with self._save_errors():
+      self._manager.close()
 
   def __enter__(self) -> "CheckpointManager":
     return self

@@ -26,6 +26,7 @@ from xlsr_jax.config_loading import ConfigError
 from xlsr_jax.downstream import scoring
 from xlsr_jax.downstream.task_setup import (TaskData, TaskError, build_task, load_init,
                                             parse_config, read_task_data)
+from xlsr_jax.training import fit
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -66,10 +67,34 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   return results
 
 
+class TrainHistory(fit.Hook):
+  """workdir/train_history.json: {"train_<name>": [(step, value), ...]} of the loss (accuracy, nll,
+  learning rate) at each log step, kept across resumes (written with every checkpoint); the
+  report draws these curves."""
+  KEYS = ("loss", "accuracy", "nll", "learning_rate")
+
+  def __init__(self, workdir: str, start_step: int):
+    self.path = os.path.join(workdir, "train_history.json")
+    self.curves: dict[str, list[tuple[int, float]]] = {}
+    if start_step and os.path.exists(self.path):
+      with open(self.path) as fh:
+        self.curves = {k: [tuple(p) for p in v] for k, v in json.load(fh).items()}
+
+  def on_log(self, done: int, interval, values: dict[str, float]) -> None:
+    for k in self.KEYS:
+      if k in values:
+        self.curves.setdefault(f"train_{k}", []).append((done, values[k]))
+
+  def on_save(self, done: int, history: list[dict]) -> None:
+    if jax.process_index() == 0:
+      with open(self.path, "w") as fh:
+        json.dump(self.curves, fh)
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, tuner, loaded_parts: dict,
           data: TaskData, labeler, label_info):
-  """Fine-tunes to finetune.num_steps on the run skeleton (training.run), resuming from workdir's
-  checkpoints: (state, loss curves, the metric writer, preempted)."""
+  """Fine-tunes to finetune.num_steps with `training.fit`, resuming from workdir's checkpoints:
+  (state, loss curves, the metric writer (open: the test split's scalars follow), preempted)."""
   from data_pipelines import device_feed
   from xlsr_jax.downstream import data as data_lib
   from xlsr_jax.training import metrics as metrics_lib
@@ -86,36 +111,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, tuner, loaded_parts: 
       normalize=d.normalize, drop_longer=tuner.task.drop_longer,
       keep_ids=tuner.task.keep_ids(label_info))
   writer = metrics_lib.MetricWriter(workdir, num_steps)
-  history_path = os.path.join(workdir, "train_history.json")
-  curves: dict[str, list[tuple[int, float]]] = {}
-  if start and os.path.exists(history_path):
-    with open(history_path) as fh:
-      curves = {k: [tuple(p) for p in v] for k, v in json.load(fh).items()}
-
-  def save_curves():
-    if jax.process_index() == 0:
-      with open(history_path, "w") as fh:
-        json.dump(curves, fh)
-
-  log = run_lib.LogCadence(config.train.log_every, num_steps, start)
-  preempted = False
-  for step in range(start, num_steps):
-    batch = device_feed.global_batch(device_feed.process_rows(next(train_iter)), tuner.mesh,
-                                     tuner.batch_sharding.spec)
-    state, step_metrics = tuner.step(state, batch)
-    done = step + 1
-    if (interval := log.add(done, step_metrics)) is not None:
-      values = dict(interval.mean(), steps_per_second=interval.steps_per_second)
-      writer.write(done, values)
-      for k in ("loss", "accuracy", "nll", "learning_rate"):
-        if k in values:
-          curves.setdefault(f"train_{k}", []).append((done, values[k]))
-    preempted = run_lib.save_or_stop(manager, done, state, last=done == num_steps,
-                                     on_save=save_curves)
-    if preempted:
-      break
-  run_lib.close(manager)
-  return state, curves, writer, preempted
+  history = TrainHistory(workdir, start)
+  fitted = fit.fit(tuner, state, map(device_feed.process_rows, train_iter), manager, writer,
+                   num_steps=num_steps, log_every=config.train.log_every, hooks=[history])
+  return fitted.state, history.curves, writer, fitted.preempted
 
 
 def main(argv: list[str] | None = None) -> int:

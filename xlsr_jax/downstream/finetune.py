@@ -19,10 +19,9 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
-from xlsr_jax.checkpoints.manager import rebox, unbox
 from xlsr_jax.checkpoints.merge import merge
 from xlsr_jax.models.feature_encoder import frame_lengths
-from xlsr_jax.models.params import abstract_params, init_params
+from xlsr_jax.models.params import abstract_params, init_params, rebox, unbox
 from xlsr_jax.objectives import masking
 from xlsr_jax.sharding import mesh as mesh_lib
 from xlsr_jax.training import run
@@ -32,7 +31,8 @@ FROZEN, ENCODER, HEAD = "frozen", "encoder", "head"
 
 @flax.struct.dataclass
 class FinetuneState:
-  """What a fine-tuning step changes; params and opt_state boxed with logical axis names."""
+  """What a fine-tuning step changes, as plain arrays (`_init_state` boxes them for the shardings;
+  `create_state` unboxes)."""
   step: jax.Array
   params: Any
   opt_state: Any
@@ -132,7 +132,8 @@ def sample_masks(rng: jax.Array, padding_mask: jax.Array, model_config, num_fram
 
 
 class Finetuner:
-  """Jitted, sharded init / train / eval for one downstream model on one mesh.
+  """Jitted, sharded init / train / eval for one downstream model on one mesh; a `fit.StepOwner`,
+  trained by `training.fit`.
 
   `model` is the model `task` (a tasks.Task) built; the task gives the loss, the forward's extra
   inputs and the eval step (a speech-translation one decodes). `create_state` takes a partial
@@ -154,13 +155,14 @@ class Finetuner:
         params, freeze_feature_encoder=f.freeze_feature_encoder, freeze_encoder=probe)
     with jax.set_mesh(mesh), nn.logical_axis_rules(self.rules):
       self.abstract_params = abstract_params(model, num_samples)
-    labels = self._labels_fn(self.abstract_params)
-    self.optimizer, self.schedule = make_optimizer(config.optimizer, f.num_steps, labels)
-    self.frozen_optimizer, _ = make_optimizer(config.optimizer, f.num_steps, labels,
+    # Labels from the params of each call: boxed at `_init_state` (for the shardings), plain after.
+    self.optimizer, self.schedule = make_optimizer(config.optimizer, f.num_steps, self._labels_fn)
+    self.frozen_optimizer, _ = make_optimizer(config.optimizer, f.num_steps, self._labels_fn,
                                               hold_encoder=True)
     self.abstract_state, self.state_sharding = run.abstract_state(
         lambda: self._init_state({}), mesh, self.rules)
     self.batch_sharding = mesh_lib.batch_sharding(mesh, self.rules)
+    self.batch_spec = self.batch_sharding.spec  # how a global batch's rows split (fit.StepOwner)
     # (state, batch) -> (state, metrics), and (state, batch) -> outputs: jitted, called under mesh.
     self.step = run.jit_train_step(self._train_step, mesh, self.state_sharding,
                                    self.batch_sharding)
@@ -181,8 +183,8 @@ class Finetuner:
   def create_state(self, loaded: Any) -> FinetuneState:
     """The initial state on the mesh: see `_init_state`; `loaded` may be {} (all random)."""
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
-      init = jax.jit(self._init_state, out_shardings=self.state_sharding)
-      return init(jax.tree.map(jnp.asarray, loaded))
+      return run.jit_init(self._init_state, self.mesh, self.state_sharding)(
+          jax.tree.map(jnp.asarray, loaded))
 
   def forward(self, params, batch, rng, deterministic):
     """The model's outputs on a batch (time / channel masks, dropout and layerdrop drawn from

@@ -32,6 +32,22 @@ def init_params(model: nn.Module, key: jax.Array, num_samples: int = INIT_SAMPLE
   return model.init({"params": key}, waveform, *args)["params"]
 
 
+def _is_box(x: Any) -> bool:
+  return isinstance(x, nn.meta.AxisMetadata)
+
+
+def unbox(tree: Any) -> Any:
+  """Boxed (nn.LogicallyPartitioned) leaves -> their values; no sharding constraint applied. A
+  train state is unboxed once, after its shardings were read from the boxes (`training.run`)."""
+  return jax.tree.map(lambda x: x.value if _is_box(x) else x, tree, is_leaf=_is_box)
+
+
+def rebox(boxed_like: Any, values: Any) -> Any:
+  """Puts `values` (unboxed, same structure) back into the boxes of `boxed_like`."""
+  return jax.tree.map(lambda b, v: b.replace_boxed(v) if _is_box(b) else v, boxed_like, values,
+                      is_leaf=_is_box)
+
+
 def host_sharding() -> jax.sharding.Sharding:
   """One host (CPU) device: where a restore target lives that reads parameters without the mesh
   (export, conversion); the first accelerator when JAX_PLATFORMS leaves the host backend out."""

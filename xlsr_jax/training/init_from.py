@@ -22,7 +22,6 @@ import ml_collections
 import numpy as np
 
 from xlsr_jax.checkpoints import sources
-from xlsr_jax.checkpoints.manager import rebox, unbox
 from xlsr_jax.checkpoints.merge import merge
 from xlsr_jax.config_loading import ConfigError
 from xlsr_jax.models.config import Wav2Vec2Config
@@ -79,7 +78,7 @@ def load_checked(path: str, abstract_params: dict, model_config: Wav2Vec2Config,
 
 def place(values: dict, abstract_params: dict, state: ts.TrainState, shardings: ts.TrainState
           ) -> ts.TrainState:
-  """`state` (fresh, boxed) with every loaded value of `values` cast to the parameter's dtype and
+  """`state` (fresh) with every loaded value of `values` cast to the parameter's dtype and
   placed with its sharding (`shardings`: `Trainer.state_sharding`); excluded ones stay fresh."""
   def put(value, abstract, fresh, sharding):
     if value is abstract:
@@ -87,8 +86,8 @@ def place(values: dict, abstract_params: dict, state: ts.TrainState, shardings: 
     host = np.asarray(value, fresh.dtype)  # bf16 / fp16 checkpoints cast to the param dtype
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
-  placed = jax.tree.map(put, values, abstract_params, unbox(state.params), unbox(shardings.params))
-  return state.replace(params=rebox(state.params, placed))
+  placed = jax.tree.map(put, values, abstract_params, state.params, shardings.params)
+  return state.replace(params=placed)
 
 
 def initial_state(trainer, config: ml_collections.ConfigDict) -> ts.TrainState:
@@ -97,7 +96,7 @@ def initial_state(trainer, config: ml_collections.ConfigDict) -> ts.TrainState:
   if not path:
     logging.info("initialised a new state")
     return trainer.create_state()
-  abstract = unbox(trainer.abstract_state.params)
+  abstract = trainer.abstract_state.params
   values, counts = load_checked(path, abstract, trainer.model.config, list(config.train.init_exclude),
                                 trainer.objective.fresh_heads)
   state = place(values, abstract, trainer.create_state(), trainer.state_sharding)

@@ -18,6 +18,8 @@ import ml_collections
 import numpy as np
 
 from data_pipelines import input_pipeline
+from xlsr_jax.training import fit
+from xlsr_jax.training import metrics as metrics_lib
 
 PREFIX = "eval_language"
 METRICS = ("contrastive_loss", "accuracy", "code_perplexity")
@@ -69,6 +71,29 @@ def console_line(step: int, flat: dict[str, float]) -> str:
   cells = [f"{lang} {flat[f'{lang}/contrastive_loss']:.3f} (acc {flat[f'{lang}/accuracy']:.2f})"
            for lang in languages]
   return f"eval per language step {step} (contrastive loss, accuracy): " + ", ".join(cells)
+
+
+class LanguageEvaluation(fit.Hook):
+  """`fit`'s per-language validation every `every` steps: `evaluate(state)` -> {language: metrics}
+  to TensorBoard and the history (eval_language/<language>/<metric>) and one console line; at the
+  end `write_report` into `workdir`."""
+
+  def __init__(self, every: int, evaluate: Callable[[Any], dict[str, dict[str, float]]],
+               workdir: str):
+    self.every, self.evaluate, self.workdir = every, evaluate, workdir
+
+  def on_eval(self, done: int, state: Any, writer: metrics_lib.MetricWriter) -> list[dict]:
+    per_language = flatten(self.evaluate(state))
+    writer.write(done, per_language, prefix=PREFIX, console=False)
+    if jax.process_index() == 0:
+      print(console_line(done, per_language), flush=True)
+    return [dict(step=done, **{f"{PREFIX}/{k}": v for k, v in per_language.items()})]
+
+  def on_end(self, state: Any, history: list[dict]) -> None:
+    if jax.process_index() == 0:
+      plot = write_report(self.workdir, history)
+      if plot:
+        print(f"per-language validation: {plot}", flush=True)
 
 
 def collect(history: list[dict[str, Any]]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import numpy as np
 from data_pipelines import device_feed, input_pipeline
 from xlsr_jax.config_loading import ConfigError, model_config_from
 from xlsr_jax.training import metrics as metrics_lib
-from xlsr_jax.training import init_from, language_metrics, metrics_file, run
+from xlsr_jax.training import fit, init_from, language_metrics, metrics_file, run
 from xlsr_jax.training.batch_size import (batch_multiple, bucket_spec, global_batch,
                                            largest_crop)
 from xlsr_jax.training.state import build_trainer
@@ -159,62 +159,55 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   run.write_config(workdir, config)
 
   writer = metrics_lib.MetricWriter(workdir, num_steps)
-  accounting = StepAccounting(trainer.objective, device_peak_flops(config), jax.device_count(),
-                              jax.process_count())
-  start_step = int(state.step)
-  log = run.LogCadence(config.train.log_every, num_steps, start_step)
-  history, last_metrics = [], {}
-  real_seconds_seen = 0.0  # this segment's real audio (a resumed run counts from its restart)
   eval_cache: list = []  # the validation batches, read once (the same batches at every eval)
   language_cache: dict = {}  # the same for each language alone (train.eval_language_batches)
-
-  def save_history():
-    if jax.process_index() == 0:
-      metrics_file.write(workdir, start_step, history)
-
-  for step in range(start_step, num_steps):
-    local = next(train_iter)
-    batch = device_feed.global_batch(_feed(local), mesh, trainer.batch_sharding["waveform"].spec)
-    state, step_metrics = trainer.step(state, batch)
-    accounting.add(local["lengths"], local["waveform"].shape[1])
-    done = step + 1
-    if (interval := log.add(done, step_metrics)) is not None:
-      values = interval_values(interval, accounting, done, config.data.batch_seconds)
-      real_seconds_seen += values["real_audio_seconds_per_step"] * len(interval.rows)
-      values["real_hours_seen_this_run"] = real_seconds_seen / 3600
-      writer.write(done, values)
-      history.append(dict(step=done, **values))
-      last_metrics = values
-      if values.get("stop_nonfinite", 0) > 0:
-        manager.wait_until_finished()
-        raise FloatingPointError(
-            f"{config.train.max_nonfinite_steps} consecutive steps had a NaN/Inf loss or gradient "
-            f"at step {done} (total skipped {int(values['total_nonfinite'])}); the last good "
-            f"checkpoint is in {manager.directory}")
-    if config.train.eval_every and (done % config.train.eval_every == 0 or done == num_steps):
-      eval_metrics = evaluate(trainer, state, config, mesh, eval_cache)
-      writer.write(done, eval_metrics, prefix="eval")
-      history.append(dict(step=done, **{f"eval_{k}": v for k, v in eval_metrics.items()}))
-      if config.train.eval_language_batches:
-        per_language = language_metrics.flatten(evaluate_languages(trainer, state, config, mesh,
-                                                                   language_cache))
-        writer.write(done, per_language, prefix=language_metrics.PREFIX, console=False)
-        if jax.process_index() == 0:
-          print(language_metrics.console_line(done, per_language), flush=True)
-        history.append(dict(step=done, **{f"{language_metrics.PREFIX}/{k}": v
-                                          for k, v in per_language.items()}))
-    if run.save_or_stop(manager, done, state, last=done == num_steps,
-                        data_state=train_iter.get_state, on_save=save_history):
-      break
-  run.close(manager)
+  hooks = [PretrainingLog(trainer.objective, config, manager.directory),
+           metrics_file.History(workdir, int(state.step))]
+  if config.train.eval_every:
+    hooks.append(fit.Evaluation(config.train.eval_every,
+                                lambda s: evaluate(trainer, s, config, mesh, eval_cache)))
+  if config.train.eval_language_batches:
+    hooks.append(language_metrics.LanguageEvaluation(
+        config.train.eval_every,
+        lambda s: evaluate_languages(trainer, s, config, mesh, language_cache), workdir))
+  fitted = fit.fit(trainer, state, map(_feed, train_iter), manager, writer, num_steps=num_steps,
+                   log_every=config.train.log_every, hooks=hooks, data_state=train_iter.get_state)
   writer.close()
-  save_history()
-  if jax.process_index() == 0:
-    plot = language_metrics.write_report(workdir, history)
-    if plot:
-      print(f"per-language validation: {plot}", flush=True)
-  return {"state": state, "history": history, "last": last_metrics, "workdir": workdir,
-          "tensorboard": writer.log_dir, "trained": True}
+  return {"state": fitted.state, "history": fitted.history, "last": fitted.last,
+          "workdir": workdir, "tensorboard": writer.log_dir, "trained": True}
+
+
+class PretrainingLog(fit.Hook):
+  """What a pretraining log step adds to the interval's means: skipped steps summed, the real-audio,
+  FLOPs / MFU and bucket accounting of the batches (StepAccounting), audio hours seen; ends the run
+  (FloatingPointError) when train.max_nonfinite_steps consecutive steps were not finite."""
+
+  def __init__(self, objective, config: ml_collections.ConfigDict, checkpoint_dir):
+    self.accounting = StepAccounting(objective, device_peak_flops(config), jax.device_count(),
+                                     jax.process_count())
+    self.batch_seconds = config.data.batch_seconds
+    self.max_nonfinite_steps, self.checkpoint_dir = config.train.max_nonfinite_steps, checkpoint_dir
+    self.real_seconds_seen = 0.0  # this segment's real audio (a resumed run counts from its restart)
+
+  def on_step(self, done: int, rows: dict[str, np.ndarray]) -> None:
+    self.accounting.add(rows["lengths"], rows["waveform"].shape[1])
+
+  def on_log(self, done: int, interval: run.Interval, values: dict[str, float]
+             ) -> Exception | None:
+    values["skipped_nonfinite"] = float(sum(m["skipped_nonfinite"] for m in interval.rows))
+    values["real_frames_per_step"] = values.pop("real_frames")
+    values.update(self.accounting.flush(interval.seconds))
+    # Process CPU (all threads: step, input pipeline, logging), e.g. real audio per CPU second on CPU.
+    values["cpu_seconds_per_step"] = interval.cpu_seconds / max(len(interval.rows), 1)
+    values["hours_seen"] = done * self.batch_seconds / 3600  # nominal: steps x batch_seconds
+    self.real_seconds_seen += values["real_audio_seconds_per_step"] * len(interval.rows)
+    values["real_hours_seen_this_run"] = self.real_seconds_seen / 3600
+    if values.get("stop_nonfinite", 0) > 0:
+      return FloatingPointError(
+          f"{self.max_nonfinite_steps} consecutive steps had a NaN/Inf loss or gradient at step "
+          f"{done} (total skipped {int(values['total_nonfinite'])}); the last good checkpoint is "
+          f"in {self.checkpoint_dir}")
+    return None
 
 
 def check_num_steps(start: int, num_steps: int, workdir: str) -> None:
@@ -276,20 +269,6 @@ def data_multiple(config: ml_collections.ConfigDict, mesh) -> int:
   return multiple
 
 
-def interval_values(interval: run.Interval, accounting: StepAccounting, done: int,
-                    batch_seconds: float) -> dict[str, float]:
-  """The logged values of one interval: step metrics averaged (skipped steps summed), with the
-  real-audio accounting, MFU and speed."""
-  values = interval.mean()
-  values["skipped_nonfinite"] = float(sum(m["skipped_nonfinite"] for m in interval.rows))
-  values["real_frames_per_step"] = values.pop("real_frames")
-  values.update(accounting.flush(interval.seconds), steps_per_second=interval.steps_per_second)
-  # Process CPU (all threads: step, input pipeline, logging), e.g. real audio per CPU second on CPU.
-  values["cpu_seconds_per_step"] = interval.cpu_seconds / max(len(interval.rows), 1)
-  values["hours_seen"] = done * batch_seconds / 3600  # nominal: steps x batch_seconds
-  return values
-
-
 def report_buckets(pipeline: input_pipeline.PipelineConfig) -> dict[str, Any]:
   """Logs the bucket plan (rows, step shares, utterances dropped as too short) and returns it (the
   run writes it to workdir/bucket_plan.json once the resume checks passed), so nothing is dropped
@@ -342,7 +321,7 @@ def _mean_eval(trainer, state, mesh, batches: list) -> dict[str, float]:
   """Mean of the eval step's metrics over host batches (batch i scored with key 1000 + i)."""
   totals: dict[str, list[float]] = {}
   for i, local in enumerate(batches):
-    batch = device_feed.global_batch(local, mesh, trainer.batch_sharding["waveform"].spec)
+    batch = device_feed.global_batch(local, mesh, trainer.batch_spec)
     out = trainer.evaluate(state, batch, jax.random.key(1000 + i))
     for k, v in jax.device_get(out).items():
       totals.setdefault(k, []).append(float(v))

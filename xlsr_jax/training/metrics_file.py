@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Sequence
+from typing import Any, Sequence
+
+import jax
+
+from xlsr_jax.training import fit
 
 FILENAME = "history.json"
 LEGACY_FILENAME = "metrics.json"  # what runs before this name wrote; read when history.json is absent
@@ -39,3 +43,18 @@ def write(workdir: str, start_step: int, segment: Sequence[dict]) -> None:
   with open(tmp, "w") as f:
     json.dump(kept + list(segment), f, indent=1)
   os.replace(tmp, path)
+
+
+class History(fit.Hook):
+  """`fit`'s history as metrics.json (process 0), at every checkpoint and at the end; the run
+  resumed at `start_step`."""
+
+  def __init__(self, workdir: str, start_step: int):
+    self.workdir, self.start_step = workdir, start_step
+
+  def on_save(self, done: int, history: list[dict]) -> None:
+    if jax.process_index() == 0:
+      write(self.workdir, self.start_step, history)
+
+  def on_end(self, state: Any, history: list[dict]) -> None:
+    self.on_save(int(state.step), history)

@@ -1,9 +1,7 @@
 """What every run does, pretraining (`training.loop`) and downstream fine-tuning
 (`downstream.evaluate`) alike: the mesh from the config, the state's shapes and shardings from its
 init function, jitted steps called under the mesh, restore or init, the logging cadence, and the
-checkpoint / preemption check after each step.
-
-A run reads top to bottom with these:
+checkpoint / preemption check after each step. `training.fit` is the loop made of these:
 
   mesh = run.make_mesh(config)
   abstract, shardings = run.abstract_state(init_fn, mesh, rules)       # shapes only
@@ -11,10 +9,11 @@ A run reads top to bottom with these:
   manager = run.open_checkpoints(workdir, config.train)
   state, data_state = run.restore_or_init(manager, abstract, shardings, create)
   log = run.LogCadence(config.train.log_every, num_steps, start_step)
-  for step in ...:
-    state, metrics = train(state, batch)
-    if (interval := log.add(step + 1, metrics)) is not None: ...        # one device_get
-    if run.save_or_stop(manager, step + 1, state, last=...): break      # preempted
+  with preemption.Watcher() as watcher:                                 # SIGTERM, Ctrl-C
+    for step in ...:
+      state, metrics = train(state, batch)
+      if (interval := log.add(step + 1, metrics)) is not None: ...      # one device_get
+      if run.save_or_stop(manager, watcher, step + 1, state, last=...): break  # preempted
   run.close(manager)
 """
 from __future__ import annotations
@@ -31,8 +30,10 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from xlsr_jax.models.params import unbox
 from xlsr_jax.sharding import mesh as mesh_lib
 from xlsr_jax.training import metrics as metrics_lib
+from xlsr_jax.training import preemption
 
 
 def make_mesh(config: ml_collections.ConfigDict) -> Mesh:
@@ -48,10 +49,17 @@ def state_shardings(abstract_state: Any, mesh: Mesh, rules: tuple) -> Any:
 
 
 def abstract_state(init_fn: Callable[[], Any], mesh: Mesh, rules: tuple) -> tuple[Any, Any]:
-  """(ShapeDtypeStructs of `init_fn()`, their NamedShardings): no memory is allocated."""
+  """(ShapeDtypeStructs of `init_fn()`, their NamedShardings): no memory is allocated. The
+  shardings are read from the boxes' logical axis names; the state is unboxed right after (as
+  `jit_init` makes it), so the steps, checkpoints and init see plain arrays."""
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    abstract = jax.eval_shape(init_fn)
-  return abstract, state_shardings(abstract, mesh, rules)
+    boxed = jax.eval_shape(init_fn)
+  return unbox(boxed), state_shardings(boxed, mesh, rules)
+
+
+def jit_init(init_fn: Callable[..., Any], mesh: Mesh, state_sharding: Any) -> "InMesh":
+  """(*args) -> `init_fn(*args)` unboxed, made on the mesh with `state_sharding`."""
+  return InMesh(jax.jit(lambda *args: unbox(init_fn(*args)), out_shardings=state_sharding), mesh)
 
 
 class InMesh:
@@ -84,8 +92,7 @@ def jit_eval_step(eval_fn: Callable, mesh: Mesh, state_sharding: Any, batch_shar
 
 
 def open_checkpoints(workdir: str, train: ml_collections.ConfigDict):
-  """The run's CheckpointManager in workdir/checkpoints (train.checkpoint_every, keep_checkpoints);
-  it also catches SIGTERM / a first Ctrl-C for `save_or_stop`."""
+  """The run's CheckpointManager in workdir/checkpoints (train.checkpoint_every, keep_checkpoints)."""
   from xlsr_jax.checkpoints.manager import CheckpointManager
   return CheckpointManager(os.path.join(workdir, "checkpoints"), save_every=train.checkpoint_every,
                            keep=train.keep_checkpoints)
@@ -95,8 +102,7 @@ def restore_or_init(manager, abstract: Any, shardings: Any, create: Callable[[],
                     resumed_note: str = "") -> tuple[Any, bytes | None]:
   """(state, this process's saved input position or None): the newest good checkpoint, or
   `create()` when there is none. A refused resume or init (mismatch, damage, a bad init source)
-  closes the manager, so the error leaves no Orbax threads or signal handlers behind, and
-  re-raises. `resumed_note` ends the "resumed from" line."""
+  closes the manager, so the error leaves no Orbax threads behind, and re-raises. `resumed_note` ends the "resumed from" line."""
   from xlsr_jax.checkpoints.manager import restore_target
   try:
     restored = manager.restore_latest(restore_target(abstract, shardings))
@@ -230,13 +236,15 @@ class LogCadence:
     return Interval(rows, *self.throughput.update(done))
 
 
-def save_or_stop(manager, done: int, state: Any, *, last: bool,
+def save_or_stop(manager, watcher: preemption.Watcher, done: int, state: Any, *, last: bool,
                  data_state: Callable[[], bytes] | None = None,
                  on_save: Callable[[], None] | None = None) -> bool:
   """After step `done`: saves on the checkpoint cadence, at the last step or when preempted
-  (SIGTERM, a first Ctrl-C, jax's preemption sync point), then calls `on_save`. True when
-  preempted: the checkpoint is written and the run must stop."""
-  preempted = manager.reached_preemption(done)  # a sync point under jax.distributed: every step
+  (`watcher`: SIGTERM, a first Ctrl-C, jax's preemption sync point), then calls `on_save`. True
+  when preempted: the checkpoint is written and the run must stop. A failed asynchronous save
+  raises CheckpointSaveError here, at the step after it failed."""
+  manager.check_for_errors()
+  preempted = watcher.reached(done)  # a sync point under jax.distributed: every step
   if manager.should_save(done, last=last) or preempted:
     manager.save(done, state, None if data_state is None else data_state(),
                  force=last or preempted)

@@ -19,7 +19,8 @@ from xlsr_jax.training.run import state_shardings  # noqa: F401  (plan.py reads 
 
 def init_state(model: nn.Module, optimizer: optax.GradientTransformation,
                shapes: ts.StepShapes, seed: int) -> ts.TrainState:
-  """Fresh parameters (boxed with logical names) and optimizer state; pure, for jit/eval_shape."""
+  """Fresh parameters and optimizer state, boxed with logical names (`run.abstract_state` reads the
+  shardings from them, `run.jit_init` unboxes); pure, for jit/eval_shape."""
   param_key, rng = jax.random.split(jax.random.key(seed))
   params = init_params(model, param_key, shapes.num_samples)
   zero = jnp.zeros((), jnp.int32)
@@ -33,7 +34,8 @@ def batch_shardings(mesh: Mesh, rules: tuple) -> dict[str, NamedSharding]:
 
 
 class Trainer:
-  """Holds the jitted init / train / eval functions for one config on one mesh (`training.run`)."""
+  """Holds the jitted init / train / eval functions for one config on one mesh (`training.run`);
+  a `fit.StepOwner`, trained by `training.fit`."""
 
   def __init__(self, objective: Objective, config: ml_collections.ConfigDict, mesh: Mesh,
                rules: tuple, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
@@ -45,7 +47,8 @@ class Trainer:
     init_fn = lambda: init_state(model, optimizer, shapes, seed)
     self.abstract_state, self.state_sharding = run.abstract_state(init_fn, mesh, rules)
     self.batch_sharding = batch_shardings(mesh, rules)
-    self.create_state = run.InMesh(jax.jit(init_fn, out_shardings=self.state_sharding), mesh)
+    self.batch_spec = self.batch_sharding["waveform"].spec  # how a global batch's rows split
+    self.create_state = run.jit_init(init_fn, mesh, self.state_sharding)
     self.step = run.jit_train_step(
         ts.make_train_step(model, objective, optimizer, schedule, config, rules),
         mesh, self.state_sharding, self.batch_sharding)

@@ -25,7 +25,8 @@ from xlsr_jax.objectives.base import Batch, Objective, StepShapes  # noqa: F401 
 
 @flax.struct.dataclass
 class TrainState:
-  """Everything a step changes; params and opt_state are boxed with logical axis names."""
+  """Everything a step changes, as plain arrays (the logical axis names were read once, for the
+  shardings)."""
   step: jax.Array
   params: Any
   opt_state: Any

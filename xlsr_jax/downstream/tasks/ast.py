@@ -13,7 +13,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from data_pipelines.features import language_split_name
-from xlsr_jax.checkpoints.manager import unbox
 from xlsr_jax.downstream import ctc
 from xlsr_jax.downstream.task_setup import TaskError
 from xlsr_jax.downstream.tasks.asr import check_finetune_mode
@@ -63,7 +62,7 @@ class TranslationTask(Task):
   def eval_step(self, tuner, state, batch):
     """{"tokens": int32 [batch, max_decode_length]}: beam search (greedy at beam_width 0)."""
     t, cfg = tuner.config.translation, tuner.model.config
-    params = unbox(state.params)
+    params = state.params
     with nn.logical_axis_rules(tuner.rules):
       states, valid = tuner.model.apply({"params": params}, batch["waveform"],
                                         batch["padding_mask"], method=SpeechToText.encode)
