@@ -71,7 +71,7 @@ def masked_shares(lengths: np.ndarray, crop: int, same: bool, seed: int) -> np.n
 def step_config(preset: str):
   """The default pretraining config at `preset`, 100 negatives, no dropout: the step the model times
   (and the end-to-end runs of benchmarks.batching_e2e train)."""
-  from xlsr_jax.training.defaults import get_default_config
+  from xlsr_jax.training.config_defaults import get_default_config
   config = get_default_config()
   config.model.preset = preset
   config.objective.num_negatives = 100

@@ -49,7 +49,7 @@ def _one(corpus: str, mode: str, size: str, manual_dir: str, data_dir: str) -> N
   config = tfds.download.DownloadConfig(manual_dir=manual_dir or None, beam_options=options,
                                         compute_stats=tfds.download.ComputeStatsMode.SKIP)
   if corpus == "synthetic_speech":
-    from data_pipelines.synthetic_speech.builder import SyntheticSpeech, SyntheticSpeechConfig
+    from data_pipelines.synthetic_speech import SyntheticSpeech, SyntheticSpeechConfig
     builder = SyntheticSpeech(config=SyntheticSpeechConfig(
         name="bench", languages=("en", "de", "fr", "es"), head_minutes=float(size), zipf_exponent=0.0,
         speakers_per_language=2, min_utterances_per_speaker=1), data_dir=data_dir)

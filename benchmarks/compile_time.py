@@ -42,7 +42,7 @@ def compile_one(name: str, batch: int, samples: int) -> dict:
   from xlsr_jax.training import capacity
   from xlsr_jax.config_loading import load_config_file
   from xlsr_jax.sharding.mesh import make_mesh
-  from xlsr_jax.training.defaults import get_default_config
+  from xlsr_jax.training.config_defaults import get_default_config
   from xlsr_jax.training.state import build_trainer
   import_s = time.perf_counter() - start
   preset, _, layers = name.partition("@")

@@ -133,7 +133,7 @@ def make_config(preset: str, dtype: str, remat: str | None = None):
   `remat` (None: the experiment's policy, "none" without an experiment)."""
   from benchmarks.common import DROPOUT_FIELDS
   from xlsr_jax.config_loading import load_config_file
-  from xlsr_jax.training.defaults import get_default_config
+  from xlsr_jax.training.config_defaults import get_default_config
   experiment = os.path.join(ROOT, "experiments", f"{preset}.py")
   if os.path.exists(experiment):
     config = load_config_file(experiment)

@@ -50,7 +50,7 @@ def time_preset(preset: str, crops: list[float], steps: int) -> list[dict]:
   import numpy as np
   from xlsr_jax.sharding.mesh import make_mesh
   from xlsr_jax.training import flops
-  from xlsr_jax.training.defaults import get_default_config
+  from xlsr_jax.training.config_defaults import get_default_config
   from xlsr_jax.training.state import build_trainer
   out = []
   for seconds in crops:

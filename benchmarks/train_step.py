@@ -122,7 +122,7 @@ def ours_worker() -> None:
   from xlsr_jax.sharding.mesh import make_mesh
   from xlsr_jax.objectives import wav2vec2 as w2v
   from xlsr_jax.training import flops, train_step as ts
-  from xlsr_jax.training.defaults import get_default_config
+  from xlsr_jax.training.config_defaults import get_default_config
   from xlsr_jax.training.state import build_trainer
   run = {}
 

@@ -63,7 +63,7 @@ def _overrides(values: dict[str, Any]) -> list[str]:
 def load_variant_config(variant: str, data_dir: str):
   """experiments/transfer.py with the variant's overrides, validated as main does."""
   from xlsr_jax.config_loading import load_validated
-  from xlsr_jax.training.defaults import get_default_config
+  from xlsr_jax.training.config_defaults import get_default_config
   pairs = [(k, str(v)) for k, v in dict(VARIANTS[variant], **{"data.data_dir": data_dir}).items()]
   return load_validated(CONFIG, pairs, get_default_config(), "--config")
 

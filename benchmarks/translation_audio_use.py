@@ -68,7 +68,7 @@ def main(argv) -> None:
   del argv
   import tensorflow_datasets as tfds
   if _CORPUS.value.partition("/")[0] == "synthetic_speech":
-    from data_pipelines.synthetic_speech.builder import corpus_builder
+    from data_pipelines.synthetic_speech import corpus_builder
     builder = corpus_builder(_CORPUS.value, _DATA_DIR.value)
   else:
     builder = tfds.builder(_CORPUS.value, data_dir=_DATA_DIR.value)

@@ -3,7 +3,7 @@
 A few minutes on 2 CPU cores: builds the corpus if missing, pretrains, checkpoints and exports.
   python -m xlsr_jax.main --config=experiments/demo.py --workdir=/tmp/xlsr_demo
 """
-from xlsr_jax.training.defaults import get_default_config
+from xlsr_jax.training.config_defaults import get_default_config
 
 
 def get_config():

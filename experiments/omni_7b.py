@@ -6,7 +6,7 @@ new audio. Values marked (fairseq2) are read from fairseq2's `large_lv60k` arch 
 omnilingual_asr/models/wav2vec2_ssl/config.py, from which the 7B arch derives; (unconfirmed) are
 our choices for a continued run and are kept here so they can be changed.
 """
-from xlsr_jax.training.defaults import get_default_config
+from xlsr_jax.training.config_defaults import get_default_config
 
 
 def get_config():

@@ -3,7 +3,7 @@
 Values marked (fairseq) are read from fairseq's wav2vec2 large configs; (paper) from the XLS-R
 paper; (unconfirmed) are our best reading and are kept here so they can be changed.
 """
-from xlsr_jax.training.defaults import get_default_config
+from xlsr_jax.training.config_defaults import get_default_config
 
 
 def get_config():

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from xlsr_jax.training.defaults import get_default_config
+from xlsr_jax.training.config_defaults import get_default_config
 
 
 def small_config(**train) -> ml_collections.ConfigDict:

@@ -58,7 +58,7 @@ def synthetic_tiny_dir(tmp_path_factory) -> str:
   with _build_once(path) as build:
     if build:
       import tensorflow_datasets as tfds
-      from data_pipelines.synthetic_speech.builder import SyntheticSpeech
+      from data_pipelines.synthetic_speech import SyntheticSpeech
       tfds.disable_progress_bar()
       SyntheticSpeech(config="tiny", data_dir=str(path)).download_and_prepare()
   return str(path)

@@ -29,7 +29,7 @@ def test_measured_rate_leaves_out_the_first_step_of_each_shape():
 
 def test_run_config_selects_the_two_batchings(tmp_path):
   from xlsr_jax.config_loading import model_config_from
-  from xlsr_jax.training import validation
+  from xlsr_jax.training import config_checks
   # 4 s and up: 100 negatives need more frames than a 2 s bucket's 99 (validation's rule; the
   # benchmark's runs go through the loop's Python API, as benchmarks.batching's model times them).
   kw = dict(batch_seconds=64.0, bucket_seconds=[4.0, 8.0], crop_samples=320_000, min_samples=32_000)
@@ -39,7 +39,7 @@ def test_run_config_selects_the_two_batchings(tmp_path):
   assert crop.data.bucket_seconds == [4.0, 8.0] and not crop.objective.require_same_masks
   for c in (old, crop):
     assert c.train.log_every == 1 and c.train.eval_every == 0 and c.model.hidden_dropout == 0.0
-    validation.validate(c, model_config_from(c))
+    config_checks.validate(c, model_config_from(c))
   with pytest.raises(ValueError, match="batching_mode"):
     batching_e2e.run_config("tiny", str(tmp_path), "x", "pad", 5, **kw)
 

@@ -32,7 +32,7 @@ from data_pipelines.corpora import __main__ as cli  # noqa: E402
 from data_pipelines.corpora import base  # noqa: E402
 from data_pipelines.corpora.covost2 import TranslatedUtterance  # noqa: E402
 from data_pipelines.sources import read_split  # noqa: E402
-from data_pipelines.synthetic_speech.builder import SyntheticSpeech, SyntheticSpeechConfig  # noqa: E402
+from data_pipelines.synthetic_speech import SyntheticSpeech, SyntheticSpeechConfig  # noqa: E402
 from data_pipelines.voxceleb import Voxceleb  # noqa: E402
 from tests.fixtures import make_corpus_fixtures as fixtures  # noqa: E402
 from tests.test_corpora import CONFIGS  # noqa: E402

@@ -3,7 +3,6 @@ import logging
 import os
 import shutil
 
-import flax.linen as nn
 import jax
 import numpy as np
 import pytest

@@ -119,12 +119,12 @@ def test_vocabulary_that_does_not_match_the_ctc_head_is_named(tiny_corpus, tmp_p
     if f.endswith(".py")))
 def test_every_downstream_experiment_config_loads_and_validates(path):
   from xlsr_jax.config_loading import load_config_file
-  from xlsr_jax.downstream import defaults, validation
+  from xlsr_jax.downstream import task_config_defaults, task_config_checks
   from xlsr_jax.downstream.tasks import TASKS
   config = load_config_file(path)
-  validation.validate(config)
+  task_config_checks.validate(config)
   assert config.task in TASKS
-  assert set(config.keys()) == set(defaults.get_default_config().keys())
+  assert set(config.keys()) == set(task_config_defaults.get_default_config().keys())
 
 
 def test_unbuilt_synthetic_config_names_the_build_command(tmp_path, capsys):

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from data_pipelines import espeak
-from data_pipelines.synthetic_speech.builder import synthesize_16k
+from data_pipelines.synthetic_speech.synthetic_speech_dataset_builder import synthesize_16k
 from xlsr_jax.checkpoints.manager import CheckpointManager, restore_target, unbox
-from xlsr_jax.downstream import ctc, defaults, finetune, heads, metrics
+from xlsr_jax.downstream import ctc, task_config_defaults, finetune, heads, metrics
 from xlsr_jax.downstream.tasks import TASKS
 from xlsr_jax.downstream.vocabulary import build_vocabulary
 from xlsr_jax.models.config import get_preset
@@ -40,7 +40,7 @@ def test_finetuning_lowers_cer_with_the_recipe_freezing(tmp_path):
   labels, label_valid = vocab.encode_batch(texts, 16)
   batch = dict(waveform=wave, padding_mask=padding, labels=labels, label_valid=label_valid,
                example_valid=np.ones(4, bool))
-  c = defaults.get_default_config()
+  c = task_config_defaults.get_default_config()
   c.finetune.num_steps, c.finetune.freeze_transformer_steps = 120, 3
   c.finetune.mask_prob = c.finetune.mask_channel_prob = c.finetune.layerdrop = 0.0
   c.optimizer.peak_lr, c.optimizer.phase_ratio = 5e-3, (0.1, 0.8, 0.1)
@@ -105,7 +105,7 @@ def _select_update(tuner, frozen, grads, opt_state, params):
 
 @pytest.fixture(scope="module")
 def lid_tuner():
-  c = defaults.get_default_config()
+  c = task_config_defaults.get_default_config()
   c.finetune.num_steps, c.finetune.freeze_transformer_steps = 4, 2
   c.finetune.layerdrop = c.finetune.mask_prob = c.finetune.mask_channel_prob = 0.0
   c.optimizer.peak_lr = 1e-2

@@ -120,9 +120,9 @@ def test_holdout_takes_a_share_of_every_class_once():
 @pytest.fixture(scope="module")
 def tiny_features(synthetic_tiny_dir):
   """Pooled per-layer features of a random tiny encoder on synthetic_speech/tiny (LID labels)."""
-  from data_pipelines.synthetic_speech.builder import SyntheticSpeech
+  from data_pipelines.synthetic_speech import SyntheticSpeech
   from xlsr_jax.downstream import data as data_lib
-  from xlsr_jax.downstream import encoders, features
+  from xlsr_jax.downstream import encoders, pooled_features
   from xlsr_jax.models.config import get_preset
   builder = SyntheticSpeech(config="tiny", data_dir=synthetic_tiny_dir)
   config = get_preset("tiny")
@@ -135,9 +135,9 @@ def tiny_features(synthetic_tiny_dir):
   for split in ("train", "test"):
     split_names = data_lib.split_names(builder, split, None)
     index = data_lib.index_split(builder, split_names)
-    out[split] = features.pooled_features(
+    out[split] = pooled_features.pooled_features(
         params, config, builder, split_names, labeler, pooling="mean", batch_size=8,
-        max_samples=features.split_max_samples(index.num_samples, 0), log=lambda _: None)
+        max_samples=pooled_features.split_max_samples(index.num_samples, 0), log=lambda _: None)
   return dict(out, params=params, config=config, builder=builder, labeler=labeler, names=names)
 
 
@@ -170,7 +170,7 @@ def test_exported_head_on_waveforms_gives_the_probes_logits(tiny_features, layer
   builder = tiny_features["builder"]
   names = data_lib.split_names(builder, "test", None)
   index = data_lib.index_split(builder, names)
-  from xlsr_jax.downstream.features import split_max_samples
+  from xlsr_jax.downstream.pooled_features import split_max_samples
   batch = next(data_lib.eval_batches(builder, names, tiny_features["labeler"], batch_size=8,
                                      max_samples=split_max_samples(index.num_samples, 0)))
   logits = model.apply({"params": params}, jnp.asarray(batch["waveform"]),

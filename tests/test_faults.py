@@ -153,9 +153,9 @@ def test_bad_downstream_value_is_one_named_line_exit_2(tmp_path, capsys):
 
 
 def test_every_non_boolean_default_key_has_a_validation_row():
-  from xlsr_jax.training import validation
-  from xlsr_jax.training.defaults import get_default_config
-  covered = {k for rule in validation.RULES + validation.DEVICE_RULES for k in rule.keys}
+  from xlsr_jax.training import config_checks
+  from xlsr_jax.training.config_defaults import get_default_config
+  covered = {k for rule in config_checks.RULES + config_checks.DEVICE_RULES for k in rule.keys}
 
   def leaves(c, prefix=""):
     for key, value in c.items():
@@ -164,7 +164,7 @@ def test_every_non_boolean_default_key_has_a_validation_row():
       elif not hasattr(value, "items"):
         yield f"{prefix}{key}", value
   missing = [k for k, v in leaves(get_default_config())
-             if not isinstance(v, bool) and k not in covered and k not in validation.UNCHECKED]
+             if not isinstance(v, bool) and k not in covered and k not in config_checks.UNCHECKED]
   assert not missing
 
 
@@ -411,7 +411,7 @@ def test_resume_that_cannot_go_on_is_refused_with_the_way_on(name, overrides, te
 def test_restart_input_stream_accepts_another_stream_with_a_warning(capsys):
   from data_pipelines.pipeline_iterator import StreamMismatchError
   from xlsr_jax.training import loop
-  from xlsr_jax.training.defaults import get_default_config
+  from xlsr_jax.training.config_defaults import get_default_config
 
   class ChangedStream:
     def set_state(self, blob):
@@ -660,7 +660,7 @@ MODEL_OVERRIDES_VS_INIT = [  # (override, value, text of the error; None: applie
 def test_evaluate_model_override_conflicting_with_the_init(key, value, message):
   from xlsr_jax.config_loading import ConfigError, apply_override
   from xlsr_jax.downstream import task_setup
-  from xlsr_jax.downstream.defaults import get_default_config
+  from xlsr_jax.downstream.task_config_defaults import get_default_config
   from xlsr_jax.models.config import get_preset
   config = get_default_config()
   config.init = "/exports/tiny"
@@ -675,7 +675,7 @@ def test_evaluate_model_override_conflicting_with_the_init(key, value, message):
 
 def test_evaluate_unknown_corpus_is_one_line(data_dir):
   from xlsr_jax.downstream import task_setup
-  from xlsr_jax.downstream.defaults import get_default_config
+  from xlsr_jax.downstream.task_config_defaults import get_default_config
   config = get_default_config()
   config.data.corpus, config.data.data_dir = "librispeeh_asr", data_dir
   with pytest.raises(task_setup.TaskError, match="data.corpus='librispeeh_asr' is neither built") as info:

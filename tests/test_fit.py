@@ -14,7 +14,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from xlsr_jax.sharding import mesh as mesh_lib
 from xlsr_jax.training import fit, run
-from xlsr_jax.training import metrics as metrics_lib
+from xlsr_jax.training import metric_writer as metrics_lib
 
 
 @flax.struct.dataclass

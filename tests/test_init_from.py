@@ -11,7 +11,7 @@ import torch
 
 from tests import parity_utils as pu
 from tests.configs import small_config
-from xlsr_jax.checkpoints import sources
+from xlsr_jax.checkpoints import weight_sources
 from xlsr_jax.checkpoints.manager import CheckpointMismatchError, unbox
 from xlsr_jax.checkpoints.merge import merge
 from xlsr_jax.config_loading import ConfigError, model_config_from
@@ -131,7 +131,7 @@ def test_init_exclude_keeps_the_random_init_of_matching_parameters(reference, tr
   # codevectors [2, 16, 16], weight_proj kernel [32 conv channels, 2 x 16] and bias [32]
   assert "re-initialised 3 arrays (1,568 parameters)" in capsys.readouterr().out
   params = jax.device_get(unbox(state.params))
-  loaded = sources.load_checkpoint(path).params
+  loaded = weight_sources.load_checkpoint(path).params
   for leaf, fresh_leaf in zip(jax.tree.leaves(params["quantizer"]), jax.tree.leaves(fresh["quantizer"])):
     np.testing.assert_array_equal(leaf, fresh_leaf)
   assert not np.array_equal(loaded["quantizer"]["codevectors"], fresh["quantizer"]["codevectors"])

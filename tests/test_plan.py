@@ -11,7 +11,7 @@ import pytest
 from xlsr_jax import plan
 from xlsr_jax.sharding import topologies
 from xlsr_jax.training import capacity
-from xlsr_jax.training.batch_size import global_batch
+from xlsr_jax.training.batch_size import global_batch_rows
 
 HAVE_LIBTPU = importlib.util.find_spec("libtpu") is not None
 needs_libtpu = pytest.mark.skipif(not HAVE_LIBTPU, reason="libtpu is not installed "
@@ -47,7 +47,7 @@ def test_bad_topology_names_say_what_is_valid(name, message):
 
 def test_batch_per_chip_sets_the_global_batch():
   config, topology, _ = plan.parse_args(TINY + ["--topology=v5e-8", "--batch_per_chip=0.5"])
-  assert global_batch(config) == 4
+  assert global_batch_rows(config) == 4
   assert config.data.batch_seconds == pytest.approx(4 * 6400 / 16000)
   with pytest.raises(topologies.PlanError, match="whole number"):
     plan.parse_args(TINY + ["--topology=v5e-8", "--batch_per_chip=0.3"])

@@ -9,7 +9,7 @@ from data_pipelines import input_pipeline as ip
 from data_pipelines.sampling import two_level_weights
 from tests.configs import small_config
 from xlsr_jax.config_loading import ConfigError
-from xlsr_jax.training import language_metrics, validation
+from xlsr_jax.training import language_metrics, config_checks
 
 NEW = (("toy_speech/alpha", ("fr", "sw")),)
 REPLAY = (("toy_speech/alpha", ("en",)), ("toy_speech/beta", None))
@@ -47,20 +47,20 @@ def test_replay_keys_are_validated():
   c = small_config()
   c.data.replay_fraction = 0.2
   with pytest.raises(ConfigError, match="data.replay_sources .*when data.replay_fraction > 0"):
-    validation.validate(c)
+    config_checks.validate(c)
   c.data.replay_sources = [["synthetic_speech/default", ["en"]]]
   c.data.replay_fraction = 1.0
   with pytest.raises(ConfigError, match=r"data.replay_fraction=1.0: expected a value in \[0.0, 1.0\)"):
-    validation.validate(c)
+    config_checks.validate(c)
   c.data.replay_fraction = 0.2
   c.train.eval_language_batches, c.train.eval_every = 2, 0
   with pytest.raises(ConfigError, match="train.eval_every > 0 when train.eval_language_batches"):
-    validation.validate(c)
+    config_checks.validate(c)
   c.train.eval_every = 5
-  validation.validate(c)
+  config_checks.validate(c)
   c.train.init_exclude = ["quantizer/("]
   with pytest.raises(ConfigError, match=r"train.init_exclude.*not a regular expression: missing \)"):
-    validation.validate(c)
+    config_checks.validate(c)
 
 
 def test_each_language_alone_named_by_corpus_when_ambiguous(toy_corpus_dir):

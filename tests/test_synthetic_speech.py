@@ -11,7 +11,7 @@ import tensorflow_datasets as tfds
 
 from data_pipelines import espeak, input_pipeline
 from data_pipelines.features import SAMPLE_RATE, language_split_name
-from data_pipelines.synthetic_speech import builder as ss
+from data_pipelines.synthetic_speech import synthetic_speech_dataset_builder as ss
 from data_pipelines.synthetic_speech import texts
 
 TINY = ss.SyntheticSpeech.builder_configs["tiny"]

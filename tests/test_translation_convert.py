@@ -100,7 +100,7 @@ def test_imported_decoder_and_its_tokenizer_drive_the_task(tmp_path):
   """translation.decoder_init: the model takes the imported decoder (config and weights) and its
   sentencepiece model (mBART layout) instead of training one."""
   from xlsr_jax.downstream import encoders
-  from xlsr_jax.downstream.defaults import get_default_config
+  from xlsr_jax.downstream.task_config_defaults import get_default_config
   from xlsr_jax.downstream.data import SplitIndex
   from xlsr_jax.models.config import get_preset
   from xlsr_jax.models.text_decoder import DecoderConfig
@@ -130,7 +130,7 @@ def test_a_translation_export_as_init_keeps_its_adapter_decoder_and_tokenizer(tm
   import jax
   from xlsr_jax.downstream import encoders
   from xlsr_jax.downstream.data import SplitIndex
-  from xlsr_jax.downstream.defaults import get_default_config
+  from xlsr_jax.downstream.task_config_defaults import get_default_config
   from xlsr_jax.models.speech_translation import translation_preset
   targets = ["water book", "city friend", "train school"] * 20
   tok = text.train_tokenizer(targets, 40)

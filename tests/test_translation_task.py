@@ -165,7 +165,7 @@ def test_evaluate_end_to_end_resume_and_exports(tiny_corpus, tmp_path, capsys):
 
   # The audio-use benchmark reads the export: teacher-forced NLLs and accuracies on the test split.
   audio_use = import_benchmark("translation_audio_use").audio_use
-  from data_pipelines.synthetic_speech.builder import SyntheticSpeech
+  from data_pipelines.synthetic_speech import SyntheticSpeech
   use = audio_use(str(workdir), SyntheticSpeech(config="tiny", data_dir=str(tiny_corpus)),
                   ["test_ru"], 16000 * 12)
   assert use["pieces"] > 0 and all(0 < use[k] < 20 for k in ("nll_own", "nll_other", "nll_silence"))

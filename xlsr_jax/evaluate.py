@@ -5,7 +5,7 @@ labels, model, loss, eval step, scores, export), `scoring` (test split, export, 
 """
 import sys
 
-from xlsr_jax.downstream.evaluate import main, run  # noqa: F401  (the public entry points)
+from xlsr_jax.downstream.evaluation_run import main, run  # noqa: F401  (the public entry points)
 from xlsr_jax.downstream.task_setup import TaskError, parse_config  # noqa: F401
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
 
 Loads the config, applies overrides, validates every key against the defaults (a misspelled key
 stops here, naming the nearest valid ones) and every value against the ranges and relations of
-xlsr_jax/training/validation.py (one line, exit 2), initialises jax.distributed when asked, takes
+xlsr_jax/training/config_checks.py (one line, exit 2), initialises jax.distributed when asked, takes
 the workdir's lock (one run per workdir), then trains. The demo also exports the final encoder
 (Orbax and Hugging Face layouts) into <workdir>/export. Exit codes: 0 done (or stopped by SIGTERM /
 a first Ctrl-C after saving; also a finished run run again: nothing to train, nothing changed), 1 a
@@ -25,12 +25,12 @@ from xlsr_jax.config_loading import ConfigError, load_validated, model_config_fr
 
 def parse_config(argv: list[str]):
   """(config, remaining args) from --config=... and --config.a.b=v overrides; every key and value
-  checked (types against the defaults, ranges and relations by `training.validation`)."""
-  from xlsr_jax.training import validation
-  from xlsr_jax.training.defaults import get_default_config
+  checked (types against the defaults, ranges and relations by `training.config_checks`)."""
+  from xlsr_jax.training import config_checks
+  from xlsr_jax.training.config_defaults import get_default_config
   path, overrides, rest = split_argv(argv)
   config = load_validated(path, overrides, get_default_config(), "--config=experiments/<name>.py")
-  validation.validate(config, model_config_from(config))
+  config_checks.validate(config, model_config_from(config))
   return config, rest
 
 
@@ -39,7 +39,7 @@ def make_parser() -> argparse.ArgumentParser:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--config", metavar="FILE", help="experiment config file (required), e.g. "
                       "experiments/demo.py; then --config.<section>.<key>=VALUE overrides any key "
-                      "of xlsr_jax/training/defaults.py")
+                      "of xlsr_jax/training/config_defaults.py")
   parser.add_argument("--workdir", required=True, help="run directory: config.json, checkpoints/, "
                       "tensorboard/, history.json; re-running the same command resumes")
   parser.add_argument("--no_export", action="store_true", help="skip the export after training")
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
   if isinstance(started, int):
     return started
   config, args = started
-  from xlsr_jax.training import validation, workdir_lock
+  from xlsr_jax.training import config_checks, workdir_lock
   try:
     workdir_lock.check_workdir(args.workdir)
   except workdir_lock.WorkdirUnusable as e:
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
   from xlsr_jax.training.loop import InputStreamChanged
   errors_log = os.path.join(os.path.abspath(args.workdir), run.ERRORS_LOG)
   try:
-    validation.validate_devices(config, jax.device_count(), jax.process_count())
+    config_checks.validate_devices(config, jax.device_count(), jax.process_count())
   except ConfigError as e:
     print(f"config error: {e}", file=sys.stderr)
     return 2

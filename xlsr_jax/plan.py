@@ -127,7 +127,7 @@ def format_plan(r: dict[str, Any]) -> str:
 
 def parse_args(argv: list[str]) -> tuple[ml_collections.ConfigDict, Topology, argparse.Namespace]:
   """Config (file + overrides, validated), topology and flags; errors are ConfigError / PlanError."""
-  from xlsr_jax.training.defaults import get_default_config
+  from xlsr_jax.training.config_defaults import get_default_config
   path, overrides, rest = split_argv(argv)
   parser = argparse.ArgumentParser(prog="python -m xlsr_jax.plan", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -150,8 +150,8 @@ def parse_args(argv: list[str]) -> tuple[ml_collections.ConfigDict, Topology, ar
   topology = parse_topology(args.topology)
   if args.batch_per_chip is not None:
     capacity.set_batch_per_chip(config, args.batch_per_chip, topology.chips * config.mesh.dcn_data)
-  from xlsr_jax.training import validation
-  validation.validate(config)  # ranges and relations; the mesh against the topology is checked in plan()
+  from xlsr_jax.training import config_checks
+  config_checks.validate(config)  # ranges and relations; the mesh against the topology is checked in plan()
   return config, topology, args
 
 

@@ -11,7 +11,7 @@ import tensorflow_datasets as tfds
 from data_pipelines import DEFAULT_DATA_DIR
 from data_pipelines.build_outputs import beam_pipeline_options
 from data_pipelines.features import language_split_name
-from data_pipelines.synthetic_speech.builder import SPLITS, SyntheticSpeech
+from data_pipelines.synthetic_speech.synthetic_speech_dataset_builder import SPLITS, SyntheticSpeech
 
 _DATA_DIR = flags.DEFINE_string("data_dir", DEFAULT_DATA_DIR, "TFDS data directory to build into.")
 _CONFIG = flags.DEFINE_string("config", "default", "Builder config: default, tiny or translation.")

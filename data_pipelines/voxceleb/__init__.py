@@ -3,4 +3,5 @@
 Build with `python -m data_pipelines.corpora voxceleb --manual_dir ... --data_dir ...`; see
 `builder.py` for the layout, the splits and what differs from TFDS's `voxceleb`.
 """
-from data_pipelines.voxceleb.builder import LANGUAGE, Voxceleb, read_split_list, speaker_of
+from data_pipelines.voxceleb.voxceleb_dataset_builder import (LANGUAGE, Voxceleb, read_split_list,
+                                                      speaker_of)

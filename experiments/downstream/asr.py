@@ -7,7 +7,7 @@ Recipe values (shared/spec/xlsr.md): Adam (0.9, 0.98), tri-stage 10/40/50 % with
 masking 0.25 x 64, layerdrop 0.1. Step counts and the learning rate are sized for the tiny model
 on CPU (the recipe's lr range for 0.3B/1B is [2e-5, 3e-4] with 10k frozen updates of many more).
 """
-from xlsr_jax.downstream.defaults import get_default_config
+from xlsr_jax.downstream.task_config_defaults import get_default_config
 
 
 def get_config():

@@ -21,7 +21,7 @@ Where each value comes from:
     masking): CPU-scale choices for the tiny model and its randomly initialised decoder, not the
     paper's (its CoVoST-2 step counts and lr were not found: unconfirmed).
 """
-from xlsr_jax.downstream.defaults import get_default_config
+from xlsr_jax.downstream.task_config_defaults import get_default_config
 
 
 def get_config():

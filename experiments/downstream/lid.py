@@ -12,7 +12,7 @@ finetune.num_steps instead (the earlier probe); --config.finetune.mode=finetune 
 encoder with the ASR recipe. Reports accuracy, balanced accuracy and macro-F1 beside the
 majority-class and chance baselines, per-language scores and the confusion matrix.
 """
-from xlsr_jax.downstream.defaults import get_default_config
+from xlsr_jax.downstream.task_config_defaults import get_default_config
 
 
 def get_config():

@@ -49,7 +49,7 @@ FFN 512, no conv2d2 subsampling (its 3x3 convolutions over 80 x frames x 256 cha
 --config.ml_superb.num_heads=8 --config.ml_superb.ffn_size=1024` is the recipe), lr 1e-3 and
 3,000 steps of 8 utterances instead of the recipe's lr 1e-4 and 300,000 iterations.
 """
-from xlsr_jax.downstream.defaults import get_default_config
+from xlsr_jax.downstream.task_config_defaults import get_default_config
 
 
 def get_config():

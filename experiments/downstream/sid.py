@@ -8,7 +8,7 @@ utterances of the training speakers). For VoxCeleb1 itself set
 The probe is lid.py's (L-BFGS logistic regression on cached, standardised per-layer statistics,
 L2 chosen on validation; probe.solver=sgd for the earlier Adam probe) with mean+std pooling.
 """
-from xlsr_jax.downstream.defaults import get_default_config
+from xlsr_jax.downstream.task_config_defaults import get_default_config
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """Load an encoder from any source we read, and compute its features.
 
-Sources (`load_encoder`; the checkpoint formats are read by `checkpoints.sources`, shared with
+Sources (`load_encoder`; the checkpoint formats are read by `checkpoints.weight_sources`, shared with
 pretraining's `train.init_from`):
   * an export directory from `xlsr_jax.export` / `xlsr_jax.convert` / a downstream run
     (model_config.json + params/), pretraining, encoder-only or fine-tuned trees;
@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xlsr_jax.checkpoints import sources
+from xlsr_jax.checkpoints import weight_sources
 from xlsr_jax.checkpoints.manager import unbox
 from xlsr_jax.downstream.heads import stack_hidden_states
 from xlsr_jax.downstream.vocabulary import VOCAB_FILE, Vocabulary
@@ -32,8 +32,8 @@ from xlsr_jax.models import Wav2Vec2Model
 from xlsr_jax.models.config import Wav2Vec2Config
 from xlsr_jax.models.params import init_params
 
-SOURCES = sources.SOURCES + ("random",)
-InitError = sources.InitError  # re-exported: callers catch it from here
+SOURCES = weight_sources.SOURCES + ("random",)
+InitError = weight_sources.InitError  # re-exported: callers catch it from here
 
 
 @dataclasses.dataclass
@@ -81,7 +81,7 @@ def load_encoder(init: str, *, random_config: Wav2Vec2Config | None = None, seed
     if random_config is None:
       raise InitError("init='random' needs the architecture: give a model config (preset)")
     return LoadedEncoder(random_encoder(random_config, seed), random_config, "random", init)
-  loaded = sources.load_checkpoint(init)  # (sources.detect_source: errors name the path)
+  loaded = weight_sources.load_checkpoint(init)  # (weight_sources.detect_source: errors name the path)
   encoder, ctc_head, classifier = _split_tree(loaded.params)
   if loaded.source != "export":  # a HF CTC head comes beside the encoder; imported heads unread
     ctc_head, classifier = loaded.ctc_head, None

@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 
 from xlsr_jax.downstream import data as data_lib
-from xlsr_jax.downstream import features as features_lib
+from xlsr_jax.downstream import pooled_features as features_lib
 from xlsr_jax.downstream import metrics as metrics_lib
 from xlsr_jax.downstream import probes
 

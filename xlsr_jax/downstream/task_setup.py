@@ -1,7 +1,7 @@
 """What a downstream run is: the validated config, the corpus and its split indexes, the encoder
 to start from (`config.init`), and the task's model, labels and initial parameters.
 
-Used by `xlsr_jax.downstream.evaluate` (the run) before anything is trained.
+Used by `xlsr_jax.downstream.evaluation_run` (the run) before anything is trained.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ class TaskError(ValueError):
 
 
 def parse_config(argv: list[str]) -> tuple[ml_collections.ConfigDict, list[str]]:
-  from xlsr_jax.downstream.defaults import get_default_config
+  from xlsr_jax.downstream.task_config_defaults import get_default_config
   from xlsr_jax.downstream.tasks import task_for
   path, overrides, rest = split_argv(argv)
   config = load_validated(path, overrides, get_default_config(),
@@ -35,8 +35,8 @@ def parse_config(argv: list[str]) -> tuple[ml_collections.ConfigDict, list[str]]
     raise ConfigError(f"ml_superb.budget_minutes={config.ml_superb.budget_minutes} must be > 0")
   check_probe_config(config)
   task.check_config(config)
-  from xlsr_jax.downstream import validation
-  validation.validate(config)
+  from xlsr_jax.downstream import task_config_checks
+  task_config_checks.validate(config)
   return config, rest
 
 
@@ -85,7 +85,7 @@ def check_model_overrides(config: ml_collections.ConfigDict, loaded, merged) -> 
   a model.preset other than the default whose parameter shapes differ, or a field override that
   changes them (`merged`: the init's config with the overrides). Names each field's two values."""
   import dataclasses
-  from xlsr_jax.downstream.defaults import get_default_config
+  from xlsr_jax.downstream.task_config_defaults import get_default_config
   from xlsr_jax.models.config import PRESETS
   where = f"the init {config.init}"
   base: list = []  # the init's shapes, computed when first needed
@@ -125,7 +125,7 @@ def open_corpus(config: ml_collections.ConfigDict):
   import tensorflow_datasets as tfds
   data_dir = os.path.abspath(os.path.expanduser(config.data.data_dir))
   if config.data.corpus.partition("/")[0] == "synthetic_speech":
-    from data_pipelines.synthetic_speech.builder import corpus_builder, not_built_message
+    from data_pipelines.synthetic_speech import corpus_builder, not_built_message
     builder = corpus_builder(config.data.corpus, data_dir)
     if not builder.is_prepared():
       if not config.data.build_if_missing:

@@ -13,7 +13,7 @@ from data_pipelines import buckets as buckets_lib
 from data_pipelines.features import SAMPLE_RATE
 
 
-def global_batch(config: ml_collections.ConfigDict, multiple: int = 1) -> int:
+def global_batch_rows(config: ml_collections.ConfigDict, multiple: int = 1) -> int:
   """Utterances per step: batch_seconds in crops of max_sample_size samples (0 if under one
   crop), or with duration buckets the smallest bucket's rows rounded to `multiple`."""
   d = config.data

@@ -45,7 +45,7 @@ from xlsr_jax.sharding.mesh import batch_sharding, make_mesh
 from xlsr_jax.sharding.topologies import PlanError, Topology, topology_devices
 from xlsr_jax.training import devices as devices_lib
 from xlsr_jax.training import flops as flops_lib
-from xlsr_jax.training.batch_size import batch_multiple, bucket_spec, global_batch
+from xlsr_jax.training.batch_size import batch_multiple, bucket_spec, global_batch_rows
 
 # libtpu options of the cost compile: no windowed-einsum loops (see the module docstring).
 COST_OPTIONS = {"xla_tpu_enable_windowed_einsum_for_all_gather": False,
@@ -63,12 +63,11 @@ def set_batch_per_chip(config: ml_collections.ConfigDict, per_chip: float, chips
 def with_shardings(abstract: Any, shardings: Any) -> Any:
   """ShapeDtypeStructs carrying their sharding, keeping the logical-axis boxes of `abstract`."""
   def attach(sharding, leaf):
-    if isinstance(leaf, nn.meta.AxisMetadata):
-      value = leaf.unbox()
-      if isinstance(value, optax.MaskedNode):  # a frozen parameter's (empty) optimizer slot
-        return leaf
-      return leaf.replace_boxed(jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=sharding))
-    return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
+    value = leaf.unbox() if isinstance(leaf, nn.meta.AxisMetadata) else leaf
+    if isinstance(value, optax.MaskedNode):  # a frozen parameter's (empty) optimizer slot
+      return leaf
+    shaped = jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=sharding)
+    return leaf.replace_boxed(shaped) if isinstance(leaf, nn.meta.AxisMetadata) else shaped
   return jax.tree.map(attach, shardings, abstract)
 
 
@@ -144,7 +143,7 @@ def corrected_cost(step: dict[str, float], layer: dict[str, float], layers: int,
 
 def check_batch(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> int:
   """The global batch, which must split evenly over data x fsdp and the micro-steps."""
-  batch, accum = global_batch(config), config.train.grad_accum_steps
+  batch, accum = global_batch_rows(config), config.train.grad_accum_steps
   shards = mesh.shape["data"] * mesh.shape["fsdp"] * accum
   if batch < 1 or batch % shards:
     raise PlanError(f"global batch of {batch} crops (data.batch_seconds={config.data.batch_seconds}) "

@@ -1,5 +1,5 @@
 """One training loop for every job: pretraining (`training.loop`) and downstream fine-tuning
-(`downstream.evaluate`) both call `fit` on the run skeleton (`training.run`); what a job adds
+(`downstream.evaluation_run`) both call `fit` on the run skeleton (`training.run`); what a job adds
 (evaluation, per-language evaluation, its history file, accounting, a report at the end) attaches
 as hooks, so a new job adds hooks, not a second loop.
 
@@ -22,7 +22,7 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
 from data_pipelines import device_feed
-from xlsr_jax.training import metrics as metrics_lib
+from xlsr_jax.training import metric_writer as metrics_lib
 from xlsr_jax.training import preemption, run
 
 

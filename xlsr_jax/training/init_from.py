@@ -1,7 +1,7 @@
 """Continued pretraining: the first state of a run from released or exported weights (train.init_from).
 
 `initial_state` is called only when the workdir has no checkpoint (a resumed run always restores its
-own checkpoints). It loads any checkpoint `checkpoints.sources` reads (an xlsr_jax export, a Hugging
+own checkpoints). It loads any checkpoint `checkpoints.weight_sources` reads (an xlsr_jax export, a Hugging
 Face Wav2Vec2ForPreTraining / Wav2Vec2Model directory, a fairseq .pt), quantizer and projections
 included, into a fresh state: step 0, fresh optimizer moments and learning-rate schedule.
 
@@ -21,7 +21,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from xlsr_jax.checkpoints import sources
+from xlsr_jax.checkpoints import weight_sources
 from xlsr_jax.checkpoints.merge import merge
 from xlsr_jax.config_loading import ConfigError
 from xlsr_jax.models.config import Wav2Vec2Config
@@ -61,8 +61,8 @@ def load_checked(path: str, abstract_params: dict, model_config: Wav2Vec2Config,
   """
   where = f"train.init_from={path}"
   try:
-    loaded = sources.load_checkpoint(path)
-  except (sources.InitError, ValueError) as e:  # ConversionError, CheckpointFileError, unsafe pickle
+    loaded = weight_sources.load_checkpoint(path)
+  except (weight_sources.InitError, ValueError) as e:  # ConversionError, CheckpointFileError, unsafe pickle
     raise ConfigError(f"{where}: {e}") from e
   check_architecture(loaded.config, model_config, where)
   tree, dropped = pretraining_tree(loaded.params)

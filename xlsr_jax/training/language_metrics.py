@@ -19,7 +19,7 @@ import numpy as np
 
 from data_pipelines import input_pipeline
 from xlsr_jax.training import fit
-from xlsr_jax.training import metrics as metrics_lib
+from xlsr_jax.training import metric_writer as metrics_lib
 
 PREFIX = "eval_language"
 METRICS = ("contrastive_loss", "accuracy", "code_perplexity")

@@ -13,9 +13,9 @@ import numpy as np
 
 from data_pipelines import device_feed, input_pipeline
 from xlsr_jax.config_loading import ConfigError, model_config_from
-from xlsr_jax.training import metrics as metrics_lib
+from xlsr_jax.training import metric_writer as metrics_lib
 from xlsr_jax.training import fit, init_from, language_metrics, metrics_file, run
-from xlsr_jax.training.batch_size import (batch_multiple, bucket_spec, global_batch,
+from xlsr_jax.training.batch_size import (batch_multiple, bucket_spec, global_batch_rows,
                                            largest_crop)
 from xlsr_jax.training.state import build_trainer
 from xlsr_jax.training.step_accounting import StepAccounting
@@ -34,7 +34,7 @@ def pipeline_config(config: ml_collections.ConfigDict, split: str, seed_offset: 
       replay_sources=_sources(d.replay_sources) if d.replay_fraction else (),  # 0: not read
       split=split, alpha=d.alpha, max_sample_size=d.max_sample_size,
       min_sample_size=d.min_sample_size, normalize=d.normalize,
-      global_batch_size=spec.batch_sizes[-1] if spec else global_batch(config),
+      global_batch_size=spec.batch_sizes[-1] if spec else global_batch_rows(config),
       seed=config.train.seed + seed_offset,
       shuffle_files=d.shuffle_files, interleave_cycle_length=d.interleave_cycle_length,
       prefetch_batches=d.prefetch_batches,
@@ -51,7 +51,7 @@ def ensure_synthetic_corpus(config: ml_collections.ConfigDict) -> None:
   """Builds synthetic_speech/<config> into data.data_dir when a source names it and it is missing;
   ConfigError naming the build command when it is missing and data.build_if_missing is off."""
   import tensorflow_datasets as tfds
-  from data_pipelines.synthetic_speech.builder import corpus_builder, not_built_message
+  from data_pipelines.synthetic_speech import corpus_builder, not_built_message
   data_dir = os.path.expanduser(config.data.data_dir)
   for corpus, _ in list(config.data.sources) + list(config.data.replay_sources):
     if corpus.partition("/")[0] != "synthetic_speech":
@@ -59,7 +59,7 @@ def ensure_synthetic_corpus(config: ml_collections.ConfigDict) -> None:
     try:
       builder = corpus_builder(corpus, data_dir)
     except ValueError:  # an unknown builder config: TFDS lists near names over several lines
-      from data_pipelines.synthetic_speech.builder import SyntheticSpeech
+      from data_pipelines.synthetic_speech import SyntheticSpeech
       raise ConfigError(f"data.sources or replay_sources name {corpus!r}, but synthetic_speech has "
                         f"no such config; "
                         f"its configs: {', '.join(c.name for c in SyntheticSpeech.BUILDER_CONFIGS)}"
@@ -258,7 +258,7 @@ def data_multiple(config: ml_collections.ConfigDict, mesh) -> int:
   data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
   multiple = batch_multiple(data_parallel, config.train.grad_accum_steps, jax.process_count())
   if not config.data.bucket_seconds:
-    batch_size = global_batch(config)
+    batch_size = global_batch_rows(config)
     if batch_size < 1:
       raise ConfigError(f"data.batch_seconds={config.data.batch_seconds} is less than one crop of "
                         f"{config.data.max_sample_size / SAMPLE_RATE} s")

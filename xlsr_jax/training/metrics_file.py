@@ -46,7 +46,7 @@ def write(workdir: str, start_step: int, segment: Sequence[dict]) -> None:
 
 
 class History(fit.Hook):
-  """`fit`'s history as metrics.json (process 0), at every checkpoint and at the end; the run
+  """`fit`'s history as history.json (process 0), at every checkpoint and at the end; the run
   resumed at `start_step`."""
 
   def __init__(self, workdir: str, start_step: int):

@@ -1,5 +1,5 @@
 """What every run does, pretraining (`training.loop`) and downstream fine-tuning
-(`downstream.evaluate`) alike: the mesh from the config, the state's shapes and shardings from its
+(`downstream.evaluation_run`) alike: the mesh from the config, the state's shapes and shardings from its
 init function, jitted steps called under the mesh, restore or init, the logging cadence, and the
 checkpoint / preemption check after each step. `training.fit` is the loop made of these:
 
@@ -32,7 +32,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from xlsr_jax.models.params import unbox
 from xlsr_jax.sharding import mesh as mesh_lib
-from xlsr_jax.training import metrics as metrics_lib
+from xlsr_jax.training import metric_writer as metrics_lib
 from xlsr_jax.training import preemption
 
 

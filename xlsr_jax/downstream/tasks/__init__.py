@@ -1,7 +1,7 @@
 """The downstream tasks: config.task -> the object that owns the task (`base.Task`).
 
 This table is the one place a task's name is looked up. A new task is a module here with a
-`Task` subclass and a row below (its config keys, if it has new ones, in `downstream/defaults.py`
+`Task` subclass and a row below (its config keys, if it has new ones, in `downstream/task_config_defaults.py`
 and an experiments/downstream/<task>.py).
 """
 from __future__ import annotations

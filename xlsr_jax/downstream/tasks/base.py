@@ -2,7 +2,7 @@
 
 Its config checks, how the data is labelled, the model it trains and what it loads into it, its
 loss and eval step, how the test split is scored, what is exported and reported. `tasks.TASKS`
-maps config.task to one; the run (`downstream.evaluate`, `task_setup`, `scoring`) and the
+maps config.task to one; the run (`downstream.evaluation_run`, `task_setup`, `scoring`) and the
 fine-tuner (`downstream.finetune`) call these methods and never compare task names.
 
 `label_info` is what the task's `build` fixed from the training split (a vocabulary, class names,

@@ -1,5 +1,5 @@
 """The speech-translation task (X -> English) on the downstream stack, used by
-`xlsr_jax.downstream.evaluate`.
+`xlsr_jax.downstream.evaluation_run`.
 
 Targets: a corpus's "translation" field (CoVoST 2), or on `synthetic_speech` each transcript's
 English rendering (texts.english_rendering);

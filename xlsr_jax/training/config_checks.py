@@ -99,12 +99,12 @@ def _shortest_crop(c: ml_collections.ConfigDict) -> int:
 
 
 def _global_batch(c: ml_collections.ConfigDict, devices: int | None, processes: int) -> int:
-  """Rows of a step (`batch_size.global_batch`); with duration buckets the smallest bucket's rows
+  """Rows of a step (`batch_size.global_batch_rows`); with duration buckets the smallest bucket's rows
   as the loop rounds them (a multiple of the data-parallel devices x grad_accum_steps and of the
   processes, so every bucket divides as a fixed batch must)."""
   from xlsr_jax.training import batch_size
   dp = _data_parallel(c, devices) if devices else 1
-  return batch_size.global_batch(c, batch_size.batch_multiple(dp, c.train.grad_accum_steps,
+  return batch_size.global_batch_rows(c, batch_size.batch_multiple(dp, c.train.grad_accum_steps,
                                                               processes))
 
 

@@ -97,7 +97,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, tuner, loaded_parts: 
   (state, loss curves, the metric writer (open: the test split's scalars follow), preempted)."""
   from data_pipelines import device_feed
   from xlsr_jax.downstream import data as data_lib
-  from xlsr_jax.training import metrics as metrics_lib
+  from xlsr_jax.training import metric_writer as metrics_lib
   from xlsr_jax.training import run as run_lib
   d, num_steps = config.data, config.finetune.num_steps
   manager = run_lib.open_checkpoints(workdir, config.train)
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--config", metavar="FILE", help="task config file (required), e.g. "
                       "experiments/downstream/lid.py; then --config.<section>.<key>=VALUE overrides "
-                      "any key of xlsr_jax/downstream/defaults.py (--config.init=INIT: the encoder)")
+                      "any key of xlsr_jax/downstream/task_config_defaults.py (--config.init=INIT: the encoder)")
   parser.add_argument("--workdir", default="", help="run directory (default workdir/downstream/<task>)")
   started = start_cli(argv, parser, parse_config)
   if isinstance(started, int):

@@ -1,6 +1,6 @@
-"""Start-up checks of a downstream config: the ranges and relations of `downstream/defaults.py`.
+"""Start-up checks of a downstream config: the ranges and relations of `downstream/task_config_defaults.py`.
 
-The same row constructors as pretraining (`xlsr_jax.training.validation`);
+The same row constructors as pretraining (`xlsr_jax.training.config_checks`);
 `xlsr_jax.downstream.evaluate` runs `validate` right after loading the config, before data,
 models or the workdir are touched.
 The encoder's own fields are checked when it is loaded (its config comes from the checkpoint).
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from xlsr_jax.training.validation import (Rule, at_least, check, in_range, integer_at_least,
+from xlsr_jax.training.config_checks import (Rule, at_least, check, in_range, integer_at_least,
                                           one_of, positive, relation)
 
 RULES: list[Rule] = [
