@@ -110,9 +110,9 @@ def main(argv: list[str] | None = None) -> int:
       if not result["trained"]:
         return 0  # already at train.num_steps: said so, nothing changed
       if not args.no_export and jax.process_index() == 0:
-        from xlsr_jax import export
+        from xlsr_jax.checkpoints import run_export
         export_dir = os.path.join(result["workdir"], "export")
-        written = export.export_every_format(result["workdir"], export_dir)
+        written = run_export.export_every_format(result["workdir"], export_dir)
         print(f"export: {' and '.join(written) or 'nothing written'}")
   except InputStreamChanged as e:
     print(f"error: {e}, or start a new run in another workdir: "
