@@ -143,9 +143,10 @@ def _model_and_audio():
   if _WORKDIR.value:
     from xlsr_jax.downstream import data as data_lib
     from xlsr_jax.downstream.translation import task as translation
+    from xlsr_jax.checkpoints import translation_files
     from data_pipelines.synthetic_speech import corpus_builder
     import tensorflow_datasets as tfds
-    params, cfg, tok, _ = translation.load_model(os.path.join(_WORKDIR.value, "model"))
+    params, cfg, tok, _ = translation_files.load_model(os.path.join(_WORKDIR.value, "model"))
     if _CORPUS.value.partition("/")[0] == "synthetic_speech":
       builder = corpus_builder(_CORPUS.value, _DATA_DIR.value)
     else:

@@ -33,8 +33,9 @@ def audio_use(workdir: str, builder, names: list[str], max_samples: int) -> dict
   export in workdir/model on the splits `names` of `builder` (teacher forcing, batches of 16)."""
   from xlsr_jax.downstream import data as data_lib
   from xlsr_jax.downstream.translation import task as translation
+  from xlsr_jax.checkpoints import translation_files
   from xlsr_jax.models.speech_translation import SpeechToText, shift_tokens_right
-  params, cfg, tok, _ = translation.load_model(os.path.join(workdir, "model"))
+  params, cfg, tok, _ = translation_files.load_model(os.path.join(workdir, "model"))
   model = SpeechToText(cfg)
   logits_fn = jax.jit(lambda params, w, p, d: model.apply({"params": params}, w, p, d)["logits"])
   sums = {k: 0.0 for k in ("own", "other", "silence")}

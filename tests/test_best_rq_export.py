@@ -15,6 +15,7 @@ from xlsr_jax.models import Wav2Vec2Model
 from xlsr_jax.sharding.mesh import make_mesh
 from xlsr_jax.training import init_from
 from xlsr_jax.training.state import build_trainer
+from xlsr_jax.models.params import unbox
 
 
 def best_rq_config(frontend="cnn"):
@@ -43,7 +44,7 @@ def run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("best_rq_run")
   config = best_rq_config()
   _, state = saved_run(workdir, config, seed=2)
-  return workdir, config, jax.device_get(ckpt.unbox(state.params))
+  return workdir, config, jax.device_get(unbox(state.params))
 
 
 def test_export_keeps_the_encoder_alone_and_hf_wav2vec2model_computes_the_same(run, tmp_path):
@@ -91,10 +92,10 @@ def test_best_rq_continues_from_a_wav2vec2_export_with_fresh_heads(run, tmp_path
   assert "left out the downstream head(s)" in out and "re-initialised 4 arrays" in out, out
   assert all(name in out for name in ("'quantizer'", "'project_q'", "'project_hid'")), out
   assert "the best_rq objective's ['random_quantizer', 'heads'] start fresh" in out
-  got = jax.device_get(ckpt.unbox(state.params))
+  got = jax.device_get(unbox(state.params))
   jax.tree.map(np.testing.assert_array_equal, got["wav2vec2"],
-               jax.device_get(ckpt.unbox(w2v_state.params))["wav2vec2"])
-  fresh = jax.device_get(ckpt.unbox(best_rq.create_state().params))
+               jax.device_get(unbox(w2v_state.params))["wav2vec2"])
+  fresh = jax.device_get(unbox(best_rq.create_state().params))
   jax.tree.map(np.testing.assert_array_equal, got["random_quantizer"], fresh["random_quantizer"])
 
 

@@ -13,6 +13,7 @@ from xlsr_jax.checkpoints.manager import CheckpointManager
 from xlsr_jax.sharding.mesh import make_mesh
 from tests.configs import small_config
 from xlsr_jax.training.state import build_trainer
+from xlsr_jax.models.params import unbox
 
 SAMPLES = 6400
 QUERY = ("wav2vec2", "encoder", "layers", "attention", "query_kernel")
@@ -46,7 +47,7 @@ def host_values(state):
     if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
       x = jax.random.key_data(x)
     return np.asarray(jax.device_get(x))
-  return jax.tree.map(get, ckpt.unbox(state))
+  return jax.tree.map(get, unbox(state))
 
 
 def assert_equal_states(a, b):
@@ -105,7 +106,7 @@ def test_restore_onto_another_mesh_shape(tmp_path, trainers, states, saved_on, r
     assert q.addressable_shards[0].data.shape == (2, 32, 2, 16)
   assert len(q.sharding.device_set) == mesh.size
   def check(sharding, subtree):  # state_sharding holds one sharding per parameter
-    for leaf in jax.tree.leaves(ckpt.unbox(subtree)):
+    for leaf in jax.tree.leaves(unbox(subtree)):
       assert leaf.sharding == sharding, (leaf.sharding, sharding)
   jax.tree.map(check, trainers[restored_on].state_sharding, restored)
 
@@ -115,7 +116,7 @@ def test_async_save_copies_before_returning(tmp_path, trainers):
   expected = host_values(state)
   with CheckpointManager(tmp_path, save_every=1, keep=2, async_save=True) as mngr:
     assert mngr.save(1, state, b"position")
-    for leaf in jax.tree.leaves(ckpt.unbox(state)):  # as a donating train step would
+    for leaf in jax.tree.leaves(unbox(state)):  # as a donating train step would
       leaf.delete()
     mngr.wait_until_finished()
     assert mngr.all_steps() == [1]

@@ -5,7 +5,8 @@ import pytest
 
 from data_pipelines import espeak
 from data_pipelines.synthetic_speech.synthetic_speech_dataset_builder import synthesize_16k
-from xlsr_jax.checkpoints.manager import CheckpointManager, restore_target, unbox
+from xlsr_jax.checkpoints.manager import CheckpointManager, restore_target
+from xlsr_jax.models.params import unbox
 from xlsr_jax.downstream import ctc, task_config_defaults, finetune, heads, metrics
 from xlsr_jax.downstream.tasks import TASKS
 from xlsr_jax.downstream.vocabulary import build_vocabulary
@@ -90,7 +91,7 @@ def _select_update(tuner, frozen, grads, opt_state, params):
   parameter, then a jnp.where over each encoder parameter and Adam moment (the reference)."""
   import jax.numpy as jnp
   import optax
-  from xlsr_jax.checkpoints.manager import rebox
+  from xlsr_jax.models.params import rebox
   updates, new_opt = tuner.optimizer.update(grads, opt_state, params)
   new_params = optax.apply_updates(params, updates)
   keep = lambda lab, new, old: jnp.where(frozen, old, new) if lab == finetune.ENCODER else new

@@ -36,7 +36,7 @@ def test_no_task_name_is_compared_outside_the_table():
 
 
 def test_task_names_are_spelled_only_in_the_table_and_the_default_config():
-  defaults = PACKAGE / "downstream" / "defaults.py"
+  defaults = PACKAGE / "downstream" / "task_config_defaults.py"
   found = [f"{path.relative_to(PACKAGE)}:{n}: {code.strip()}"
            for path in sorted(PACKAGE.rglob("*.py")) if path not in (TABLE, defaults)
            for n, code in _code_lines(path) if QUOTED_NAME.search(code)]

@@ -12,6 +12,7 @@ from xlsr_jax.checkpoints import manager as ckpt
 from xlsr_jax.config_loading import model_config_from
 from xlsr_jax.sharding.mesh import make_mesh
 from xlsr_jax.training.state import build_trainer
+from xlsr_jax.models.params import unbox
 from tests.test_checkpoints import SAMPLES, random_state, tiny_config
 
 
@@ -27,7 +28,7 @@ def run(tmp_path_factory):
   with ckpt.CheckpointManager(workdir / "checkpoints", save_every=2, keep=3) as mngr:
     for step, state in states.items():
       mngr.save(step, state, b"position")
-  params = {step: jax.device_get(ckpt.unbox(s.params)) for step, s in states.items()}
+  params = {step: jax.device_get(unbox(s.params)) for step, s in states.items()}
   return workdir, config, params
 
 

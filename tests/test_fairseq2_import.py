@@ -315,7 +315,7 @@ def _write_tiny_fairseq2(reference, path):
 def test_continued_pretraining_init_from_reads_a_fairseq2_checkpoint(reference, tmp_path):
   """train.init_from of a fairseq2 .pt: every pretraining parameter (quantizer and projections
   included) comes from the checkpoint, checked against the model before any device memory."""
-  from xlsr_jax.checkpoints.manager import unbox
+  from xlsr_jax.models.params import unbox
   from xlsr_jax.training import init_from
   path = str(_write_tiny_fairseq2(reference, tmp_path / "omni_tiny.pt"))
   cfg = get_preset("tiny")

@@ -12,7 +12,8 @@ import torch
 from tests import parity_utils as pu
 from tests.configs import small_config
 from xlsr_jax.checkpoints import weight_sources
-from xlsr_jax.checkpoints.manager import CheckpointMismatchError, unbox
+from xlsr_jax.checkpoints.manager import CheckpointMismatchError
+from xlsr_jax.models.params import unbox
 from xlsr_jax.checkpoints.merge import merge
 from xlsr_jax.config_loading import ConfigError, model_config_from
 from xlsr_jax.sharding import mesh as mesh_lib

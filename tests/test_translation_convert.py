@@ -11,6 +11,7 @@ from tests import parity_utils as pu
 from tests.test_translation_parity import reference, small_config
 from xlsr_jax import convert
 from xlsr_jax.downstream.translation import task as translation
+from xlsr_jax.checkpoints import translation_files
 from xlsr_jax.downstream.translation import text
 from xlsr_jax.models.speech_translation import SpeechToText
 from xlsr_jax.models.text_decoder import TextDecoder
@@ -41,7 +42,7 @@ def test_speech_encoder_decoder_directory_both_ways(tmp_path, capsys):
   _fairseq_style_spm(str(tmp_path / "hf_in" / text.SPM_FILE))
   assert convert.main(["--from=hf", f"--input={tmp_path / 'hf_in'}", f"--output={tmp_path / 'ours'}"]) == 0
   assert "wrote a speech-translation model" in capsys.readouterr().out
-  params, loaded_cfg, tokenizer, _ = translation.load_model(str(tmp_path / "ours"))
+  params, loaded_cfg, tokenizer, _ = translation_files.load_model(str(tmp_path / "ours"))
   assert loaded_cfg == cfg and tokenizer.offset == 1
   wave, _ = pu.random_batch(2, 9600, None, seed=3)
   tokens = np.array([[2, 5, 6, 7, 8], [2, 9, 10, 1, 1]])
@@ -68,7 +69,7 @@ def test_mbart_decoder_import_matches_the_reference_decoder(tmp_path, capsys):
   _fairseq_style_spm(str(tmp_path / "mbart" / text.SPM_FILE))
   assert convert.main(["--from=mbart", f"--input={tmp_path / 'mbart'}", f"--output={tmp_path / 'dec'}"]) == 0
   assert "wrote an mBART decoder" in capsys.readouterr().out
-  params, cfg = translation.load_decoder(str(tmp_path / "dec"))
+  params, cfg = translation_files.load_decoder(str(tmp_path / "dec"))
   assert (cfg.decoder_layers, cfg.d_model, cfg.vocab_size, cfg.scale_embedding) == (2, 32, 40, True)
   rng = np.random.default_rng(1)
   enc = rng.standard_normal((2, 6, 32)).astype(np.float32)
@@ -113,7 +114,7 @@ def test_imported_decoder_and_its_tokenizer_drive_the_task(tmp_path):
                         is_leaf=lambda x: hasattr(x, "value"))
   _fairseq_style_spm(str(tmp_path / text.SPM_FILE))
   tok = text.Tokenizer.load(str(tmp_path))
-  translation.save_decoder(str(tmp_path / "dec"), params, decoder, tok)
+  translation_files.save_decoder(str(tmp_path / "dec"), params, decoder, tok)
   config = get_default_config()
   config.task = "ast"
   config.translation.decoder_init = str(tmp_path / "dec")
@@ -139,7 +140,7 @@ def test_a_translation_export_as_init_keeps_its_adapter_decoder_and_tokenizer(tm
   boxed = jax.jit(SpeechToText(cfg).init)(jax.random.key(0), jnp.zeros((1, 8000)))["params"]
   params = jax.tree.map(lambda x: np.asarray(getattr(x, "value", x)), boxed,
                         is_leaf=lambda x: hasattr(x, "value"))
-  translation.save_model(str(tmp_path / "m"), params, cfg, tok, hf=False)
+  translation_files.save_model(str(tmp_path / "m"), params, cfg, tok, hf=False)
   config = get_default_config()
   config.task = "ast"
   loaded = encoders.load_encoder(str(tmp_path / "m"))

@@ -8,6 +8,7 @@ import pytest
 from data_pipelines.synthetic_speech import texts
 from xlsr_jax.downstream.translation import text
 from xlsr_jax.downstream.translation import task as translation
+from xlsr_jax.checkpoints import translation_files
 from tests.benchmark_import import import_benchmark
 
 
@@ -151,7 +152,7 @@ def test_evaluate_end_to_end_resume_and_exports(tiny_corpus, tmp_path, capsys):
 
   # Our export loads back; its encoder is readable as an encoder init; the HF copy loads in
   # transformers and gives our logits.
-  params, cfg, tok, _ = translation.load_model(str(workdir / "model"))
+  params, cfg, tok, _ = translation_files.load_model(str(workdir / "model"))
   assert cfg.decoder.vocab_size == tok.vocab_size
   assert cfg.ctc_vocab_size == 0 and "ctc_head" not in params
   assert encoders.load_encoder(str(workdir / "model")).config == cfg.encoder

@@ -44,22 +44,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def convert(args: argparse.Namespace) -> int:
-  from xlsr_jax.downstream.translation import task as translation
+  from xlsr_jax.checkpoints import translation_files
   if args.source == "mbart":
     return _import_mbart(args.input, args.output)
   if args.source == "hf" and _is_speech_to_text(args.input):
-    params, config = translation.load_hf(args.input)
+    params, config = translation_files.load_hf(args.input)
     tokenizer = _tokenizer_beside(args.input)
-    translation.save_model(args.output, params, config, tokenizer,
-                           {"converted_from": "hf", "source_path": args.input})
+    translation_files.save_model(args.output, params, config, tokenizer,
+                                 {"converted_from": "hf", "source_path": args.input})
     print(f"wrote a speech-translation model ({_count(params):,} parameters; encoder "
           f"{config.encoder.num_hidden_layers} x {config.encoder.hidden_size}, decoder "
           f"{config.decoder.decoder_layers} x {config.decoder.d_model}) to {args.output}"
           + ("" if tokenizer else " (no sentencepiece.bpe.model found beside it)"))
     return 0
-  if args.source == "ours" and translation.is_translation_export(args.input):
-    params, config, tokenizer, _ = translation.load_model(args.input)
-    translation.save_hf(args.output, params, config, tokenizer)
+  if args.source == "ours" and translation_files.is_translation_export(args.input):
+    params, config, tokenizer, _ = translation_files.load_model(args.input)
+    translation_files.save_hf(args.output, params, config, tokenizer)
     print(f"wrote the Hugging Face SpeechEncoderDecoderModel layout to {args.output}")
     return 0
   if args.source == "ours":
@@ -94,8 +94,7 @@ def _tokenizer_beside(path: str):
 
 def _import_mbart(source: str, output: str) -> int:
   import os
-  from xlsr_jax.checkpoints import hf_translation
-  from xlsr_jax.downstream.translation import task as translation
+  from xlsr_jax.checkpoints import hf_translation, translation_files
   config_path = os.path.join(source, "config.json")
   if not os.path.isfile(config_path):
     print(f"error: {source} has no config.json: not a Hugging Face mBART directory", file=sys.stderr)
@@ -108,8 +107,8 @@ def _import_mbart(source: str, output: str) -> int:
   config = hf_translation.decoder_config_from_hf(hf)
   params = hf_translation.mbart_decoder_to_ours(model_files.read_hf_state_dict(source), config)
   tokenizer = _tokenizer_beside(source)
-  translation.save_decoder(output, params, config, tokenizer,
-                           {"converted_from": "mbart", "source_path": source})
+  translation_files.save_decoder(output, params, config, tokenizer,
+                                 {"converted_from": "mbart", "source_path": source})
   print(f"wrote an mBART decoder ({_count(params):,} parameters, {config.decoder_layers} x "
         f"{config.d_model}, vocabulary {config.vocab_size}) to {output}"
         + ("" if tokenizer else " (no sentencepiece.bpe.model found beside it)"))

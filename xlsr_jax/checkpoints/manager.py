@@ -43,7 +43,6 @@ from orbax.checkpoint import checkpoint_managers
 
 from xlsr_jax.checkpoints import integrity
 from xlsr_jax.checkpoints.integrity import CheckpointCorruptError, CheckpointReadError
-from xlsr_jax.models.params import rebox, unbox  # noqa: F401  (re-exported: callers import them here)
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from xlsr_jax.checkpoints import weight_sources
-from xlsr_jax.checkpoints.manager import unbox
+from xlsr_jax.models.params import unbox
 from xlsr_jax.downstream.heads import stack_hidden_states
 from xlsr_jax.downstream.vocabulary import VOCAB_FILE, Vocabulary
 from xlsr_jax.models import Wav2Vec2Model

@@ -18,7 +18,7 @@ def export_model(export_dir: str, task, state, model, config: ml_collections.Con
                  label_info) -> str:
   """The fine-tuned model in `export_dir`, as `task` (a tasks.Task) exports it (model_files
   layout; vocab.json for the CTC tasks)."""
-  from xlsr_jax.checkpoints.manager import unbox
+  from xlsr_jax.models.params import unbox
   params = jax.tree.map(np.asarray, unbox(jax.device_get(state.params)))
   task.export(export_dir, params, model, config, label_info)
   return export_dir

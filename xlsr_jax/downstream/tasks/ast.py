@@ -19,6 +19,7 @@ from xlsr_jax.downstream.tasks.asr import check_finetune_mode
 from xlsr_jax.downstream.tasks.base import Config, Task, check_some_fit, export_metadata
 from xlsr_jax.downstream.translation import decoding
 from xlsr_jax.downstream.translation import task as translation
+from xlsr_jax.checkpoints import translation_files
 from xlsr_jax.models.speech_translation import (SpeechToText, label_smoothed_cross_entropy,
                                                 shift_tokens_right)
 
@@ -89,7 +90,7 @@ class TranslationTask(Task):
     results["train_utterances"] = len(data.train_index)
 
   def export(self, export_dir, params, model, config, label_info) -> None:
-    translation.save_model(export_dir, params, model.config, label_info, export_metadata(config))
+    translation_files.save_model(export_dir, params, model.config, label_info, export_metadata(config))
 
   def report_sections(self, results, config) -> str:
     return (f"\n## Scoring\n\nsacrebleu corpus BLEU `{results['bleu_signature']}`, chrF "
