@@ -32,6 +32,21 @@ def summary_line(output: str) -> str:
   return lines[-1] if lines else "no pytest summary line"
 
 
+def slowest(output: str, count: int = 15) -> list[str]:
+  """The first `count` lines of pytest's "slowest durations" section ('12.34s call tests/...')."""
+  lines = output.splitlines()
+  start = next((i for i, l in enumerate(lines) if "slowest" in l and "durations" in l), None)
+  if start is None:
+    return []
+  rows = [l.strip() for l in lines[start + 1:] if re.match(r"\s*[\d.]+s (call|setup|teardown)", l)]
+  return rows[:count]
+
+
+def failed(output: str) -> list[str]:
+  """pytest's 'FAILED tests/...' summary lines."""
+  return [l.strip() for l in output.splitlines() if l.startswith(("FAILED ", "ERROR "))]
+
+
 def main(argv) -> None:
   del argv
   start_meta = provenance()  # the machine's load when the run starts
@@ -45,7 +60,8 @@ def main(argv) -> None:
     summary = summary_line(proc.stdout)
     print(f"{tier}: exit {proc.returncode}, {summary}, {seconds / 60:.1f} min", flush=True)
     tiers.append(dict(tier=tier, command=" ".join(cmd), exit_code=proc.returncode,
-                      summary=summary, seconds=seconds))
+                      summary=summary, seconds=seconds, slowest=slowest(proc.stdout),
+                      failed=failed(proc.stdout)))
   print(f"wrote {write_results(_OUT.value, {'tiers': tiers}, meta=start_meta)}")
   if any(t["exit_code"] for t in tiers):
     sys.exit(1)
