@@ -285,11 +285,21 @@ def storage() -> str:
         f"{r['bytes_per_sample']:.2f}"]]), "corpus_storage.json")
 
 
+TEST_BUDGET_MINUTES = {"fast": 8, "full": 15}  # the project's test-time budget on this machine
+
+
 def test_tiers() -> str:
   d = _json("test_tiers.json")
-  rows = [[t["tier"], t["command"], t["summary"], f"{t['seconds'] / 60:.1f} min"] for t in d["tiers"]]
-  return _with_source(_table(["tier", "command", "pytest summary", "wall time"], rows),
-                      "test_tiers.json")
+  rows = [[t["tier"], t["command"], t["summary"], f"{t['seconds'] / 60:.1f} min",
+           f"{TEST_BUDGET_MINUTES[t['tier']]} min" + ("" if t["seconds"] <= 60 * TEST_BUDGET_MINUTES[
+               t["tier"]] else " (**over**)")] for t in d["tiers"]]
+  table = _table(["tier", "command", "pytest summary", "wall time (with installs)", "budget"], rows)
+  slow = [f"* {t['tier']}: " + "; ".join(f"`{line.split()[-1]}` {line.split()[0]} ({line.split()[1]})"
+                                          for line in t["slowest"][:6])
+          for t in d["tiers"] if t.get("slowest")]
+  if slow:
+    table += "\n\nSlowest tests (pytest --durations):\n\n" + "\n".join(slow)
+  return _with_source(table, "test_tiers.json")
 
 
 # --- TPU plans ------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ def _args(task, data_dir, workdir, init="random", *extra):
           "--config.data.max_sample_size=16000", *extra]
 
 
+@pytest.mark.slow  # an end-to-end CLI run (~40-60 s); the fast tier keeps to its 8 min
 def test_lid_sgd_probe_end_to_end_then_resume_and_wrong_classifier(tiny_corpus, tmp_path, capsys):
   workdir = tmp_path / "lid"
   sgd = "--config.probe.solver=sgd"
@@ -51,6 +52,7 @@ def test_lid_sgd_probe_end_to_end_then_resume_and_wrong_classifier(tiny_corpus, 
   assert "has 3 classes but task sid" in err and "has 6" in err
 
 
+@pytest.mark.slow  # an end-to-end CLI run (~40-60 s); the fast tier keeps to its 8 min
 def test_lid_lbfgs_probe_default_reports_baselines_and_caches_features(tiny_corpus, tmp_path,
                                                                        capsys):
   workdir = tmp_path / "lid"
