@@ -68,11 +68,12 @@ def load_params(workdir: str, step: int | None = None) -> tuple[Any, Wav2Vec2Con
   return objective.export_params(params), model_config, step
 
 
-def export(workdir: str, out: str, fmt: str = "orbax", step: int | None = None) -> int:
-  """Writes the params of `workdir`'s checkpoint to `out` in `fmt`; returns the exported step."""
+def write(out: str, fmt: str, params: Any, model_config: Wav2Vec2Config, step: int,
+          workdir: str) -> None:
+  """Writes exported `params` (load_params) to `out` in `fmt`; ValueError for a layout the model
+  cannot have."""
   if fmt not in FORMATS:
     raise ValueError(f"--format={fmt}: expected one of {FORMATS}")
-  params, model_config, step = load_params(workdir, step)
   if fmt == "orbax":
     model_files.save_model(out, params, model_config, metadata={
         "exported_from": os.path.abspath(workdir), "step": step})
@@ -81,14 +82,25 @@ def export(workdir: str, out: str, fmt: str = "orbax", step: int | None = None) 
                      f"this model's frontend is {model_config.frontend!r} (export --format=orbax)")
   else:
     model_files.save_hf(out, jax.tree.map(np.asarray, params), model_config)
+
+
+def export(workdir: str, out: str, fmt: str = "orbax", step: int | None = None) -> int:
+  """Writes the params of `workdir`'s checkpoint to `out` in `fmt`; returns the exported step."""
+  if fmt not in FORMATS:
+    raise ValueError(f"--format={fmt}: expected one of {FORMATS}")
+  params, model_config, step = load_params(workdir, step)
+  write(out, fmt, params, model_config, step, workdir)
   return step
+
+
+_EXPORT_ERRORS = (FileNotFoundError, ValueError, manager_lib.CheckpointReadError)
 
 
 def export_or_say(workdir: str, out: str, fmt: str = "orbax", step: int | None = None) -> bool:
   """`export`, printing the exported step, or why it failed (one line on stderr); True if written."""
   try:
     step = export(workdir, out, fmt, step)
-  except (FileNotFoundError, ValueError, manager_lib.CheckpointReadError) as e:
+  except _EXPORT_ERRORS as e:
     print(f"export failed: {e}", file=sys.stderr)
     return False
   print(f"exported step {step} of {workdir} to {out} ({fmt})")
@@ -96,8 +108,23 @@ def export_or_say(workdir: str, out: str, fmt: str = "orbax", step: int | None =
 
 
 def export_every_format(workdir: str, export_dir: str) -> list[str]:
-  """Exports `workdir`'s newest checkpoint into export_dir/<format> for each format; returns what
-  was written as "<dir> (<layout>)" (a format the model cannot have prints why and is left out)."""
+  """Exports `workdir`'s newest checkpoint (read once) into export_dir/<format> for each format;
+  returns what was written as "<dir> (<layout>)" (a format the model cannot have prints why and is
+  left out)."""
   layouts = {"orbax": "xlsr_jax", "hf": "Hugging Face"}
-  return [f"{export_dir}/{fmt} ({layouts[fmt]})" for fmt in FORMATS
-          if export_or_say(workdir, f"{export_dir}/{fmt}", fmt)]
+  try:
+    params, model_config, step = load_params(workdir)
+  except _EXPORT_ERRORS as e:
+    print(f"export failed: {e}", file=sys.stderr)
+    return []
+  written = []
+  for fmt in FORMATS:
+    out = f"{export_dir}/{fmt}"
+    try:
+      write(out, fmt, params, model_config, step, workdir)
+    except _EXPORT_ERRORS as e:
+      print(f"export failed: {e}", file=sys.stderr)
+      continue
+    print(f"exported step {step} of {workdir} to {out} ({fmt})")
+    written.append(f"{out} ({layouts[fmt]})")
+  return written
